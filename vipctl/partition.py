@@ -1,0 +1,386 @@
+"""The partition engine (pure): 2**bits buckets -> members.
+
+Invariants (PRODUCT.md 2-4), all exact:
+- balance: every up member owns floor or ceil of 2**bits * w / sum(w over up members);
+- least movement: a failure moves only the failed member's buckets; recovering the member
+  that failed last restores the exact table it had before failing; a weight change moves
+  sum(max(0, old - new)) buckets and picks the new counts that make that sum smallest;
+- determinism: only spec order, names and bucket numbers break ties.
+
+A Layout is the whole state: `base` is the table with every member up (weights only);
+`down` lists the members that are down, in the order they failed, and `stack[i]` is the
+table just before `down[i]` failed, so recovery of the latest failure is an exact undo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from vipctl.jhash import nft_jhash
+
+Owner = str | None
+Table = tuple[Owner, ...]
+Weights = tuple[tuple[str, Fraction], ...]  # ordered (spec order), names unique
+
+
+# --------------------------------------------------------------------------------------
+# Counting and moving buckets
+# --------------------------------------------------------------------------------------
+
+
+def _effective(weights: Weights) -> Weights:
+    """Members that may own buckets. If every candidate has weight 0 (all drained), they
+    share equally: traffic must reach someone while at least one member is up."""
+    positive = tuple((n, w) for n, w in weights if w > 0)
+    if positive:
+        return positive
+    return tuple((n, Fraction(1)) for n, _ in weights)
+
+
+def apportion(total: int, weights: Weights, current: Mapping[str, int]) -> dict[str, int]:
+    """Bucket counts: floor or ceil of each quota, summing to `total`.
+
+    The extra buckets go first to members that already hold at least the ceiling (each
+    such choice saves one move), then by largest remainder, then by spec order.
+    """
+    eff = _effective(weights)
+    if not eff:
+        return {}
+    wsum = sum(w for _, w in eff)
+    counts: dict[str, int] = {}
+    extra: list[tuple[int, Fraction, int, str]] = []
+    for index, (name, w) in enumerate(eff):
+        quota = Fraction(total) * w / wsum
+        floor = quota.numerator // quota.denominator
+        counts[name] = floor
+        remainder = quota - floor
+        if remainder:
+            keeps = 0 if current.get(name, 0) > floor else 1
+            extra.append((keeps, -remainder, index, name))
+    left = total - sum(counts.values())
+    extra.sort()
+    for _, _, _, name in extra[:left]:
+        counts[name] += 1
+    return counts
+
+
+def fresh_table(buckets: int, weights: Weights) -> Table:
+    """A table from nothing: contiguous runs in spec order (short mask lists per port)."""
+    counts = apportion(buckets, weights, {})
+    table: list[Owner] = []
+    for name, _ in weights:
+        table.extend([name] * counts.get(name, 0))
+    table.extend([None] * (buckets - len(table)))
+    return tuple(table)
+
+
+def rebalance(table: Table, weights: Weights) -> Table:
+    """Move the fewest buckets so that `weights` (the members allowed to own buckets) are
+    balanced. Buckets of members not in `weights` are all released."""
+    counts = apportion(len(table), weights, count(table))
+    if not counts:
+        return tuple(None for _ in table)
+    held: dict[str, list[int]] = {name: [] for name in counts}
+    free: list[int] = []
+    for bucket, owner in enumerate(table):
+        if owner is not None and owner in held:
+            held[owner].append(bucket)
+        else:
+            free.append(bucket)
+    for name, buckets in held.items():
+        surplus = len(buckets) - counts[name]
+        if surplus > 0:
+            # give up the highest-numbered buckets: keeps the low runs (and mask lists) intact
+            free.extend(buckets[-surplus:])
+    free.sort()
+    new = list(table)
+    for bucket in free:
+        new[bucket] = None
+    cursor = 0
+    for name, _ in weights:
+        need = counts.get(name, 0) - min(len(held.get(name, ())), counts.get(name, 0))
+        for bucket in free[cursor : cursor + need]:
+            new[bucket] = name
+        cursor += need
+    return tuple(new)
+
+
+def count(table: Table) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for owner in table:
+        if owner is not None:
+            counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+def moved(old: Table, new: Table) -> list[int]:
+    return [b for b, (o, n) in enumerate(zip(old, new, strict=True)) if o != n]
+
+
+# --------------------------------------------------------------------------------------
+# The layout: base table, failures in order, exact undo
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    bits: int
+    weights: Weights
+    base: Table
+    down: tuple[str, ...] = ()
+    stack: tuple[Table, ...] = ()
+    table: Table = field(default=())
+
+    @property
+    def buckets(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def up(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.weights if n not in self.down)
+
+    def up_weights(self, down: Iterable[str] | None = None) -> Weights:
+        gone = set(self.down if down is None else down)
+        return tuple((n, w) for n, w in self.weights if n not in gone)
+
+    # -- transitions -----------------------------------------------------------------
+    @classmethod
+    def initial(cls, bits: int, weights: Weights) -> Layout:
+        base = fresh_table(1 << bits, weights)
+        return cls(bits=bits, weights=weights, base=base, table=base)
+
+    def fail(self, name: str) -> Layout:
+        if name in self.down or name not in dict(self.weights):
+            return self
+        down = (*self.down, name)
+        return Layout(
+            bits=self.bits,
+            weights=self.weights,
+            base=self.base,
+            down=down,
+            stack=(*self.stack, self.table),
+            table=rebalance(self.table, self.up_weights(down)),
+        )
+
+    def recover(self, name: str) -> Layout:
+        if name not in self.down:
+            return self
+        if self.down[-1] == name:
+            return Layout(
+                bits=self.bits,
+                weights=self.weights,
+                base=self.base,
+                down=self.down[:-1],
+                stack=self.stack[:-1],
+                table=self.stack[-1],
+            )
+        # Out of order: replay the remaining failures from the base table.
+        return self._replay(tuple(d for d in self.down if d != name))
+
+    def _replay(self, down: Sequence[str]) -> Layout:
+        layout = Layout(bits=self.bits, weights=self.weights, base=self.base, table=self.base)
+        for name in down:
+            layout = layout.fail(name)
+        return layout
+
+    def reweight(self, weights: Weights) -> Layout:
+        if weights == self.weights:
+            return self
+        names = {n for n, _ in weights}
+        base = rebalance(self.base, weights)
+        if any(d not in names for d in self.down):
+            # a down member left the spec: rebuild its failure chain from the new base
+            layout = Layout(bits=self.bits, weights=weights, base=base, table=base)
+            return layout._replay([d for d in self.down if d in names])
+        stack = tuple(
+            rebalance(t, tuple((n, w) for n, w in weights if n not in self.down[:i]))
+            for i, t in enumerate(self.stack)
+        )
+        return Layout(
+            bits=self.bits,
+            weights=weights,
+            base=base,
+            down=self.down,
+            stack=stack,
+            table=rebalance(self.table, tuple((n, w) for n, w in weights if n not in self.down)),
+        )
+
+    # -- (de)serialisation for the state file ----------------------------------------
+    def to_json(self) -> dict[str, object]:
+        names = [n for n, _ in self.weights]
+        index = {n: i for i, n in enumerate(names)}
+
+        def enc(t: Table) -> list[int]:
+            return [-1 if o is None else index[o] for o in t]
+
+        return {
+            "bits": self.bits,
+            "members": names,
+            "weights": [str(w) for _, w in self.weights],
+            "base": enc(self.base),
+            "down": list(self.down),
+            "stack": [enc(t) for t in self.stack],
+            "table": enc(self.table),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Layout:
+        names = [str(n) for n in data["members"]]  # type: ignore[attr-defined]
+        weights = tuple(
+            (n, Fraction(str(w)))
+            for n, w in zip(names, data["weights"], strict=True)  # type: ignore[call-overload]
+        )
+        bits = int(data["bits"])  # type: ignore[call-overload]
+
+        def dec(raw: object) -> Table:
+            t = tuple(None if i < 0 else names[i] for i in raw)  # type: ignore[attr-defined]
+            if len(t) != 1 << bits:
+                raise ValueError("table length does not match bits")
+            return t
+
+        return cls(
+            bits=bits,
+            weights=weights,
+            base=dec(data["base"]),
+            down=tuple(str(d) for d in data["down"]),  # type: ignore[attr-defined]
+            stack=tuple(dec(t) for t in data["stack"]),  # type: ignore[attr-defined]
+            table=dec(data["table"]),
+        )
+
+
+def compute(
+    bits: int,
+    weights: Weights,
+    down: Iterable[str] = (),
+    previous: Layout | None = None,
+) -> Layout:
+    """The one entry point: desired weights and health, given what was live before."""
+    names = {n for n, _ in weights}
+    want_down = {d for d in down if d in names}
+    if previous is None or previous.bits != bits:
+        layout = Layout.initial(bits, weights)
+    else:
+        layout = previous.reweight(weights)
+    # recoveries, most recent failure first, so a burst of recoveries is an exact undo
+    for name in reversed(layout.down):
+        if name not in want_down:
+            layout = layout.recover(name)
+    for name in sorted(want_down - set(layout.down), key=[n for n, _ in weights].index):
+        layout = layout.fail(name)
+    return layout
+
+
+# --------------------------------------------------------------------------------------
+# Buckets of a source address, and the per-port value/mask lists
+# --------------------------------------------------------------------------------------
+
+
+def bucket_of(source: str | IPv4Address | IPv6Address, key: str, bits: int, seed: int) -> int:
+    addr = ip_address(source) if isinstance(source, str) else source
+    if key == "mask":
+        return int(addr) & ((1 << bits) - 1)
+    return nft_jhash(addr.packed, 1 << bits, seed)
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    """Buckets b with (b & mask) == value: one ternary rule (the draft's wildcard mask)."""
+
+    value: int
+    mask: int
+
+    def covers(self, bucket: int) -> bool:
+        return bucket & self.mask == self.value
+
+
+def entries(buckets: Iterable[int], bits: int) -> list[Entry]:
+    """A short exact cover of `buckets` by disjoint value/mask entries.
+
+    Start from the aligned power-of-two runs (at most 2*bits per contiguous run), then merge
+    entries with equal masks whose values differ in one bit, until nothing merges. Exact
+    (never covers a bucket outside the set); minimal for aligned runs and their unions.
+    """
+    full = (1 << bits) - 1
+    chosen = sorted(set(buckets))
+    found: set[Entry] = set()
+    i = 0
+    while i < len(chosen):
+        start = chosen[i]
+        j = i
+        while j + 1 < len(chosen) and chosen[j + 1] == chosen[j] + 1:
+            j += 1
+        end = chosen[j] + 1
+        pos = start
+        while pos < end:
+            size = pos & -pos if pos else 1 << bits
+            while size > end - pos:
+                size >>= 1
+            found.add(Entry(pos, full & ~(size - 1)))
+            pos += size
+        i = j + 1
+    merged = True
+    while merged:
+        merged = False
+        by_mask: dict[int, set[int]] = {}
+        for e in found:
+            by_mask.setdefault(e.mask, set()).add(e.value)
+        for mask, values in sorted(by_mask.items()):
+            for bit in range(bits):
+                b = 1 << bit
+                if not mask & b:
+                    continue
+                for v in sorted(values):
+                    if v & b or (v | b) not in values or v not in values:
+                        continue
+                    values.discard(v)
+                    values.discard(v | b)
+                    found.discard(Entry(v, mask))
+                    found.discard(Entry(v | b, mask))
+                    found.add(Entry(v, mask & ~b))
+                    merged = True
+            if merged:
+                break
+    return sorted(found, key=lambda e: (-bin(e.mask).count("0"), e.value))
+
+
+@dataclass(frozen=True)
+class MemberShare:
+    name: str
+    weight: Fraction
+    up: bool
+    buckets: int
+    share: float
+    target: float
+    entries: tuple[Entry, ...]
+
+
+def shares(layout: Layout, with_entries: bool = True) -> list[MemberShare]:
+    """Per member: buckets, share, target share over the up members, value/mask list."""
+    total = layout.buckets
+    counts = count(layout.table)
+    up = layout.up_weights()
+    eff = dict(_effective(up)) if up else {}
+    wsum = sum(eff.values())
+    per: dict[str, list[int]] = {}
+    if with_entries:
+        for b, owner in enumerate(layout.table):
+            if owner is not None:
+                per.setdefault(owner, []).append(b)
+    out = []
+    for name, w in layout.weights:
+        target = float(eff[name] / wsum) if name in eff and wsum else 0.0
+        out.append(
+            MemberShare(
+                name=name,
+                weight=w,
+                up=name not in layout.down,
+                buckets=counts.get(name, 0),
+                share=counts.get(name, 0) / total,
+                target=target,
+                entries=tuple(entries(per.get(name, ()), layout.bits)) if with_entries else (),
+            )
+        )
+    return out

@@ -1,0 +1,110 @@
+"""State files under the state directory: JSON, written atomically (temp file + rename).
+
+The kernel is the truth about what is live; the state file keeps what the kernel cannot
+(the base table and the failure stack that make recovery an exact undo).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vipctl.errors import StateError
+from vipctl.partition import Layout
+
+DEFAULT_STATE_DIR = "/var/lib/vipctl"
+
+
+def state_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("VIPCTL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    cluster: str
+    generation: int
+    layout: Layout
+    digest: str  # of the rendered ruleset that was committed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "cluster": self.cluster,
+            "generation": self.generation,
+            "digest": self.digest,
+            "layout": self.layout.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterState:
+        return cls(
+            cluster=str(data["cluster"]),
+            generation=int(data["generation"]),
+            digest=str(data.get("digest", "")),
+            layout=Layout.from_json(data["layout"]),
+        )
+
+
+def _path(directory: Path, cluster: str) -> Path:
+    return directory / f"{cluster}.json"
+
+
+def load(directory: Path, cluster: str) -> ClusterState | None:
+    path = _path(directory, cluster)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return ClusterState.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise StateError(f"{path} is corrupt ({exc}); move it away to start afresh") from None
+
+
+def save(directory: Path, state: ClusterState) -> None:
+    write_json(_path(directory, state.cluster), state.to_json())
+
+
+def remove(directory: Path, cluster: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _path(directory, cluster).unlink()
+
+
+def write_json(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(directory: Path, cluster: str) -> Iterator[None]:
+    """Serialize changes to one cluster (two applies at once take turns)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fh = open(directory / f".{cluster}.lock", "a+")  # noqa: SIM115
+    except OSError as exc:
+        raise StateError(f"cannot use state directory {directory}: {exc.strerror}") from None
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
