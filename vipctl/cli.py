@@ -165,7 +165,8 @@ def _kernel_table(spec: Spec) -> Layout | None:
         from vipctl import kernel
     except ImportError:  # bindings absent: only the spec can answer
         return None
-    return kernel.live_layout(spec)
+    layout = kernel.live_layout(spec)
+    return layout if isinstance(layout, Layout) else None
 
 
 def main() -> None:
@@ -174,3 +175,277 @@ def main() -> None:
     except VipctlError as exc:  # pragma: no cover - commands catch their own
         typer.echo(f"vipctl: {exc}", err=True)
         sys.exit(exc.exit_code)
+
+
+# --------------------------------------------------------------------------------------
+# Commands that touch the kernel
+# --------------------------------------------------------------------------------------
+
+
+@app.command()
+def apply(
+    spec_path: SpecArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the ruleset, check it, change nothing")
+    ] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="print what changes in the ruleset")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Compute and install the cluster's rules in one atomic step (idempotent)."""
+    from vipctl import controller
+
+    spec = _load(spec_path)
+    try:
+        result = controller.apply(spec, statefile.state_dir(state_dir), dry_run=dry_run)
+    except VipctlError as exc:
+        fail(exc)
+    _print_apply(spec, result, dry_run=dry_run, diff=diff)
+
+
+def _print_apply(spec: Spec, result: object, *, dry_run: bool, diff: bool) -> None:
+    from vipctl.controller import ApplyResult
+
+    assert isinstance(result, ApplyResult)
+    if dry_run and not diff:
+        typer.echo(result.ruleset, nl=False)
+    if diff:
+        typer.echo(result.diff or "(no change)\n", nl=False)
+    if dry_run:
+        typer.echo(
+            f"dry run: checked by the kernel, nothing changed ({result.moved} buckets would move)",
+            err=True,
+        )
+        return
+    if not result.changed:
+        typer.echo(f"{spec.cluster}: up to date (generation {result.generation})")
+        return
+    typer.echo(
+        f"{spec.cluster}: generation {result.generation} applied in one transaction "
+        f"({result.moved} buckets moved, lower bound {result.lower_bound}; "
+        f"{1000 * result.seconds:.1f} ms)"
+    )
+
+
+@app.command()
+def rebalance(
+    spec_path: SpecArg,
+    weights: Annotated[
+        str, typer.Option("--weights", help="new weights: NAME=W,... (0 drains a member)")
+    ],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the moves only")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Change weights moving the fewest possible buckets, in one transaction."""
+    from vipctl import controller
+
+    spec = _load(spec_path)
+    try:
+        new_weights = planning.parse_weights(weights, spec)
+        planning.spec_weights(spec, new_weights)
+        new_spec = controller.spec_with_weights(spec, new_weights)
+        result = controller.apply(new_spec, statefile.state_dir(state_dir), dry_run=dry_run)
+    except VipctlError as exc:
+        fail(exc)
+    if dry_run:
+        previous = _previous(spec, state_dir)
+        data = planning.report(new_spec, planning.Change(previous, result.layout))
+        typer.echo(planning.render_report(data))
+        typer.echo("dry run: nothing changed", err=True)
+        return
+    _print_apply(new_spec, result, dry_run=False, diff=False)
+
+
+@app.command()
+def status(
+    cluster: Annotated[
+        str | None, typer.Argument(help="cluster name (default: every cluster)")
+    ] = None,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Members, health, buckets, share against target, packets and bytes, from the kernel."""
+    from vipctl import controller
+
+    directory = statefile.state_dir(state_dir)
+    try:
+        names = [cluster] if cluster else controller.clusters(directory)
+        reports = [controller.status(name, directory) for name in names]
+    except VipctlError as exc:
+        fail(exc)
+    if as_json:
+        if cluster:
+            typer.echo(json.dumps(reports[0], indent=2))
+        else:
+            typer.echo(json.dumps({"clusters": reports}, indent=2))
+        return
+    if not reports:
+        typer.echo("no vipctl cluster is installed")
+        return
+    for report in reports:
+        typer.echo(_status_text(report))
+
+
+def _status_text(r: dict[str, object]) -> str:
+    members = r["members"]
+    assert isinstance(members, list)
+    lines = [
+        f"cluster {r['cluster']}  generation {r['generation']}  mode {r['mode']}  "
+        f"key {r['key']}/{r['bits']}  vips {', '.join(r['vips'])}  "  # type: ignore[arg-type]
+        f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}"
+    ]
+    rows = [
+        ("member", "port", "health", "weight", "buckets", "share", "target", "", "packets", "bytes")
+    ]
+    for m in members:
+        bar = "#" * round(20 * m["share"])
+        rows.append(
+            (
+                m["name"],
+                m["port"],
+                "up" if m["healthy"] else "DOWN",
+                m["weight"],
+                str(m["buckets"]),
+                f"{100 * m['share']:.1f}%",
+                f"{100 * m['target']:.1f}%",
+                bar.ljust(20, "."),
+                str(m["packets"]),
+                str(m["bytes"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+@app.command("down")
+def down_cmd(
+    cluster: Annotated[str, typer.Argument(help="cluster name", show_default=False)],
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Remove everything vipctl installed for CLUSTER, nothing else."""
+    from vipctl import controller
+
+    try:
+        removed = controller.down(cluster, statefile.state_dir(state_dir))
+    except VipctlError as exc:
+        fail(exc)
+    typer.echo(f"{cluster}: removed" if removed else f"{cluster}: nothing installed")
+
+
+# --------------------------------------------------------------------------------------
+# The demo lab
+# --------------------------------------------------------------------------------------
+
+lab_app = typer.Typer(help="A demo cluster (router, members, client) in network namespaces.")
+app.add_typer(lab_app, name="lab")
+
+LabPrefix = Annotated[
+    str, typer.Option("--prefix", help="namespace name prefix", show_default=True)
+]
+
+
+def _vipctl_in(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", *args]
+
+
+@lab_app.command("up")
+def lab_up(
+    members: Annotated[int, typer.Option("--members", min=1, max=29, help="member count")] = 3,
+    mode: Annotated[str, typer.Option("--mode", help="broadcast | steer")] = "broadcast",
+    key: Annotated[str, typer.Option("--key", help="mask | hash")] = "mask",
+    bits: Annotated[int, typer.Option("--bits", min=1, max=16)] = 8,
+    prefix: LabPrefix = "vlab",
+) -> None:
+    """Build the draft's topology and apply a cluster spec in its router."""
+    import subprocess
+
+    import yaml
+
+    from vipctl import lab
+
+    if mode not in ("broadcast", "steer") or key not in ("mask", "hash"):
+        typer.echo("vipctl: --mode is broadcast|steer and --key is mask|hash", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"building lab {prefix}: client, router, {members} members ...")
+    topo = lab.build(prefix, members)
+    spec_path = topo.workdir / "lab.yaml"
+    spec_path.write_text(yaml.safe_dump(topo.spec("lab", mode=mode, key=key, bits=bits)))
+    typer.echo(f"spec: {spec_path}")
+    done = subprocess.run(
+        _vipctl_in(
+            topo.router_ns, "apply", str(spec_path), "--state-dir", str(topo.workdir / "state")
+        ),
+        check=False,
+    )
+    if done.returncode != 0:
+        raise typer.Exit(done.returncode)
+    typer.echo(
+        f"lab {prefix} is up. Try: vipctl lab probe --prefix {prefix}; "
+        f"ip netns exec {topo.router_ns} vipctl status --state-dir {topo.workdir / 'state'}"
+    )
+
+
+@lab_app.command("probe")
+def lab_probe(
+    sources: Annotated[int, typer.Option("--sources", min=1, max=16384)] = 4096,
+    ipv6: Annotated[bool, typer.Option("--ipv6", help="probe the IPv6 VIP")] = False,
+    prefix: LabPrefix = "vlab",
+) -> None:
+    """Send one UDP datagram from each of many sources; show who answered each share."""
+    from vipctl import kernel, lab, traffic
+
+    topo = lab.discover(prefix)
+    if topo is None:
+        typer.echo(f"vipctl: no lab '{prefix}' (run vipctl lab up)", err=True)
+        raise typer.Exit(1)
+    spec = _load(topo.workdir / "lab.yaml")
+    addrs = traffic.expand(topo.sources6 if ipv6 else topo.sources4, sources)
+    with kernel.in_netns(topo.router_ns):
+        found = kernel.live_table(spec)
+    if found is None:
+        typer.echo("vipctl: the lab's cluster is not applied", err=True)
+        raise typer.Exit(1)
+    table = found[1][6 if ipv6 else 4]
+    p = spec.partition
+    expected = {a: table[bucket_of(a, p.key, p.bits, p.seed)] for a in addrs}
+    replies = traffic.probe(topo, topo.vip6 if ipv6 else topo.vip4, addrs)
+    per: dict[str, list[int]] = {m.name: [0, 0, 0] for m in spec.members}
+    none = dup = wrong = 0
+    for a in addrs:
+        got = replies.get(a, [])
+        owner = expected[a]
+        if owner is not None:
+            per[owner][0] += 1
+        if not got:
+            none += 1
+        elif len(got) > 1:
+            dup += 1
+        elif got[0] != owner:
+            wrong += 1
+        else:
+            per[got[0]][1] += 1
+    typer.echo(
+        f"{len(addrs)} sources -> {topo.vip6 if ipv6 else topo.vip4} "
+        f"(mode {spec.mode}, key {p.key}, {p.buckets} buckets)"
+    )
+    typer.echo(f"{'member':8} {'expected':>8} {'answered':>8}  share")
+    for name, (exp, ok, _) in per.items():
+        bar = "#" * round(40 * ok / len(addrs))
+        typer.echo(f"{name:8} {exp:8d} {ok:8d}  {bar}")
+    typer.echo(f"no reply: {none}  two or more replies: {dup}  wrong member: {wrong}")
+    if none or dup or wrong:
+        raise typer.Exit(1)
+
+
+@lab_app.command("down")
+def lab_down(prefix: LabPrefix = "vlab") -> None:
+    """Remove the lab's namespaces and processes."""
+    from vipctl import lab
+
+    lab.destroy(prefix)
+    typer.echo(f"lab {prefix} removed")
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,7 @@ class ClusterState:
     generation: int
     layout: Layout
     digest: str  # of the rendered ruleset that was committed
+    spec: dict[str, Any] | None = None  # the spec as applied (status needs names and ports)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class ClusterState:
             "generation": self.generation,
             "digest": self.digest,
             "layout": self.layout.to_json(),
+            "spec": self.spec,
         }
 
     @classmethod
@@ -49,6 +51,7 @@ class ClusterState:
             generation=int(data["generation"]),
             digest=str(data.get("digest", "")),
             layout=Layout.from_json(data["layout"]),
+            spec=data.get("spec"),
         )
 
 

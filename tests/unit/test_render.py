@@ -1,0 +1,115 @@
+"""Golden rulesets: examples/*.yaml rendered with fixed wiring, compared exactly.
+
+Regenerate after a reviewed change with `VIPCTL_UPDATE_GOLDEN=1 pytest tests/unit/test_render.py`
+and read the diff of rulesets/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vipctl.plan import desired
+from vipctl.render.nft import Observed, Wiring, build_table, render_table, transaction
+from vipctl.spec import Spec, load_spec, load_text
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def fake_wiring(spec: Spec) -> Wiring:
+    ifindex = {spec.uplink: 2}
+    ifindex.update({m.port: 10 + i for i, m in enumerate(spec.members)})
+    macs = {m.name: f"02:00:00:00:{i + 1:02x}:02" for i, m in enumerate(spec.members)}
+    return Wiring(ifindex=ifindex, macs=macs)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_golden_ruleset(example: Path) -> None:
+    spec = load_spec(example)
+    text = render_table(build_table(spec, desired(spec, None), fake_wiring(spec), 1))
+    golden = ROOT / "rulesets" / f"{example.stem}.nft"
+    if os.environ.get("VIPCTL_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert golden.exists(), f"no golden file {golden}; run with VIPCTL_UPDATE_GOLDEN=1"
+    assert text == golden.read_text()
+
+
+def test_examples_exist() -> None:
+    assert len(EXAMPLES) >= 4
+
+
+SPEC = """
+cluster: t
+vips: [198.51.100.253, "2001:db8:f::253"]
+uplink: up0
+mode: {mode}
+partition: {{key: {key}, bits: 3}}
+members:
+  - {{name: a, port: m1, address: 198.51.100.10}}
+  - {{name: b, port: m2, address: 198.51.100.18, weight: 3}}
+"""
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+@pytest.mark.parametrize("key", ["mask", "hash"])
+def test_one_decision_per_packet_at_ingress(mode: str, key: str) -> None:
+    spec = load_text(SPEC.format(mode=mode, key=key))
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 7)
+    ingress = table.chains[0]
+    assert ingress.hook is not None and 'hook ingress device "up0"' in ingress.hook
+    lookups = [r for r in ingress.rules if " map @" in r]
+    assert len(lookups) == 2  # one per address family, each does the single lookup
+    for rule in lookups:
+        if mode == "broadcast":
+            assert 'dup to "m1" dup to "m2" drop' in rule
+        else:
+            assert " fwd to " in rule
+    # a bucket with no owner is dropped, never routed
+    assert ingress.rules[-2:] == ("ip daddr @vips4 drop", "ip6 daddr @vips6 drop")
+    assert 'comment "vipctl generation 7"' in lookups[0]
+    # owner map: 8 buckets, 2 for a, 6 for b
+    owners = [s for s in table.sets if s.kind == "map"]
+    assert [len(s.elements) for s in owners] == [8, 8]
+
+
+def test_egress_filters_by_port_ifindex_and_rewrites_mac() -> None:
+    spec = load_text(SPEC.format(mode="broadcast", key="mask"))
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 1)
+    out_m2 = next(c for c in table.chains if c.name == "out_m2")
+    assert "ip daddr @vips4 meta mark != 11 drop" in out_m2.rules
+    assert 'ip daddr @vips4 counter name "c_b" ether daddr set 02:00:00:00:02:02' in out_m2.rules
+
+
+def test_nobody_up_means_empty_maps_and_drop() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask"))
+    layout = desired(spec, None, down={"a", "b"})
+    table = build_table(spec, layout, fake_wiring(spec), 1)
+    assert all(not s.elements for s in table.sets if s.kind == "map")
+
+
+def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
+    spec = load_text(SPEC.format(mode="broadcast", key="mask"))
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
+    observed = Observed(
+        sets=frozenset({"vips4", "vips6"}),
+        maps=frozenset({"owner4_h3_5eed", "owner4_m3"}),
+        counters=frozenset({"c_a", "c_gone"}),
+        chains=frozenset({"in_up0", "out_m1", "out_m9"}),
+        exists=True,
+    )
+    batch = transaction(table, observed).splitlines()
+    assert batch[0] == "add table netdev vipctl_t"
+    assert "flush chain netdev vipctl_t in_up0" in batch
+    assert not any(line.startswith("delete chain netdev vipctl_t in_up0") for line in batch)
+    assert "delete chain netdev vipctl_t out_m9" in batch
+    assert "delete map netdev vipctl_t owner4_h3_5eed" in batch
+    assert "delete counter netdev vipctl_t c_gone" in batch
+    assert "flush map netdev vipctl_t owner4_m3" in batch
+    # rules are added after every flush, deletions of stale objects come last
+    last_rule = max(i for i, line in enumerate(batch) if line.startswith("add rule"))
+    first_flush = min(i for i, line in enumerate(batch) if line.startswith("flush"))
+    first_delete = min(i for i, line in enumerate(batch) if line.startswith("delete"))
+    assert first_flush < last_rule < first_delete

@@ -1,0 +1,212 @@
+"""Orchestration shell: spec -> layout -> ruleset -> kernel -> state. No printing here."""
+
+from __future__ import annotations
+
+import difflib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from vipctl import kernel
+from vipctl import plan as planning
+from vipctl import state as statefile
+from vipctl.errors import KernelError, StateError
+from vipctl.partition import Layout, count, shares
+from vipctl.render.nft import (
+    Observed,
+    build_table,
+    counter_name,
+    digest,
+    render_table,
+    table_name,
+    transaction,
+)
+from vipctl.spec import Spec, parse_spec
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    generation: int
+    changed: bool
+    dry_run: bool
+    ruleset: str
+    diff: str
+    moved: int
+    lower_bound: int
+    seconds: float
+    layout: Layout
+
+
+def _previous(
+    spec: Spec, directory: Path, live: kernel.LiveTable | None
+) -> tuple[Layout | None, int]:
+    """What was live: the state file's layout, else the kernel's own table (adopt)."""
+    st = statefile.load(directory, spec.cluster)
+    live_gen = live.generation if live is not None else None
+    if st is not None and st.layout.bits == spec.partition.bits:
+        return st.layout, max(st.generation, live_gen or 0)
+    if live is not None:
+        found = kernel.live_table(spec, live)
+        if found is not None:
+            table, _ = found
+            weights = planning.spec_weights(spec)
+            adopted = Layout(bits=spec.partition.bits, weights=weights, base=table, table=table)
+            return adopted, live_gen or 0
+    return None, (st.generation if st else live_gen or 0)
+
+
+def apply(
+    spec: Spec,
+    directory: Path,
+    *,
+    dry_run: bool = False,
+    down: set[str] | None = None,
+) -> ApplyResult:
+    """Compute and install the cluster's table in one transaction (idempotent)."""
+    started = time.perf_counter()
+    with statefile.locked(directory, spec.cluster):
+        live = kernel.observe(spec.cluster)
+        previous, generation = _previous(spec, directory, live)
+        layout = planning.desired(spec, previous, down=down)
+        wiring = kernel.wiring(spec)
+        st = statefile.load(directory, spec.cluster)
+        new_table = build_table(spec, layout, wiring, generation + 1)
+        old_text = ""
+        if previous is not None and live is not None and st is not None:
+            try:
+                old_spec = parse_spec(st.spec) if st.spec else spec
+                old_text = render_table(build_table(old_spec, previous, wiring, generation))
+            except (KernelError, KeyError, StateError):
+                old_text = ""
+        same = (
+            live is not None
+            and st is not None
+            and live.generation == st.generation
+            and st.digest == digest(new_table)
+            and previous is not None
+            and previous.table == layout.table
+        )
+        change = planning.Change(previous, layout)
+        if same:
+            return ApplyResult(
+                generation=generation,
+                changed=False,
+                dry_run=dry_run,
+                ruleset=render_table(build_table(spec, layout, wiring, generation)),
+                diff="",
+                moved=0,
+                lower_bound=0,
+                seconds=time.perf_counter() - started,
+                layout=layout,
+            )
+        text = render_table(new_table)
+        diff = "".join(
+            difflib.unified_diff(
+                old_text.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                "live",
+                "new",
+                n=1,
+            )
+        )
+        batch = transaction(new_table, live.observed if live else Observed())
+        if dry_run:
+            kernel.check(batch)
+        else:
+            kernel.commit(batch)
+            kernel.verify(new_table)
+            statefile.save(
+                directory,
+                statefile.ClusterState(
+                    cluster=spec.cluster,
+                    generation=generation + 1,
+                    layout=layout,
+                    digest=digest(new_table),
+                    spec=spec.model_dump(mode="json"),
+                ),
+            )
+        return ApplyResult(
+            generation=generation + (0 if dry_run else 1),
+            changed=True,
+            dry_run=dry_run,
+            ruleset=text,
+            diff=diff,
+            moved=len(change.moved),
+            lower_bound=change.lower_bound,
+            seconds=time.perf_counter() - started,
+            layout=layout,
+        )
+
+
+def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
+    """The spec as it stands after `rebalance --weights` (what the state remembers)."""
+    data = spec.model_dump(mode="json")
+    for m in data["members"]:
+        if m["name"] in weights:
+            m["weight"] = float(weights[m["name"]])
+    return parse_spec(data)
+
+
+def down(cluster: str, directory: Path) -> bool:
+    """Remove the cluster's table and state; touches nothing else."""
+    with statefile.locked(directory, cluster):
+        removed = kernel.delete_table(cluster)
+        statefile.remove(directory, cluster)
+        return removed
+
+
+def clusters(directory: Path) -> list[str]:
+    names = {n.removeprefix("vipctl_").replace("_", "-") for n in kernel.list_tables()}
+    return sorted(names)
+
+
+def status(cluster: str, directory: Path) -> dict[str, Any]:
+    """What the kernel says is live, joined with the state (weights, health)."""
+    live = kernel.observe(cluster)
+    st = statefile.load(directory, cluster)
+    if live is None:
+        raise KernelError(f"cluster {cluster} is not installed (no table {table_name(cluster)})")
+    if st is None or not st.spec:
+        raise StateError(
+            f"cluster {cluster} is live but has no state in {directory}; run vipctl apply"
+        )
+    spec = parse_spec(st.spec)
+    found = kernel.live_table(spec, live)
+    live_counts = count(found[0]) if found else {}
+    layout = st.layout
+    targets = {s.name: s for s in shares(layout, with_entries=False)}
+    members = []
+    total = spec.partition.buckets
+    for m in spec.members:
+        packets, nbytes = live.counters.get(counter_name(m.name), (0, 0))
+        share = targets.get(m.name)
+        members.append(
+            {
+                "name": m.name,
+                "port": m.port,
+                "address": str(m.address),
+                "healthy": m.name not in layout.down,
+                "weight": planning.fmt_weight(dict(layout.weights).get(m.name, Fraction(0))),
+                "buckets": live_counts.get(m.name, 0),
+                "share": round(live_counts.get(m.name, 0) / total, 6),
+                "target": round(share.target, 6) if share else 0.0,
+                "packets": packets,
+                "bytes": nbytes,
+            }
+        )
+    return {
+        "cluster": cluster,
+        "generation": live.generation,
+        "mode": spec.mode,
+        "key": spec.partition.key,
+        "bits": spec.partition.bits,
+        "vips": [str(v) for v in spec.vips],
+        "uplink": spec.uplink,
+        "in_sync": live.generation == st.generation
+        and found is not None
+        and found[0] == layout.table,
+        "members": members,
+    }

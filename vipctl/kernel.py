@@ -1,0 +1,326 @@
+"""The kernel shell: the only module that imports the nftables bindings or pyroute2.
+
+Everything here works in the network namespace the process runs in (run vipctl under
+`ip netns exec NS` for another one). One libnftables call is one kernel transaction.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
+
+import nftables
+from pyroute2 import IPRoute
+
+from vipctl.errors import KernelError
+from vipctl.partition import Owner, Table
+from vipctl.render.nft import (
+    GENERATION_TAG,
+    TABLE_PREFIX,
+    NftTable,
+    Observed,
+    Wiring,
+    object_names,
+    table_name,
+)
+from vipctl.spec import Spec
+
+# REACHABLE STALE DELAY PROBE NOARP PERMANENT
+NUD_RESOLVED = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
+
+
+def _nft() -> Any:
+    nft = nftables.Nftables()
+    nft.set_json_output(True)
+    nft.set_handle_output(False)
+    return nft
+
+
+def run_json(cmd: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON command; None when the object does not exist."""
+    nft = _nft()
+    rc, out, err = nft.json_cmd(cmd)
+    if rc != 0:
+        if "No such file or directory" in str(err):
+            return None
+        raise KernelError(f"nft refused {cmd}: {str(err).strip()}")
+    return out if isinstance(out, dict) else None
+
+
+def commit(batch: str) -> None:
+    """Send one batch: the kernel commits all of it or none of it."""
+    nft = nftables.Nftables()
+    rc, _out, err = nft.cmd(batch)
+    if rc != 0:
+        first = str(err).strip().splitlines()
+        raise KernelError(
+            "the kernel refused the ruleset, nothing changed: " + " | ".join(first[:6])
+        )
+
+
+def check(batch: str) -> None:
+    """Validate a batch in the kernel without committing (libnftables dry-run)."""
+    nft = nftables.Nftables()
+    nft.set_dry_run(True)
+    rc, _out, err = nft.cmd(batch)
+    if rc != 0:
+        raise KernelError("the kernel would refuse the ruleset: " + str(err).strip())
+
+
+# --------------------------------------------------------------------------------------
+# Reading what is live
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveTable:
+    name: str
+    observed: Observed
+    generation: int | None
+    maps: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)
+    counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> packets, bytes
+    raw: list[dict[str, Any]] = field(default_factory=list)
+
+
+def list_tables() -> list[str]:
+    out = run_json({"nftables": [{"list": {"tables": {"family": "netdev"}}}]}) or {}
+    names = []
+    for item in out.get("nftables", []):
+        t = item.get("table")
+        if t and t.get("family") == "netdev" and str(t.get("name", "")).startswith(TABLE_PREFIX):
+            names.append(str(t["name"]))
+    return sorted(names)
+
+
+def observe(cluster: str) -> LiveTable | None:
+    name = table_name(cluster)
+    out = run_json({"nftables": [{"list": {"table": {"family": "netdev", "name": name}}}]})
+    if out is None:
+        return None
+    sets: set[str] = set()
+    maps: set[str] = set()
+    chains: set[str] = set()
+    counters: dict[str, tuple[int, int]] = {}
+    elements: dict[str, list[tuple[Any, Any]]] = {}
+    generation: int | None = None
+    items = out.get("nftables", [])
+    for item in items:
+        if "set" in item:
+            sets.add(item["set"]["name"])
+        elif "map" in item:
+            m = item["map"]
+            maps.add(m["name"])
+            elements[m["name"]] = [_elem_pair(e) for e in m.get("elem", [])]
+        elif "counter" in item:
+            c = item["counter"]
+            counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+        elif "chain" in item:
+            chains.add(item["chain"]["name"])
+        elif "rule" in item:
+            comment = str(item["rule"].get("comment", ""))
+            if comment.startswith(GENERATION_TAG):
+                generation = int(comment.split()[-1])
+    return LiveTable(
+        name=name,
+        observed=Observed(
+            sets=frozenset(sets),
+            maps=frozenset(maps),
+            counters=frozenset(counters),
+            chains=frozenset(chains),
+            exists=True,
+        ),
+        generation=generation,
+        maps=elements,
+        counters=counters,
+        raw=items,
+    )
+
+
+def _elem_pair(elem: Any) -> tuple[Any, Any]:
+    key, value = elem
+    if isinstance(key, dict) and "elem" in key:  # {"elem": {"val": ..., "timeout": ...}}
+        key = key["elem"].get("val")
+    return key, value
+
+
+def _bucket_from_key(key: Any, spec: Spec) -> int:
+    if spec.partition.key == "hash":
+        return int(key)
+    return int(ip_address(str(key)))
+
+
+def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[int, Table]] | None:
+    """The bucket table packets meet now, read from the kernel's owner maps.
+
+    Returns (table of the first VIP family, {family: table}); None if not installed.
+    """
+    live = live if live is not None else observe(spec.cluster)
+    if live is None:
+        return None
+    by_family: dict[int, Table] = {}
+    ifindex = _ifindex_by_port(spec)
+    port_owner = {m.port: m.name for m in spec.members}
+    index_owner = {ifindex[p]: n for p, n in port_owner.items() if p in ifindex}
+    size = spec.partition.buckets
+    for family in spec.vip_families:
+        _, owner_map = object_names(family, spec)
+        if owner_map not in live.maps:
+            return None
+        table: list[Owner] = [None] * size
+        for key, value in live.maps[owner_map]:
+            bucket = _bucket_from_key(key, spec)
+            if not 0 <= bucket < size:
+                continue
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                table[bucket] = index_owner.get(int(value))
+            else:
+                table[bucket] = port_owner.get(str(value))
+        by_family[family] = tuple(table)
+    first = by_family[spec.vip_families[0]]
+    return first, by_family
+
+
+def live_layout(spec: Spec) -> Any:
+    """For `which`: a Layout-like view of the live table (None when not installed)."""
+    from vipctl.partition import Layout
+
+    try:
+        found = live_table(spec)
+    except KernelError:
+        return None
+    if found is None:
+        return None
+    table, _ = found
+    return Layout(
+        bits=spec.partition.bits, weights=tuple(spec.weights.items()), base=table, table=table
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Links and neighbours
+# --------------------------------------------------------------------------------------
+
+
+def _ifindex_by_port(spec: Spec) -> dict[str, int]:
+    with IPRoute() as ipr:
+        out: dict[str, int] = {}
+        for name in [spec.uplink, *(m.port for m in spec.members)]:
+            found = ipr.link_lookup(ifname=name)
+            if found:
+                out[name] = int(found[0])
+        return out
+
+
+def wiring(spec: Spec, resolve_timeout: float = 1.5) -> Wiring:
+    """Each port's ifindex and each member's MAC; KernelError naming what is missing."""
+    ifindex = _ifindex_by_port(spec)
+    missing = []
+    if spec.uplink not in ifindex:
+        missing.append(f"uplink '{spec.uplink}' does not exist")
+    for m in spec.members:
+        if m.port not in ifindex:
+            missing.append(f"port '{m.port}' of member {m.name} does not exist")
+    if missing:
+        raise KernelError("; ".join(missing) + " (nothing changed)")
+    macs: dict[str, str] = {}
+    pending = []
+    for m in spec.members:
+        if m.mac:
+            macs[m.name] = m.mac.lower()
+        else:
+            pending.append(m)
+    if pending:
+        with IPRoute() as ipr:
+            for m in pending:
+                mac = _neighbour(ipr, ifindex[m.port], m.address)
+                if mac is None:
+                    _poke(m.address, m.port)
+            deadline = time.monotonic() + resolve_timeout
+            for m in pending:
+                mac = _neighbour(ipr, ifindex[m.port], m.address)
+                while mac is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    mac = _neighbour(ipr, ifindex[m.port], m.address)
+                if mac is None:
+                    raise KernelError(
+                        f"cannot resolve the MAC of member {m.name} ({m.address}) on port "
+                        f"{m.port}: no neighbour answer within {resolve_timeout:g}s. Is the "
+                        f"member up and on that port? (or set members[].mac) (nothing changed)"
+                    )
+                macs[m.name] = mac
+    return Wiring(ifindex=ifindex, macs=macs)
+
+
+def _neighbour(ipr: Any, ifindex: int, address: IPv4Address | IPv6Address) -> str | None:
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    for msg in ipr.get_neighbours(family=family, ifindex=ifindex):
+        if msg.get_attr("NDA_DST") != str(address):
+            continue
+        mac = msg.get_attr("NDA_LLADDR")
+        if mac and msg["state"] & NUD_RESOLVED and mac != "00:00:00:00:00:00":
+            return str(mac).lower()
+    return None
+
+
+def _poke(address: IPv4Address | IPv6Address, port: str) -> None:
+    """Make the kernel resolve a neighbour: one datagram to the discard port on that link."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
+            s.sendto(b"", (str(address), 9))
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# Whole-table operations
+# --------------------------------------------------------------------------------------
+
+
+def delete_table(cluster: str) -> bool:
+    name = table_name(cluster)
+    if observe(cluster) is None:
+        return False
+    commit(f"delete table netdev {name}\n")
+    return True
+
+
+def verify(table: NftTable) -> None:
+    """Read the table back and compare every map's element count with what we sent."""
+    out = run_json({"nftables": [{"list": {"table": {"family": "netdev", "name": table.name}}}]})
+    if out is None:
+        raise KernelError(f"table {table.name} vanished right after commit")
+    counts: dict[str, int] = {}
+    for item in out.get("nftables", []):
+        for kind in ("map", "set"):
+            if kind in item:
+                counts[item[kind]["name"]] = len(item[kind].get("elem", []))
+    for s in table.sets:
+        if counts.get(s.name) != len(s.elements):
+            raise KernelError(
+                f"read-back mismatch: {s.name} holds {counts.get(s.name)} elements, "
+                f"{len(s.elements)} were committed"
+            )
+
+
+@contextmanager
+def in_netns(name: str | None) -> Iterator[None]:
+    """Run the block inside network namespace `name` (libnftables binds at creation)."""
+    if not name:
+        yield
+        return
+    from pyroute2 import netns
+
+    fd = open("/proc/self/ns/net")  # noqa: SIM115
+    try:
+        netns.setns(name)
+        yield
+    finally:
+        netns.setns(fd)
+        fd.close()

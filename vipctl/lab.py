@@ -1,0 +1,626 @@
+"""A throw-away test topology in network namespaces: one client, one router, N members.
+
+Layout (i = 1..N, at most 29 members)::
+
+    {prefix}-client  eth0 203.0.113.2/24, 2001:db8:c::2/64, default via the router;
+                     local routes 10.99.0.0/16 and 2001:db8:99::/64 on lo, so the client
+                     can send from (and receive on) 65k IPv4 and 2**64 IPv6 source addresses
+    {prefix}-router  up0 203.0.113.1/24, 2001:db8:c::1/64 (uplink, towards the client)
+                     m{i} 198.51.100.(8i+1)/29, 2001:db8:(10+i)::1/64 (member ports)
+                     forwarding on, rp_filter 0, routes back to the client's source ranges,
+                     NO route to the VIPs: vipctl's netdev ingress rules on up0 deliver them
+    {prefix}-m{i}    eth0 198.51.100.(8i+2)/29, 2001:db8:(10+i)::2/64, default via the router,
+                     both VIPs on lo, arp_ignore=1, arp_announce=2, rp_filter=0
+
+Nothing here touches the machine's own network namespace: every link, address, route and
+sysctl is created inside a namespace this module made. Sysctls are written from a short-lived
+thread that has ``setns()``-ed into the namespace; the thread checks that it really is in the
+target namespace before it writes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+NETNS_DIR = Path("/run/netns")
+WORK_ROOT = Path("/tmp/vipctl-lab")
+
+VIP4 = "198.51.100.253"
+VIP6 = "2001:db8:f::253"
+CLIENT4 = "203.0.113.2"
+CLIENT6 = "2001:db8:c::2"
+ROUTER4 = "203.0.113.1"
+ROUTER6 = "2001:db8:c::1"
+SOURCES4 = "10.99.0.0/16"
+SOURCES6 = "2001:db8:99::/64"
+UPLINK = "up0"
+UPLINK_MAC = "02:00:00:00:00:01"
+CLIENT_MAC = "02:00:00:00:00:02"
+ECHO_PORT = 7000
+MAX_MEMBERS = 29
+
+_CLONE_NEWNET = 0x40000000
+
+
+class LabError(RuntimeError):
+    """A lab command failed."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member server of the lab; ``index`` counts from 1."""
+
+    index: int
+    name: str  # web{i}
+    ns: str  # {prefix}-m{i}
+    port: str  # m{i}: the router-side interface
+    address: str  # 198.51.100.(8i+2): the member's own IPv4 address (on its eth0)
+    address6: str  # 2001:db8:(10+i)::2
+    gateway: str  # 198.51.100.(8i+1): the router's address on port m{i}
+    gateway6: str  # 2001:db8:(10+i)::1
+    mac: str  # MAC of the member's eth0 (fixed at creation: 02:00:00:00:{i:02x}:02)
+    port_mac: str  # MAC of the router's port m{i} (02:00:00:00:{i:02x}:01)
+
+
+@dataclass(frozen=True)
+class Lab:
+    """Names and addresses of a lab. Pure data: ``describe`` makes one without the kernel."""
+
+    prefix: str
+    n_members: int
+    client_ns: str
+    router_ns: str
+    uplink: str
+    members: tuple[Member, ...]
+    vip4: str = VIP4
+    vip6: str = VIP6
+    client4: str = CLIENT4
+    client6: str = CLIENT6
+    router4: str = ROUTER4
+    router6: str = ROUTER6
+    sources4: str = SOURCES4  # client source range (IPv4)
+    sources6: str = SOURCES6  # client source range (IPv6)
+    client_mac: str = CLIENT_MAC
+    uplink_mac: str = UPLINK_MAC
+    echo_port: int = ECHO_PORT
+
+    @property
+    def vips(self) -> tuple[str, str]:
+        return (self.vip4, self.vip6)
+
+    @property
+    def member_ns(self) -> tuple[str, ...]:
+        return tuple(m.ns for m in self.members)
+
+    @property
+    def ports(self) -> tuple[str, ...]:
+        return tuple(m.port for m in self.members)
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.members)
+
+    @property
+    def member_addrs(self) -> tuple[str, ...]:
+        return tuple(m.address for m in self.members)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.client_ns, self.router_ns, *self.member_ns)
+
+    @property
+    def workdir(self) -> Path:
+        """Scratch directory for logs and captures; removed by ``destroy``."""
+        return WORK_ROOT / self.prefix
+
+    def member(self, i: int) -> Member:
+        """Member ``i``, counting from 1 (web1 is ``member(1)``)."""
+        if not 1 <= i <= self.n_members:
+            raise IndexError(f"member index {i} not in 1..{self.n_members}")
+        return self.members[i - 1]
+
+    def by_name(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def spec(
+        self,
+        cluster: str = "lab",
+        *,
+        mode: str = "steer",
+        key: str = "mask",
+        bits: int = 8,
+        vips: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """A vipctl spec (PRODUCT.md format, as a dict) that serves this lab's VIPs."""
+        return {
+            "cluster": cluster,
+            "vips": list(vips if vips is not None else self.vips),
+            "uplink": self.uplink,
+            "mode": mode,
+            "partition": {"key": key, "bits": bits, "seed": 0x5EED},
+            "members": [
+                {"name": m.name, "port": m.port, "address": m.address, "weight": 1}
+                for m in self.members
+            ],
+            "health": {"probe": {"kind": "tcp", "port": self.echo_port}},
+        }
+
+
+def _check_prefix(prefix: str) -> None:
+    if not prefix or len(prefix) > 40 or not all(c.isalnum() or c in "_." for c in prefix):
+        raise ValueError(f"bad lab prefix {prefix!r}: use 1-40 letters, digits, '_' or '.'")
+
+
+def describe(prefix: str, members: int = 3) -> Lab:
+    """The Lab that ``build(prefix, members)`` makes, without touching the kernel."""
+    _check_prefix(prefix)
+    if not 1 <= members <= MAX_MEMBERS:
+        raise ValueError(f"members must be 1..{MAX_MEMBERS}, not {members}")
+    ms = tuple(
+        Member(
+            index=i,
+            name=f"web{i}",
+            ns=f"{prefix}-m{i}",
+            port=f"m{i}",
+            address=f"198.51.100.{8 * i + 2}",
+            address6=f"2001:db8:{10 + i}::2",
+            gateway=f"198.51.100.{8 * i + 1}",
+            gateway6=f"2001:db8:{10 + i}::1",
+            mac=f"02:00:00:00:{i:02x}:02",
+            port_mac=f"02:00:00:00:{i:02x}:01",
+        )
+        for i in range(1, members + 1)
+    )
+    return Lab(
+        prefix=prefix,
+        n_members=members,
+        client_ns=f"{prefix}-client",
+        router_ns=f"{prefix}-router",
+        uplink=UPLINK,
+        members=ms,
+    )
+
+
+def namespaces(prefix: str) -> list[str]:
+    """Existing namespaces that belong to the lab ``prefix``."""
+    try:
+        names = os.listdir(NETNS_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(f"{prefix}-"))
+
+
+def discover(prefix: str) -> Lab | None:
+    """The Lab built earlier under ``prefix`` (by any process), or None if there is none."""
+    _check_prefix(prefix)
+    present = set(namespaces(prefix))
+    if f"{prefix}-router" not in present or f"{prefix}-client" not in present:
+        return None
+    n = 0
+    while f"{prefix}-m{n + 1}" in present:
+        n += 1
+    return describe(prefix, n) if n else None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_in(
+    ns: str | None,
+    argv: Sequence[str],
+    *,
+    input: str | bytes | None = None,
+    check: bool = True,
+    timeout: float | None = 60.0,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside namespace ``ns`` (``ip netns exec``) and capture its output.
+
+    ``ns=None`` runs in the caller's namespace. With ``check`` a non-zero exit raises
+    LabError carrying stderr.
+    """
+    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+    data = input.decode() if isinstance(input, bytes) else input
+    proc = subprocess.run(
+        full,
+        input=data,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else None,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise LabError(
+            f"{' '.join(full)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout}"
+        )
+    return proc
+
+
+def spawn_in(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    text: bool = True,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``argv`` inside namespace ``ns``; the caller owns the returned Popen.
+
+    ``destroy`` kills every process left in the lab's namespaces, so a forgotten Popen
+    does not outlive the lab.
+    """
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, *argv],
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+        env=dict(env) if env is not None else None,
+    )
+
+
+def _ip_batch(ns: str | None, lines: Sequence[str]) -> None:
+    argv = ["ip", *(["-n", ns] if ns else []), "-batch", "-"]
+    proc = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def ip_json(ns: str, args: Sequence[str]) -> Any:
+    """``ip -j -n NS ARGS`` parsed."""
+    proc = subprocess.run(["ip", "-j", "-n", ns, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LabError(f"ip -n {ns} {' '.join(args)}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout or "[]")
+
+
+# --------------------------------------------------------------------------- sysctls
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _in_netns(ns: str, fn: Any) -> None:
+    """Run ``fn()`` in a fresh thread that has joined namespace ``ns``; re-raise its error."""
+    target = NETNS_DIR / ns
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({target}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            # Never write a sysctl unless this thread provably sits in the lab namespace.
+            if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(target).st_ino:
+                raise LabError(f"setns into {ns} did not take effect")
+            fn()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=worker, name=f"netns-{ns}")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+
+
+def set_sysctls(ns: str, values: Mapping[str, str | int]) -> None:
+    """Write ``net.*`` sysctls inside namespace ``ns`` (keys in dotted sysctl form)."""
+    for key in values:
+        if not key.startswith("net."):
+            raise ValueError(f"only net.* sysctls are namespaced: {key}")
+
+    def write() -> None:
+        for key, value in values.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            with open(path, "w") as f:
+                f.write(f"{value}\n")
+
+    _in_netns(ns, write)
+
+
+def get_sysctl(ns: str, key: str) -> str:
+    out: list[str] = []
+
+    def read() -> None:
+        with open("/proc/sys/" + key.replace(".", "/")) as f:
+            out.append(f.read().strip())
+
+    _in_netns(ns, read)
+    return out[0]
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _common_sysctls() -> dict[str, str | int]:
+    return {
+        "net.ipv6.conf.all.accept_dad": 0,
+        "net.ipv6.conf.default.accept_dad": 0,
+        "net.ipv6.conf.all.accept_ra": 0,
+        "net.ipv6.conf.default.accept_ra": 0,
+        "net.ipv4.conf.all.rp_filter": 0,
+        "net.ipv4.conf.default.rp_filter": 0,
+    }
+
+
+def build(prefix: str, members: int = 3, *, echo: bool = True) -> Lab:
+    """Create the lab's namespaces, links, addresses, routes and sysctls.
+
+    Any earlier lab with the same prefix is destroyed first. With ``echo`` every member
+    runs ``python -m vipctl.echo`` (UDP and TCP echo on port 7000); build returns once all
+    of them listen. On failure the half-built lab is destroyed and the error re-raised.
+    """
+    lab = describe(prefix, members)
+    destroy(prefix)
+    try:
+        _build(lab)
+        if echo:
+            start_echo(lab)
+    except BaseException:
+        destroy(prefix)
+        raise
+    return lab
+
+
+def _build(lab: Lab) -> None:
+    lab.workdir.mkdir(parents=True, exist_ok=True)
+    _ip_batch(None, [f"netns add {ns}" for ns in lab.namespaces])
+
+    # Defaults first: links created afterwards inherit them (no DAD, no rp_filter).
+    for ns in lab.namespaces:
+        set_sysctls(ns, _common_sysctls())
+    set_sysctls(
+        lab.client_ns,
+        {"net.ipv4.ip_nonlocal_bind": 1, "net.ipv6.ip_nonlocal_bind": 1},
+    )
+    set_sysctls(
+        lab.router_ns,
+        {
+            "net.ipv4.ip_forward": 1,
+            "net.ipv6.conf.all.forwarding": 1,
+            "net.ipv6.conf.default.forwarding": 1,
+        },
+    )
+    for m in lab.members:
+        set_sysctls(
+            m.ns,
+            {
+                "net.ipv4.conf.all.arp_ignore": 1,
+                "net.ipv4.conf.default.arp_ignore": 1,
+                "net.ipv4.conf.all.arp_announce": 2,
+                "net.ipv4.conf.default.arp_announce": 2,
+            },
+        )
+
+    # Router: veth pairs with the far ends created directly in the peer namespaces.
+    r = [
+        "link set lo up",
+        f"link add {lab.uplink} address {lab.uplink_mac} type veth "
+        f"peer name eth0 address {lab.client_mac} netns {lab.client_ns}",
+    ]
+    for m in lab.members:
+        r.append(
+            f"link add {m.port} address {m.port_mac} type veth "
+            f"peer name eth0 address {m.mac} netns {m.ns}"
+        )
+    r += [
+        f"addr add {lab.router4}/24 dev {lab.uplink}",
+        f"addr add {lab.router6}/64 dev {lab.uplink} nodad",
+        f"link set {lab.uplink} up",
+    ]
+    for m in lab.members:
+        r += [
+            f"addr add {m.gateway}/29 dev {m.port}",
+            f"addr add {m.gateway6}/64 dev {m.port} nodad",
+            f"link set {m.port} up",
+        ]
+    _ip_batch(lab.router_ns, r)
+
+    _ip_batch(
+        lab.client_ns,
+        [
+            "link set lo up",
+            f"addr add {lab.client4}/24 dev eth0",
+            f"addr add {lab.client6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            f"route add default via {lab.router4} dev eth0",
+            f"route add ::/0 via {lab.router6} dev eth0",
+            f"route add local {lab.sources4} dev lo",
+            f"route add local {lab.sources6} dev lo",
+        ],
+    )
+    for m in lab.members:
+        _ip_batch(
+            m.ns,
+            [
+                "link set lo up",
+                f"addr add {lab.vip4}/32 dev lo",
+                # Loopback never runs DAD; nodad makes that explicit. IPv6 answers
+                # neighbour solicitations only for addresses on the receiving interface,
+                # so the VIP on lo is never announced on eth0 (test_lab checks this).
+                f"addr add {lab.vip6}/128 dev lo nodad",
+                f"addr add {m.address}/29 dev eth0",
+                f"addr add {m.address6}/64 dev eth0 nodad",
+                "link set eth0 up",
+                f"route add default via {m.gateway} dev eth0",
+                f"route add ::/0 via {m.gateway6} dev eth0",
+            ],
+        )
+        set_sysctls(
+            m.ns,
+            {
+                "net.ipv4.conf.eth0.arp_ignore": 1,
+                "net.ipv4.conf.eth0.arp_announce": 2,
+                "net.ipv4.conf.eth0.rp_filter": 0,
+                "net.ipv4.conf.lo.rp_filter": 0,
+            },
+        )
+
+    _ip_batch(
+        lab.router_ns,
+        [
+            f"route add {lab.sources4} via {lab.client4} dev {lab.uplink}",
+            f"route add {lab.sources6} via {lab.client6} dev {lab.uplink}",
+        ],
+    )
+    set_sysctls(
+        lab.router_ns,
+        {f"net.ipv4.conf.{p}.rp_filter": 0 for p in (lab.uplink, *lab.ports)},
+    )
+
+
+def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:
+    """Start ``vipctl.echo`` in every member namespace and wait until all listen."""
+    port = lab.echo_port if port is None else port
+    lab.workdir.mkdir(parents=True, exist_ok=True)
+    procs: list[tuple[Member, subprocess.Popen[str]]] = []
+    for m in lab.members:
+        log = open(lab.workdir / f"echo-{m.name}.log", "a")  # noqa: SIM115
+        try:
+            # setsid -f: the echo server detaches (destroy() finds it by namespace); its
+            # stdout pipe only carries the "ready" line.
+            p = spawn_in(
+                m.ns,
+                [
+                    "setsid",
+                    "-f",
+                    sys.executable,
+                    "-m",
+                    "vipctl.echo",
+                    "--name",
+                    m.name,
+                    "--port",
+                    str(port),
+                    "--ready",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log.fileno(),
+            )
+        finally:
+            log.close()
+        procs.append((m, p))
+    deadline = time.monotonic() + timeout
+    failed: list[str] = []
+    for m, p in procs:
+        assert p.stdout is not None
+        line = _readline_until(p.stdout.fileno(), deadline)
+        p.stdout.close()
+        p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if line.strip() != "ready":
+            failed.append(m.name)
+    if failed:
+        logs = {n: (lab.workdir / f"echo-{n}.log").read_text()[-500:] for n in failed}
+        raise LabError(f"echo did not start on {failed}: {logs}")
+
+
+def _readline_until(fd: int, deadline: float) -> str:
+    import select
+
+    buf = b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 256)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").split("\n", 1)[0]
+
+
+def member_mac(lab: Lab, i: int) -> str:
+    """MAC address of member ``i``'s eth0 (i counts from 1), read from the kernel."""
+    m = lab.member(i)
+    links = ip_json(m.ns, ["link", "show", "dev", "eth0"])
+    return str(links[0]["address"])
+
+
+def link_mac(ns: str, dev: str) -> str:
+    links = ip_json(ns, ["link", "show", "dev", dev])
+    return str(links[0]["address"])
+
+
+# --------------------------------------------------------------------------- destroy
+
+
+def _pids(ns: str) -> list[int]:
+    proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return []
+    me = os.getpid()
+    return [int(x) for x in proc.stdout.split() if x.isdigit() and int(x) != me]
+
+
+def kill_ns_processes(nss: str | Sequence[str], *, grace: float = 1.0) -> None:
+    """SIGTERM every process in the namespace(s), then SIGKILL what is left after ``grace``."""
+    names = [nss] if isinstance(nss, str) else list(nss)
+    pids = [pid for ns in names for pid in _pids(ns)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.005)
+        pids = [p for p in pids if _alive(p)]
+    if pids:
+        for pid in [pid for ns in names for pid in _pids(ns)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def destroy(prefix: str) -> None:
+    """Kill the lab's processes and delete every namespace named ``{prefix}-*``.
+
+    Idempotent; never raises because something is already gone.
+    """
+    _check_prefix(prefix)
+    nss = namespaces(prefix)
+    if nss:
+        kill_ns_processes(nss)
+        subprocess.run(
+            ["ip", "-force", "-batch", "-"],
+            input="".join(f"netns del {ns}\n" for ns in nss),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    shutil.rmtree(WORK_ROOT / prefix, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Pure renderers: partition -> kernel rulesets."""
