@@ -66,10 +66,23 @@ def commit(batch: str) -> None:
 def check(batch: str) -> None:
     """Validate a batch in the kernel without committing (libnftables dry-run)."""
     nft = nftables.Nftables()
-    nft.set_dry_run(True)
+    _set_dry_run(nft)
     rc, _out, err = nft.cmd(batch)
     if rc != 0:
         raise KernelError("the kernel would refuse the ruleset: " + str(err).strip())
+
+
+def _set_dry_run(nft: Any) -> None:
+    """nft_ctx_set_dry_run(): Debian's bindings have set_dry_run(), pip-nftables 1.0.2 does
+    not, so call libnftables directly on the context the object owns."""
+    if hasattr(nft, "set_dry_run"):
+        nft.set_dry_run(True)
+        return
+    import ctypes
+
+    lib = ctypes.CDLL("libnftables.so.1")
+    lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
+    lib.nft_ctx_set_dry_run(nft._Nftables__ctx, True)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Helpers for kernel tests: run vipctl inside a lab namespace, snapshot kernel state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vipctl import kernel
+from vipctl.lab import Lab
+from vipctl.partition import bucket_of
+from vipctl.spec import parse_spec
+
+
+def vipctl(ns: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`vipctl ARGS` as a process inside namespace `ns` (like an operator would run it)."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vipctl {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def write_spec(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def sh(ns: str, cmd: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "sh", "-c", cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+def ruleset(ns: str) -> str:
+    return sh(ns, "nft list ruleset")
+
+
+def expected_owners(lab: Lab, spec: dict[str, Any], sources: list[str]) -> dict[str, str | None]:
+    """Owner of each source according to the live table read from the router's kernel."""
+    model = parse_spec(spec)
+    with kernel.in_netns(lab.router_ns):
+        found = kernel.live_table(model)
+    assert found is not None, "cluster not installed"
+    p = model.partition
+    out = {}
+    for src in sources:
+        family = 6 if ":" in src else 4
+        out[src] = found[1][family][bucket_of(src, p.key, p.bits, p.seed)]
+    return out
