@@ -41,10 +41,27 @@ def _nft() -> Any:
     return nft
 
 
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """libnftables 1.0.6 fprintf()s "stmt ops map have no json callback" to fd 2 for every
+    `update @map { k : v }` it lists as JSON; errors we need come back in the buffer."""
+    import os
+
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def run_json(cmd: dict[str, Any]) -> dict[str, Any] | None:
     """A JSON command; None when the object does not exist."""
     nft = _nft()
-    rc, out, err = nft.json_cmd(cmd)
+    with _quiet_stderr():
+        rc, out, err = nft.json_cmd(cmd)
     if rc != 0:
         if "No such file or directory" in str(err):
             return None
@@ -315,6 +332,8 @@ def verify(table: NftTable) -> None:
             if kind in item:
                 counts[item[kind]["name"]] = len(item[kind].get("elem", []))
     for s in table.sets:
+        if s.dynamic:
+            continue
         if counts.get(s.name) != len(s.elements):
             raise KernelError(
                 f"read-back mismatch: {s.name} holds {counts.get(s.name)} elements, "

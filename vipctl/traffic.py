@@ -231,7 +231,6 @@ def probe(
 ) -> dict[str, list[str]]:
     """``probe_here`` run in the lab's client namespace. ``{source: [member, ...]}``."""
     out: dict[str, list[str]] = {}
-    # Chunks keep the JSON small and the echo queues short; one process does them all.
     proc = labmod.run_in(
         lab.client_ns,
         _python_argv(
@@ -873,16 +872,6 @@ def _read_sources(args: argparse.Namespace, stdin: IO[str]) -> list[str]:
     return out
 
 
-def _probe_chunks(
-    vip: str, sources: Sequence[str], port: int, timeout: float, settle: float
-) -> dict[str, list[str]]:
-    result: dict[str, list[str]] = {}
-    chunk = 16384
-    for k in range(0, len(sources), chunk):
-        result.update(probe_here(vip, sources[k : k + chunk], port, timeout, settle=settle))
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vipctl.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -937,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         if lab is not None:
             result = probe(lab, args.vip, sources, args.port, args.timeout, settle=args.settle)
         else:
-            result = _probe_chunks(args.vip, sources, args.port, args.timeout, args.settle)
+            result = probe_here(args.vip, sources, args.port, args.timeout, settle=args.settle)
         if args.raw_json:
             json.dump(result, sys.stdout)
             return 0

@@ -63,6 +63,9 @@ def test_exactly_once_for_4096_sources_v4_and_v6(
                 f"{len(bad)} of {len(sources)} sources wrong, e.g. {list(bad.items())[:5]}"
             )
             assert {want[s] for s in sources} == set(topo.member_names)
+        # an operator can still read the ruleset (text and JSON) with pins in the maps
+        assert "table netdev vipctl_web" in ruleset(topo.router_ns)
+        assert '"vipctl_web"' in sh(topo.router_ns, "nft -j list ruleset 2>/dev/null")
         # `vipctl which` names the member that really answered (hash key: our jhash = kernel's)
         path = tmp_path / "web.json"
         for src in traffic.expand(topo.sources4, 4096)[::1000]:
@@ -100,10 +103,15 @@ def test_shares_match_weights_within_one_bucket(topo: Lab, tmp_path: Path, state
 
 
 @pytest.mark.parametrize("mode", ["broadcast", "steer"])
-def test_atomic_swap_under_traffic(topo: Lab, tmp_path: Path, state: str, mode: str) -> None:
+@pytest.mark.parametrize("pinning", [False, True], ids=["nopin", "pin"])
+def test_atomic_swap_under_traffic(
+    topo: Lab, tmp_path: Path, state: str, mode: str, pinning: bool
+) -> None:
     """>= 200 applies with alternating weights while numbered packets flow: each number
-    reaches exactly one member (counters alone could hide a loss cancelled by a duplicate)."""
+    reaches exactly one member (counters alone could hide a loss cancelled by a duplicate).
+    Without pinning every swap really moves the flows of the moved buckets."""
     spec = topo.spec("web", mode=mode, key="mask", bits=8)
+    spec["pinning"] = {"enabled": pinning}
     apply(topo, tmp_path, state, spec)
     path = tmp_path / "web.json"
     sources = traffic.expand(topo.sources4, 1024)
@@ -224,7 +232,7 @@ def test_a_kernel_refusal_leaves_the_previous_rules(topo: Lab, tmp_path: Path, s
         )
         assert refused.returncode != 0
         assert _snapshot(topo, state) == before
-        assert "fwd to" in run(topo.router_ns, "nft list chain netdev vipctl_web in_up0")
+        assert "jump vip4" in run(topo.router_ns, "nft list chain netdev vipctl_web in_up0")
     finally:
         down(topo, state, "web")
 

@@ -55,24 +55,67 @@ members:
 
 @pytest.mark.parametrize("mode", ["broadcast", "steer"])
 @pytest.mark.parametrize("key", ["mask", "hash"])
-def test_one_decision_per_packet_at_ingress(mode: str, key: str) -> None:
-    spec = load_text(SPEC.format(mode=mode, key=key))
+@pytest.mark.parametrize("pinning", [True, False])
+def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) -> None:
+    text = SPEC.format(mode=mode, key=key) + f"pinning: {{enabled: {str(pinning).lower()}}}\n"
+    spec = load_text(text)
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 7)
     ingress = table.chains[0]
     assert ingress.hook is not None and 'hook ingress device "up0"' in ingress.hook
-    lookups = [r for r in ingress.rules if " map @" in r]
-    assert len(lookups) == 2  # one per address family, each does the single lookup
-    for rule in lookups:
+    assert ingress.rules == (
+        'ip daddr @vips4 jump vip4 comment "vipctl generation 7"',
+        "ip6 daddr @vips6 jump vip6",
+    )
+    for family in (4, 6):
+        chain = next(c for c in table.chains if c.name == f"vip{family}")
+        # exactly one bucket-table lookup per packet, in one rule
+        lookups = [r for r in chain.rules if "map @owner" in r]
+        assert len(lookups) == 1
+        assert lookups[0].startswith("meta mark 0 " if pinning else "meta mark set ")
+        deliver = chain.rules[-2]
         if mode == "broadcast":
-            assert 'dup to "m1" dup to "m2" drop' in rule
+            assert deliver == 'meta mark != 0 dup to "m1" dup to "m2" drop'
         else:
-            assert " fwd to " in rule
-    # a bucket with no owner is dropped, never routed
-    assert ingress.rules[-2:] == ("ip daddr @vips4 drop", "ip6 daddr @vips6 drop")
-    assert 'comment "vipctl generation 7"' in lookups[0]
-    # owner map: 8 buckets, 2 for a, 6 for b
-    owners = [s for s in table.sets if s.kind == "map"]
+            assert deliver == "meta mark != 0 fwd to meta mark map @ports"
+        # a bucket with no owner is dropped, never routed
+        assert chain.rules[-1] == "drop"
+        pins = [r for r in chain.rules if "@pin" in r]
+        assert len(pins) == (2 if pinning else 0)
+        if pinning:
+            # the pin update is its own rule: a full pin table cannot stop delivery
+            update = next(r for r in chain.rules if " update @pin" in r)
+            assert "fwd" not in update and "dup" not in update
+            assert "meta mark != 0 meta mark != @alive meta mark set 0" in chain.rules
+    owners = [s for s in table.sets if s.name.startswith("owner")]
     assert [len(s.elements) for s in owners] == [8, 8]
+    pin_maps = [s for s in table.sets if s.name.startswith("pin")]
+    assert len(pin_maps) == (2 if pinning else 0)
+    assert all(s.dynamic and not s.elements for s in pin_maps)
+
+
+def test_alive_set_holds_ports_of_members_up() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask"))
+    table = build_table(spec, desired(spec, None, down={"a"}), fake_wiring(spec), 1)
+    alive = next(s for s in table.sets if s.name == "alive")
+    assert alive.elements == ("11",)
+    ports = next(s for s in table.sets if s.name == "ports")
+    assert ports.elements == ('10 : "m1"', '11 : "m2"')
+
+
+def test_pin_maps_are_never_flushed_by_a_swap() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask"))
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
+    observed = Observed(
+        sets=frozenset({"vips4", "vips6", "alive"}),
+        maps=frozenset(
+            {"owner4_m3", "owner6_m3", "ports", "pin4_t600_n1048576", "pin6_t600_n1048576"}
+        ),
+        chains=frozenset({"in_up0", "vip4", "vip6", "out_m1", "out_m2"}),
+        exists=True,
+    )
+    batch = transaction(table, observed)
+    assert "pin4" in batch and "flush map netdev vipctl_t pin4" not in batch
+    assert "delete map netdev vipctl_t pin" not in batch
 
 
 def test_egress_filters_by_port_ifindex_and_rewrites_mac() -> None:
@@ -87,7 +130,7 @@ def test_nobody_up_means_empty_maps_and_drop() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     layout = desired(spec, None, down={"a", "b"})
     table = build_table(spec, layout, fake_wiring(spec), 1)
-    assert all(not s.elements for s in table.sets if s.kind == "map")
+    assert all(not s.elements for s in table.sets if s.name.startswith(("owner", "alive")))
 
 
 def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
@@ -103,6 +146,7 @@ def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
     batch = transaction(table, observed).splitlines()
     assert batch[0] == "add table netdev vipctl_t"
     assert "flush chain netdev vipctl_t in_up0" in batch
+    assert "delete map netdev vipctl_t owner4_m3" not in batch
     assert not any(line.startswith("delete chain netdev vipctl_t in_up0") for line in batch)
     assert "delete chain netdev vipctl_t out_m9" in batch
     assert "delete map netdev vipctl_t owner4_h3_5eed" in batch

@@ -39,6 +39,7 @@ class NftSet:
     kind: str  # "set" | "map"
     decl: tuple[str, ...]  # statements inside the braces, without elements
     elements: tuple[str, ...]
+    dynamic: bool = False  # filled by the packet path (pins): never flushed by a swap
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ def _key_expr(family: int, key: str, bits: int, seed: int) -> tuple[str, str]:
     """(expression computing the bucket key, typeof of the map key)."""
     saddr = "ip saddr" if family == 4 else "ip6 saddr"
     if key == "hash":
-        expr = f"jhash {saddr} mod {1 << bits} seed 0x{seed:x}"
-        return expr, expr
+        # The map is declared with `typeof numgen inc mod N`, not `typeof jhash ...`: both
+        # are 32-bit integers to the kernel, but nft 1.0.6 segfaults when it prints a set
+        # whose typeof is a jhash (`nft list ruleset` would crash for every operator).
+        return f"jhash {saddr} mod {1 << bits} seed 0x{seed:x}", f"numgen inc mod {1 << bits}"
     return f"{saddr} & {_mask_literal(family, bits)}", saddr
 
 
@@ -94,21 +97,57 @@ def object_names(family: int, spec: Spec) -> tuple[str, str]:
     """Names of the (vips set, owner map) for one address family."""
     p = spec.partition
     suffix = f"m{p.bits}" if p.key == "mask" else f"h{p.bits}_{p.seed:x}"
-    kind = "owner" if spec.mode == "broadcast" else "port"
-    return f"vips{family}", f"{kind}{family}_{suffix}"
+    return f"vips{family}", f"owner{family}_{suffix}"
 
 
 def counter_name(member: str) -> str:
     return f"c_{member}"
 
 
+def _flow_key(ip: str) -> str:
+    """The pin key of a flow.
+
+    IPv4: source address and port, VIP and destination port (16 bytes, exact).
+    IPv6: nft 1.0.6 cannot generate a dynset whose key is longer than 16 bytes when the
+    element carries data (netlink_linearize.c assertion `dreg < ctx->reg_low`), and a typeof
+    of jhash over a concatenation makes `nft list ruleset` segfault. So the IPv6 key is the
+    low 64 bits of the source (the interface ID, raw payload @nh,128,64) and both ports.
+    Two flows that share a key share one pin: both stay on one member for their whole life,
+    which keeps every flow consistent; only the initial member choice of the later flow
+    differs from its bucket's owner.
+    """
+    if ip == "ip":
+        return "ip saddr . th sport . ip daddr . th dport"
+    return "@nh,128,64 . th sport . th dport"
+
+
+def pin_name(family: int, spec: Spec) -> str:
+    pin = spec.pinning
+    return f"pin{family}_t{pin.idle_timeout_s}_n{pin.max_flows}"
+
+
 def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> NftTable:
-    """The cluster's whole table as data (no kernel access)."""
+    """The cluster's whole table as data (no kernel access).
+
+    Per address family, the uplink's ingress jumps VIP packets to chain vip4/vip6:
+      0. mark := 0
+      1. pinned flow?   mark := pin[saddr . sport . daddr . dport]          (TCP/UDP)
+      2. pin of a member that is not alive: mark := 0 (released at once: the new owner
+         answers the flow's next packet, a TCP client gets a reset instead of a black hole)
+      3. not pinned:    mark := owner[bucket(saddr)]              <- the one table decision
+      4. remember the flow: update pin { flow : mark } (refreshes the idle timeout; a full
+         pin table fails this rule only, so the flow still follows the bucket table)
+      5. deliver: broadcast = dup to every port + drop the original; steer = fwd to port[mark]
+      6. drop (no owner: nobody is up; never let a VIP packet be routed)
+    """
     p = spec.partition
+    pinning = spec.pinning.enabled
     port_of = {m.name: m.port for m in spec.members}
     sets: list[NftSet] = []
     ingress: list[str] = []
+    chains: list[NftChain] = []
     families = spec.vip_families
+    alive = sorted({wiring.ifindex[m.port] for m in spec.members if m.name not in layout.down})
     for family in families:
         ip = "ip" if family == 4 else "ip6"
         vips_name, owner_name = object_names(family, spec)
@@ -122,48 +161,90 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
             )
         )
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
-        elements: list[str] = []
-        for bucket, owner in enumerate(layout.table):
-            if owner is None:
-                continue
-            port = port_of[owner]
-            value = str(wiring.ifindex[port]) if spec.mode == "broadcast" else f'"{port}"'
-            elements.append(f"{_bucket_literal(family, p.key, bucket)} : {value}")
-        # typeof (not type): nft 1.0.6 needs it for jhash keys; `meta oif` carries iface_index
-        data = "meta mark" if spec.mode == "broadcast" else "meta oif"
-        decl = (f"typeof {typeof} : {data}",)
-        sets.append(NftSet(name=owner_name, kind="map", decl=decl, elements=tuple(elements)))
-        comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
+        elements = tuple(
+            f"{_bucket_literal(family, p.key, bucket)} : {wiring.ifindex[port_of[owner]]}"
+            for bucket, owner in enumerate(layout.table)
+            if owner is not None
+        )
+        # typeof, not type: nft 1.0.6 needs it for jhash keys
+        sets.append(
+            NftSet(
+                name=owner_name,
+                kind="map",
+                decl=(f"typeof {typeof} : meta mark",),
+                elements=elements,
+            )
+        )
+        rules: list[str] = []
+        flow = _flow_key(ip)
+        if pinning:
+            pin = pin_name(family, spec)
+            sets.append(
+                NftSet(
+                    name=pin,
+                    kind="map",
+                    decl=(
+                        f"typeof {flow} : meta mark",
+                        f"size {spec.pinning.max_flows}",
+                        "flags dynamic,timeout",
+                        f"timeout {spec.pinning.idle_timeout_s}s",
+                    ),
+                    elements=(),
+                    dynamic=True,
+                )
+            )
+            rules += [
+                "meta mark set 0",
+                f"meta l4proto {{ tcp, udp }} meta mark set {flow} map @{pin}",
+                "meta mark != 0 meta mark != @alive meta mark set 0",
+                f"meta mark 0 meta mark set {expr} map @{owner_name}",
+                "meta mark != 0 meta l4proto { tcp, udp } "
+                f"update @{pin} {{ {flow} : meta mark }}",
+            ]
+        else:
+            rules.append(f"meta mark set {expr} map @{owner_name}")
         if spec.mode == "broadcast":
             dups = " ".join(f'dup to "{m.port}"' for m in spec.members)
-            ingress.append(
-                f"{ip} daddr @{vips_name} meta mark set {expr} map @{owner_name} {dups} drop"
-                f"{comment}"
-            )
+            rules.append(f"meta mark != 0 {dups} drop")
         else:
-            ingress.append(f"{ip} daddr @{vips_name} fwd to {expr} map @{owner_name}{comment}")
-    for family in families:
-        ip = "ip" if family == 4 else "ip6"
-        # no owner for this bucket (nobody up): never let the original be routed
-        ingress.append(f"{ip} daddr @vips{family} drop")
-
-    chains = [
+            rules.append("meta mark != 0 fwd to meta mark map @ports")
+        rules.append("drop")
+        chains.append(NftChain(name=f"vip{family}", hook=None, rules=tuple(rules)))
+        comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
+        ingress.append(f"{ip} daddr @{vips_name} jump vip{family}{comment}")
+    sets.append(
+        NftSet(name="alive", kind="set", decl=("type mark",), elements=tuple(str(i) for i in alive))
+    )
+    if spec.mode == "steer":
+        sets.append(
+            NftSet(
+                name="ports",
+                kind="map",
+                decl=("type mark : iface_index",),
+                elements=tuple(
+                    f'{wiring.ifindex[m.port]} : "{m.port}"'
+                    for m in sorted(spec.members, key=lambda m: wiring.ifindex[m.port])
+                ),
+            )
+        )
+    chains.insert(
+        0,
         NftChain(
             name=f"in_{spec.uplink}",
             hook=f'type filter hook ingress device "{spec.uplink}" priority 0; policy accept;',
             rules=tuple(ingress),
-        )
-    ]
+        ),
+    )
     for m in spec.members:
-        rules: list[str] = []
+        out: list[str] = []
         mac = wiring.macs[m.name]
+        if spec.mode == "broadcast":
+            for family in families:
+                ip = "ip" if family == 4 else "ip6"
+                out.append(f"{ip} daddr @vips{family} meta mark != {wiring.ifindex[m.port]} drop")
         for family in families:
             ip = "ip" if family == 4 else "ip6"
-            if spec.mode == "broadcast":
-                rules.append(f"{ip} daddr @vips{family} meta mark != {wiring.ifindex[m.port]} drop")
-        for family in families:
-            ip = "ip" if family == 4 else "ip6"
-            rules.append(
+            out.append(
                 f'{ip} daddr @vips{family} counter name "{counter_name(m.name)}" '
                 f"ether daddr set {mac.lower()}"
             )
@@ -171,7 +252,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
             NftChain(
                 name=f"out_{m.port}",
                 hook=f'type filter hook egress device "{m.port}" priority 0; policy accept;',
-                rules=tuple(rules),
+                rules=tuple(out),
             )
         )
     return NftTable(
@@ -236,6 +317,8 @@ def transaction(table: NftTable, observed: Observed) -> str:
         if name in observed.chains:
             cmds.append(f"flush chain {ref} {name}")
     for s in table.sets:
+        if s.dynamic:
+            continue
         if s.name in (observed.sets | observed.maps):
             cmds.append(f"flush {s.kind} {ref} {s.name}")
         if s.elements:
