@@ -189,6 +189,14 @@ def apply(
         bool, typer.Option("--dry-run", help="print the ruleset, check it, change nothing")
     ] = False,
     diff: Annotated[bool, typer.Option("--diff", help="print what changes in the ruleset")] = False,
+    down: Annotated[
+        str | None,
+        typer.Option(
+            "--down",
+            help="declare exactly these members down (NAME,...; '' = none), as the daemon "
+            "does; default: keep the health recorded in the state",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Compute and install the cluster's rules in one atomic step (idempotent)."""
@@ -196,7 +204,10 @@ def apply(
 
     spec = _load(spec_path)
     try:
-        result = controller.apply(spec, statefile.state_dir(state_dir), dry_run=dry_run)
+        down_set = planning.parse_names(down, spec) if down is not None else None
+        result = controller.apply(
+            spec, statefile.state_dir(state_dir), dry_run=dry_run, down=down_set
+        )
     except VipctlError as exc:
         fail(exc)
     _print_apply(spec, result, dry_run=dry_run, diff=diff)

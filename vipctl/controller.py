@@ -71,7 +71,7 @@ def apply(
         live = kernel.observe(spec.cluster)
         previous, generation = _previous(spec, directory, live)
         layout = planning.desired(spec, previous, down=down)
-        wiring = kernel.wiring(spec)
+        wiring = kernel.wiring(spec, optional=set(layout.down))
         st = statefile.load(directory, spec.cluster)
         new_table = build_table(spec, layout, wiring, generation + 1)
         old_text = ""

@@ -246,8 +246,20 @@ def _ifindex_by_port(spec: Spec) -> dict[str, int]:
         return out
 
 
-def wiring(spec: Spec, resolve_timeout: float = 1.5) -> Wiring:
-    """Each port's ifindex and each member's MAC; KernelError naming what is missing."""
+NO_MAC = "00:00:00:00:00:00"
+
+
+def wiring(
+    spec: Spec,
+    resolve_timeout: float = 1.5,
+    optional: frozenset[str] | set[str] = frozenset(),
+) -> Wiring:
+    """Each port's ifindex and each member's MAC; KernelError naming what is missing.
+
+    Members in `optional` (known to be down) are not waited for: a down member gets no
+    packet (it owns no bucket and its pins are released), so its MAC may be unknown
+    (00:00:00:00:00:00) until it comes back.
+    """
     ifindex = _ifindex_by_port(spec)
     missing = []
     if spec.uplink not in ifindex:
@@ -262,6 +274,9 @@ def wiring(spec: Spec, resolve_timeout: float = 1.5) -> Wiring:
     for m in spec.members:
         if m.mac:
             macs[m.name] = m.mac.lower()
+        elif m.name in optional:
+            with IPRoute() as ipr:
+                macs[m.name] = _neighbour(ipr, ifindex[m.port], m.address) or NO_MAC
         else:
             pending.append(m)
     if pending:

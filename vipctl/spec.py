@@ -132,6 +132,20 @@ class Spec(_Model):
     members: list[Member] = Field(min_length=1, max_length=MAX_MEMBERS)
     health: Health = Field(default_factory=Health)
     pinning: Pinning = Field(default_factory=Pinning)
+    backend: Literal["nftables", "tc"] = Field(
+        default="nftables",
+        description="nftables (netdev tables) or tc (flower/u32 + mirred, hardware-offloadable)",
+    )
+    offload: Literal["none", "prefer", "require"] = Field(
+        default="prefer",
+        description="tc backend only: none = skip_hw, prefer = hardware if it can, "
+        "require = skip_sw (fail if the hardware refuses)",
+    )
+    announce_vips: bool = Field(
+        default=False,
+        description="answer ARP and neighbour solicitations for the VIPs on the uplink "
+        "(for an on-link upstream; off when the VIPs are routed to the router)",
+    )
 
     @field_validator("vips")
     @classmethod
