@@ -112,11 +112,16 @@ def plan(
         layout = planning.desired(spec, previous, weights=overrides, down=down_set)
     except VipctlError as exc:
         fail(exc)
-    data = planning.report(spec, planning.Change(previous, layout))
+    change = planning.Change(previous, layout)
+    data = planning.report(spec, change)
+    pins = _pins_moving(spec, change.moved) if previous is not None else None
+    if pins is not None:
+        data["pinned_in_moved_buckets"], data["pinned_unknown_bucket"] = pins
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
         typer.echo(planning.render_report(data))
+        _print_pins_moving(spec, change.moved, pins)
 
 
 @app.command()
@@ -149,6 +154,31 @@ def which(
         )
     else:
         typer.echo(f"{addr} -> bucket {bucket} -> {owner or 'nobody (no member up)'} ({origin})")
+
+
+def _pins_moving(spec: Spec, moved: list[int]) -> tuple[int, int] | None:
+    """Live pinned flows in the buckets that move (None: not installed here)."""
+    if not spec.pinning.enabled:
+        return None
+    try:
+        from vipctl import controller, kernel
+
+        if kernel.observe(spec.cluster) is None:
+            return None
+        return controller.pins_in_moved_buckets(spec, moved)
+    except (ImportError, VipctlError, OSError):
+        return None
+
+
+def _print_pins_moving(spec: Spec, moved: list[int], pins: tuple[int, int] | None = None) -> None:
+    pins = pins if pins is not None else _pins_moving(spec, moved)
+    if pins is None:
+        return
+    inside, unknown = pins
+    line = f"live pinned flows in the moving buckets: {inside} (they stay on their member)"
+    if unknown:
+        line += f"; {unknown} IPv6 pins with the hash key cannot be placed in a bucket"
+    typer.echo(line)
 
 
 def _live_layout(spec: Spec, state_dir: str | None) -> tuple[Layout, str]:
@@ -259,8 +289,10 @@ def rebalance(
         fail(exc)
     if dry_run:
         previous = _previous(spec, state_dir)
-        data = planning.report(new_spec, planning.Change(previous, result.layout))
+        change = planning.Change(previous, result.layout)
+        data = planning.report(new_spec, change)
         typer.echo(planning.render_report(data))
+        _print_pins_moving(new_spec, change.moved)
         typer.echo("dry run: nothing changed", err=True)
         return
     _print_apply(new_spec, result, dry_run=False, diff=False)
@@ -305,7 +337,19 @@ def _status_text(r: dict[str, object]) -> str:
         f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}"
     ]
     rows = [
-        ("member", "port", "health", "weight", "buckets", "share", "target", "", "packets", "bytes")
+        (
+            "member",
+            "port",
+            "health",
+            "weight",
+            "buckets",
+            "share",
+            "target",
+            "",
+            "pinned",
+            "packets",
+            "bytes",
+        )
     ]
     for m in members:
         bar = "#" * round(20 * m["share"])
@@ -319,6 +363,7 @@ def _status_text(r: dict[str, object]) -> str:
                 f"{100 * m['share']:.1f}%",
                 f"{100 * m['target']:.1f}%",
                 bar.ljust(20, "."),
+                str(m.get("pinned", "-")),
                 str(m["packets"]),
                 str(m["bytes"]),
             )

@@ -14,7 +14,7 @@ from vipctl import kernel
 from vipctl import plan as planning
 from vipctl import state as statefile
 from vipctl.errors import KernelError, StateError
-from vipctl.partition import Layout, count, shares
+from vipctl.partition import Layout, bucket_of, count, shares
 from vipctl.render.nft import (
     Observed,
     build_table,
@@ -178,6 +178,7 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
     live_counts = count(found[0]) if found else {}
     layout = st.layout
     targets = {s.name: s for s in shares(layout, with_entries=False)}
+    pinned, _ = pinned_flows(spec) if spec.pinning.enabled else ({}, [])
     members = []
     total = spec.partition.buckets
     for m in spec.members:
@@ -195,6 +196,7 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
                 "target": round(share.target, 6) if share else 0.0,
                 "packets": packets,
                 "bytes": nbytes,
+                "pinned": pinned.get(m.name, 0),
             }
         )
     return {
@@ -210,3 +212,37 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
         and found[0] == layout.table,
         "members": members,
     }
+
+
+def _pin_bucket(spec: Spec, pin: kernel.Pin) -> int | None:
+    """The bucket of a pinned flow's source, when the pin key carries enough of it."""
+    p = spec.partition
+    if pin.family == 4:
+        return bucket_of(str(pin.key[0]), p.key, p.bits, p.seed)
+    if p.key == "mask":  # the IPv6 key keeps the low 64 source bits: enough for <= 16 bits
+        return int(pin.key[0]) & ((1 << p.bits) - 1)
+    return None
+
+
+def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
+    """Pinned flows per member, and (bucket, member) of each pin (bucket None: unknown)."""
+    found = kernel.pins(spec.cluster)
+    ifindex = kernel.port_ifindex(spec)
+    by_index = {ifindex[m.port]: m.name for m in spec.members if m.port in ifindex}
+    per: dict[str, int] = {m.name: 0 for m in spec.members}
+    flows: list[tuple[int | None, str | None]] = []
+    for pin in found:
+        owner = by_index.get(pin.mark)
+        if owner is not None:
+            per[owner] += 1
+        flows.append((_pin_bucket(spec, pin), owner))
+    return per, flows
+
+
+def pins_in_moved_buckets(spec: Spec, moved_buckets: list[int]) -> tuple[int, int]:
+    """(pinned flows whose source bucket moves, pinned flows whose bucket is unknown)."""
+    moving = set(moved_buckets)
+    _, flows = pinned_flows(spec)
+    inside = sum(1 for b, _ in flows if b is not None and b in moving)
+    unknown = sum(1 for b, _ in flows if b is None)
+    return inside, unknown

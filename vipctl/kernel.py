@@ -57,9 +57,11 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def run_json(cmd: dict[str, Any]) -> dict[str, Any] | None:
-    """A JSON command; None when the object does not exist."""
+def run_json(cmd: dict[str, Any], *, terse: bool = False) -> dict[str, Any] | None:
+    """A JSON command; None when the object does not exist. `terse` leaves out elements."""
     nft = _nft()
+    if terse:
+        nft.set_terse_output(True)
     with _quiet_stderr():
         rc, out, err = nft.json_cmd(cmd)
     if rc != 0:
@@ -127,11 +129,28 @@ def list_tables() -> list[str]:
     return sorted(names)
 
 
-def observe(cluster: str) -> LiveTable | None:
+def _list(kind: str, table: str, name: str | None = None, *, terse: bool = False) -> Any:
+    obj: dict[str, Any] = {"family": "netdev", "name": name or table}
+    if name is not None:
+        obj["table"] = table
+    return run_json({"nftables": [{"list": {kind: obj}}]}, terse=terse)
+
+
+def observe(cluster: str, *, with_pins: bool = False) -> LiveTable | None:
+    """The cluster's table: structure, counters, generation, and the owner maps' elements.
+
+    Pin maps can hold a million flows: their elements are read only when asked for.
+    """
     name = table_name(cluster)
-    out = run_json({"nftables": [{"list": {"table": {"family": "netdev", "name": name}}}]})
+    out = _list("table", name, terse=True)
     if out is None:
         return None
+    for item in list(out.get("nftables", [])):
+        m = item.get("map")
+        if m and (with_pins or not str(m["name"]).startswith("pin")):
+            full = _list("map", name, str(m["name"]))
+            if full is not None:
+                out["nftables"].extend(i for i in full["nftables"] if "map" in i)
     sets: set[str] = set()
     maps: set[str] = set()
     chains: set[str] = set()
@@ -145,7 +164,8 @@ def observe(cluster: str) -> LiveTable | None:
         elif "map" in item:
             m = item["map"]
             maps.add(m["name"])
-            elements[m["name"]] = [_elem_pair(e) for e in m.get("elem", [])]
+            if "elem" in m or m["name"] not in elements:
+                elements[m["name"]] = [_elem_pair(e) for e in m.get("elem", [])]
         elif "counter" in item:
             c = item["counter"]
             counters[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
@@ -173,8 +193,10 @@ def observe(cluster: str) -> LiveTable | None:
 
 def _elem_pair(elem: Any) -> tuple[Any, Any]:
     key, value = elem
-    if isinstance(key, dict) and "elem" in key:  # {"elem": {"val": ..., "timeout": ...}}
+    if isinstance(key, dict) and "elem" in key:  # {"elem": {"val": ..., "expires": ...}}
         key = key["elem"].get("val")
+    if isinstance(key, dict) and "concat" in key:
+        key = key["concat"]
     return key, value
 
 
@@ -234,6 +256,11 @@ def live_layout(spec: Spec) -> Any:
 # --------------------------------------------------------------------------------------
 # Links and neighbours
 # --------------------------------------------------------------------------------------
+
+
+def port_ifindex(spec: Spec) -> dict[str, int]:
+    """ifindex of the uplink and of every member port that exists."""
+    return _ifindex_by_port(spec)
 
 
 def _ifindex_by_port(spec: Spec) -> dict[str, int]:
@@ -337,23 +364,42 @@ def delete_table(cluster: str) -> bool:
 
 
 def verify(table: NftTable) -> None:
-    """Read the table back and compare every map's element count with what we sent."""
-    out = run_json({"nftables": [{"list": {"table": {"family": "netdev", "name": table.name}}}]})
-    if out is None:
-        raise KernelError(f"table {table.name} vanished right after commit")
-    counts: dict[str, int] = {}
-    for item in out.get("nftables", []):
-        for kind in ("map", "set"):
-            if kind in item:
-                counts[item[kind]["name"]] = len(item[kind].get("elem", []))
+    """Read every set and map we filled back and compare element counts with the batch."""
     for s in table.sets:
         if s.dynamic:
             continue
-        if counts.get(s.name) != len(s.elements):
+        out = _list(s.kind, table.name, s.name)
+        if out is None:
+            raise KernelError(f"read-back: {s.kind} {s.name} is missing right after commit")
+        got = sum(len(i[s.kind].get("elem", [])) for i in out["nftables"] if s.kind in i)
+        if got != len(s.elements):
             raise KernelError(
-                f"read-back mismatch: {s.name} holds {counts.get(s.name)} elements, "
+                f"read-back mismatch: {s.name} holds {got} elements, "
                 f"{len(s.elements)} were committed"
             )
+
+
+@dataclass(frozen=True)
+class Pin:
+    family: int
+    key: Any  # IPv4: [saddr, sport, vip, dport]; IPv6: [iid, sport, dport]
+    mark: int
+    expires: int | None
+
+
+def pins(cluster: str) -> list[Pin]:
+    """Every pinned flow of the cluster (reads the pin maps: can be large)."""
+    live = observe(cluster, with_pins=True)
+    if live is None:
+        return []
+    out: list[Pin] = []
+    for name, elems in live.maps.items():
+        if not name.startswith("pin"):
+            continue
+        family = 4 if name.startswith("pin4") else 6
+        for key, value in elems:
+            out.append(Pin(family=family, key=key, mark=int(value), expires=None))
+    return out
 
 
 @contextmanager

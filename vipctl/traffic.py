@@ -121,6 +121,7 @@ def probe_here(
     *,
     settle: float = 0.1,
     window: int = 256,
+    sport: int = 0,
 ) -> dict[str, list[str]]:
     """From each source send one UDP datagram to ``vip``:``port``; collect every reply.
 
@@ -146,10 +147,10 @@ def probe_here(
             s.setsockopt(SOL_IP, IP_FREEBIND, 1)
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-            s.bind(("::", 0))
+            s.bind(("::", sport))
         else:
             s.setsockopt(SOL_IP, IP_FREEBIND, 1)
-            s.bind(("0.0.0.0", 0))
+            s.bind(("0.0.0.0", sport))
         s.setblocking(False)
         dest = (vip, port)
         vip_peer = (vip, port)
@@ -228,8 +229,11 @@ def probe(
     timeout: float = 1.0,
     *,
     settle: float = 0.1,
+    sport: int = 0,
 ) -> dict[str, list[str]]:
-    """``probe_here`` run in the lab's client namespace. ``{source: [member, ...]}``."""
+    """``probe_here`` run in the lab's client namespace. ``{source: [member, ...]}``.
+
+    A fixed ``sport`` makes repeated probes one UDP flow per source (pinning tests)."""
     out: dict[str, list[str]] = {}
     proc = labmod.run_in(
         lab.client_ns,
@@ -243,6 +247,8 @@ def probe(
             str(timeout),
             "--settle",
             str(settle),
+            "--sport",
+            str(sport),
             "--sources-stdin",
             "--raw-json",
         ),
@@ -888,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--port", type=int, default=labmod.ECHO_PORT)
     pp.add_argument("--timeout", type=float, default=1.0)
     pp.add_argument("--settle", type=float, default=0.1)
+    pp.add_argument("--sport", type=int, default=0, help="source port (0 = any)")
     pn = sub.choices["numbered"]
     pn.add_argument("--count", type=int, required=True)
     pn.add_argument("--rate", type=float, default=0.0, help="packets per second; 0 = max")
@@ -926,7 +933,9 @@ def main(argv: list[str] | None = None) -> int:
         if lab is not None:
             result = probe(lab, args.vip, sources, args.port, args.timeout, settle=args.settle)
         else:
-            result = probe_here(args.vip, sources, args.port, args.timeout, settle=args.settle)
+            result = probe_here(
+                args.vip, sources, args.port, args.timeout, settle=args.settle, sport=args.sport
+            )
         if args.raw_json:
             json.dump(result, sys.stdout)
             return 0

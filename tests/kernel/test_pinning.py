@@ -1,0 +1,269 @@
+"""Established flows never move: pinning, rebalance, drain, restoration (real TCP and UDP)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import unique_prefix
+from tests.kernel.helpers import expected_owners, vipctl, write_spec
+from vipctl import lab as labmod
+from vipctl import traffic
+from vipctl.lab import Lab
+from vipctl.partition import bucket_of
+from vipctl.plan import desired, parse_weights
+from vipctl.spec import parse_spec
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Lab]:
+    prefix = unique_prefix()
+    try:
+        yield labmod.build(prefix, 3)
+    finally:
+        labmod.destroy(prefix)
+
+
+class Cluster:
+    def __init__(self, topo: Lab, tmp: Path, mode: str = "steer", **pinning: Any) -> None:
+        self.topo = topo
+        self.state = str(tmp / "state")
+        self.spec = topo.spec("web", mode=mode, key="mask", bits=8)
+        self.spec["pinning"] = {"enabled": True, **pinning}
+        self.path = write_spec(tmp / "web.json", self.spec)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return vipctl(self.topo.router_ns, *args, "--state-dir", self.state, check=True)
+
+    def apply(self, *extra: str) -> None:
+        self.run("apply", str(self.path), *extra)
+
+    def rebalance_async(self, weights: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.topo.router_ns,
+                sys.executable,
+                "-m",
+                "vipctl.cli",
+                "rebalance",
+                str(self.path),
+                "--weights",
+                weights,
+                "--state-dir",
+                self.state,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", "web", "--json").stdout)
+
+    def owners(self, sources: list[str]) -> dict[str, str | None]:
+        return expected_owners(self.topo, self.spec, sources)
+
+    def down(self) -> None:
+        vipctl(self.topo.router_ns, "down", "web", "--state-dir", self.state)
+
+
+@pytest.fixture
+def cluster(topo: Lab, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(topo, tmp_path)
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def moving_sources(c: Cluster, weights: str, n: int = 32) -> list[str]:
+    """n client sources whose buckets change owner when `weights` is applied."""
+    spec = parse_spec(c.spec)
+    before = desired(spec, None)
+    after = desired(spec, before, weights=parse_weights(weights, spec))
+    moved = [b for b in range(before.buckets) if before.table[b] != after.table[b]]
+    assert len(moved) >= 8
+    return [f"10.99.{1 + i // len(moved)}.{moved[i % len(moved)]}" for i in range(n)]
+
+
+def sources_of(c: Cluster, member: str, n: int, third: int = 2) -> list[str]:
+    spec = parse_spec(c.spec)
+    layout = desired(spec, None)
+    buckets = [b for b, o in enumerate(layout.table) if o == member]
+    return [f"10.99.{third + i // len(buckets)}.{buckets[i % len(buckets)]}" for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["steer", "broadcast"])
+def test_tcp_connections_survive_a_rebalance_that_moves_their_buckets(
+    topo: Lab, tmp_path: Path, mode: str
+) -> None:
+    c = Cluster(topo, tmp_path, mode=mode)
+    try:
+        c.apply()
+        sources = moving_sources(c, "web3=4")
+        before = c.owners(sources)
+        with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
+            assert set(tcp.opened.values()) == {"ok"}
+            first = tcp.ping()
+            assert first == before
+            proc = c.rebalance_async("web3=4")
+            pings = 0
+            while proc.poll() is None or pings < 10:  # a message every 100 ms, 1 s at least
+                assert tcp.ping() == first
+                pings += 1
+                time.sleep(0.1)
+            assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            after = c.owners(sources)
+            assert all(after[s] != before[s] for s in sources), "the buckets did not move"
+            # new connections from the same sources go to the new owner ...
+            with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as fresh:
+                assert fresh.ping() == after
+            # ... and the old ones are still answered by their original member
+            assert tcp.ping() == first
+        report = c.status()
+        assert sum(m["pinned"] for m in report["members"]) >= 64
+    finally:
+        c.down()
+
+
+def test_udp_flows_survive_a_rebalance(cluster: Cluster, topo: Lab) -> None:
+    cluster.apply()
+    sources = moving_sources(cluster, "web3=4")
+    before = cluster.owners(sources)
+
+    def udp(sport: int) -> dict[str, str | None]:
+        got = traffic.probe(topo, topo.vip4, sources, sport=sport)
+        assert all(len(v) == 1 for v in got.values()), got
+        return {s: v[0] for s, v in got.items()}
+
+    assert udp(41000) == before
+    proc = cluster.rebalance_async("web3=4")
+    rounds = 0
+    while proc.poll() is None or rounds < 10:
+        assert udp(41000) == before
+        rounds += 1
+        time.sleep(0.1)
+    assert proc.returncode == 0
+    after = cluster.owners(sources)
+    assert udp(41001) == after  # a new flow from the same source: the new owner
+    assert udp(41000) == before  # the old flow: still its original member
+
+
+def test_restoration_returns_the_exact_table_and_keeps_flows_opened_meanwhile(
+    cluster: Cluster, topo: Lab
+) -> None:
+    cluster.apply()
+    original = [m["buckets"] for m in cluster.status()["members"]]
+    spec = parse_spec(cluster.spec)
+    full = desired(spec, None)
+    cluster.apply("--down", "web2")
+    during = cluster.status()
+    assert [m["buckets"] for m in during["members"]] == [128, 0, 128]
+    sources = sources_of(cluster, "web2", 32)
+    takeover = cluster.owners(sources)
+    assert set(takeover.values()) <= {"web1", "web3"}
+    with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
+        assert tcp.ping() == takeover
+        cluster.apply("--down", "")
+        restored = cluster.status()
+        assert [m["buckets"] for m in restored["members"]] == original
+        # the live table is exactly the pre-failure one, bucket by bucket
+        probe_sources = [f"10.99.7.{b}" for b in range(256)]
+        live = cluster.owners(probe_sources)
+        p = spec.partition
+        assert all(
+            live[s] == full.table[bucket_of(s, p.key, p.bits, p.seed)] for s in probe_sources
+        )
+        for _ in range(5):
+            assert tcp.ping() == takeover  # opened during the outage, still on the takeover
+            time.sleep(0.1)
+        # new connections from those sources are back on web2
+        with traffic.TcpSessions(topo, topo.vip4, sources[:8], timeout=1.0) as fresh:
+            assert set(fresh.ping().values()) == {"web2"}
+
+
+def test_connections_of_a_removed_member_get_a_reset_within_a_second(
+    cluster: Cluster, topo: Lab
+) -> None:
+    cluster.apply()
+    sources = sources_of(cluster, "web2", 16)
+    with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
+        assert set(tcp.ping().values()) == {"web2"}
+        cluster.apply("--down", "web2")
+        started = time.monotonic()
+        result = tcp.ping()
+        elapsed = time.monotonic() - started
+        assert set(result.values()) <= {"reset", "closed"}, result
+        assert elapsed < 1.0, f"clients waited {elapsed:.2f}s"
+
+
+def test_drain_takes_no_new_flows_and_keeps_existing_ones(cluster: Cluster, topo: Lab) -> None:
+    cluster.apply()
+    mine = sources_of(cluster, "web1", 16)
+    with traffic.TcpSessions(topo, topo.vip4, mine, timeout=1.0) as tcp:
+        assert set(tcp.ping().values()) == {"web1"}
+        cluster.run("rebalance", str(cluster.path), "--weights", "web1=0")
+        everywhere = [f"10.99.9.{b}" for b in range(256)]
+        with traffic.TcpSessions(topo, topo.vip4, everywhere, timeout=1.0) as fresh:
+            served = fresh.ping()
+        assert "web1" not in served.values()
+        assert set(served.values()) == {"web2", "web3"}
+        for _ in range(3):
+            assert set(tcp.ping().values()) == {"web1"}
+            time.sleep(0.1)
+    report = cluster.status()
+    web1 = report["members"][0]
+    assert (web1["weight"], web1["buckets"], web1["healthy"]) == ("0", 0, True)
+
+
+def test_full_pin_table_still_serves_new_flows(topo: Lab, tmp_path: Path) -> None:
+    c = Cluster(topo, tmp_path, max_flows=4)
+    try:
+        c.apply()
+        sources = traffic.expand(topo.sources4, 128)
+        got = traffic.probe(topo, topo.vip4, sources, sport=42000)
+        want = c.owners(sources)
+        assert {s: v for s, v in got.items()} == {s: [want[s]] for s in sources}
+        pinned = sum(m["pinned"] for m in c.status()["members"])
+        assert 1 <= pinned <= 4
+    finally:
+        c.down()
+
+
+def test_rebalance_dry_run_counts_pinned_flows_in_moving_buckets(
+    cluster: Cluster, topo: Lab
+) -> None:
+    cluster.apply()
+    sources = moving_sources(cluster, "web3=4", 24)
+    traffic.probe(topo, topo.vip4, sources, sport=43000)
+    out = cluster.run("rebalance", str(cluster.path), "--weights", "web3=4", "--dry-run").stdout
+    assert "live pinned flows in the moving buckets: 24" in out
+
+
+def test_control_without_pinning_the_same_rebalance_breaks_connections(
+    topo: Lab, tmp_path: Path
+) -> None:
+    """The checks above can fail: with pinning off, moving a bucket breaks its flows."""
+    c = Cluster(topo, tmp_path)
+    c.spec["pinning"] = {"enabled": False}
+    write_spec(c.path, c.spec)
+    try:
+        c.apply()
+        sources = moving_sources(c, "web3=4", 8)
+        with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
+            first = tcp.ping()
+            c.run("rebalance", str(c.path), "--weights", "web3=4")
+            broken = tcp.ping()
+        assert all(broken[s] != first[s] for s in sources), broken
+    finally:
+        c.down()
