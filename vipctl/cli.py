@@ -503,5 +503,22 @@ def lab_down(prefix: LabPrefix = "vlab") -> None:
     typer.echo(f"lab {prefix} removed")
 
 
+# The service; its code lives in daemon.py (imported last: it needs `app` defined above).
+from vipctl.daemon import command as _daemon_command  # noqa: E402
+
+app.command("daemon")(_daemon_command)
+
+
+# --------------------------------------------------------------------------------------
+# Deployment: preflight checks and member-side setup (commands live in their modules)
+# --------------------------------------------------------------------------------------
+
+from vipctl import doctor as _doctor  # noqa: E402
+from vipctl import member as _member  # noqa: E402
+
+app.command("doctor")(_doctor.command)
+app.command("member")(_member.command)
+
+
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from collections.abc import Mapping
@@ -13,10 +14,11 @@ from typing import Any
 from vipctl import kernel
 from vipctl import plan as planning
 from vipctl import state as statefile
-from vipctl.errors import KernelError, StateError
+from vipctl.errors import KernelError, StateError, VipctlError
 from vipctl.partition import Layout, bucket_of, count, shares
 from vipctl.render.nft import (
     Observed,
+    Wiring,
     build_table,
     counter_name,
     digest,
@@ -64,60 +66,75 @@ def apply(
     *,
     dry_run: bool = False,
     down: set[str] | None = None,
+    want_diff: bool = True,
 ) -> ApplyResult:
     """Compute and install the cluster's table in one transaction (idempotent)."""
     started = time.perf_counter()
     with statefile.locked(directory, spec.cluster):
-        live = kernel.observe(spec.cluster)
+        live = kernel.observe_structure(spec.cluster)
+        st = statefile.load(directory, spec.cluster)
+        if live is not None and (st is None or live.generation != st.generation):
+            # the state does not describe the kernel: read the table the slow, full way
+            live = kernel.observe(spec.cluster, with_elements=False)
         previous, generation = _previous(spec, directory, live)
         layout = planning.desired(spec, previous, down=down)
         wiring = kernel.wiring(spec, optional=set(layout.down))
-        st = statefile.load(directory, spec.cluster)
         new_table = build_table(spec, layout, wiring, generation + 1)
-        old_text = ""
-        if previous is not None and live is not None and st is not None:
-            try:
-                old_spec = parse_spec(st.spec) if st.spec else spec
-                old_text = render_table(build_table(old_spec, previous, wiring, generation))
-            except (KernelError, KeyError, StateError):
-                old_text = ""
-        same = (
-            live is not None
+        # What the kernel holds, when the state is known to describe it exactly: the live
+        # generation is the one we recorded, on the same ports (ifindex) as now.
+        old_table = None
+        if (
+            previous is not None
+            and live is not None
             and st is not None
+            and st.spec is not None
             and live.generation == st.generation
-            and st.digest == digest(new_table)
-            and previous is not None
-            and previous.table == layout.table
-        )
+            and st.ifindex == dict(wiring.ifindex)
+        ):
+            try:
+                old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+                old_table = build_table(parse_spec(st.spec), previous, old_wiring, generation)
+            except (KeyError, VipctlError):
+                old_table = None
+        observed = live.observed if live is not None else Observed()
+        if live is not None and old_table is not None and not observed.counters:
+            # netlink gave no counter names: the last committed table says which exist
+            observed = dataclasses.replace(observed, counters=frozenset(old_table.counters))
+        elif live is not None and not observed.counters:
+            full = kernel.observe(spec.cluster, with_elements=False)
+            observed = full.observed if full is not None else observed
         change = planning.Change(previous, layout)
-        if same:
+        if old_table is not None and st is not None and st.digest == digest(new_table):
             return ApplyResult(
                 generation=generation,
                 changed=False,
                 dry_run=dry_run,
-                ruleset=render_table(build_table(spec, layout, wiring, generation)),
+                ruleset=render_table(old_table) if want_diff or dry_run else "",
                 diff="",
                 moved=0,
                 lower_bound=0,
                 seconds=time.perf_counter() - started,
                 layout=layout,
             )
-        text = render_table(new_table)
-        diff = "".join(
-            difflib.unified_diff(
-                old_text.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                "live",
-                "new",
-                n=1,
+        text = render_table(new_table) if (want_diff or dry_run) else ""
+        diff = ""
+        if want_diff:
+            old_text = render_table(old_table) if old_table is not None else ""
+            diff = "".join(
+                difflib.unified_diff(
+                    old_text.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    "live",
+                    "new",
+                    n=1,
+                )
             )
-        )
-        batch = transaction(new_table, live.observed if live else Observed())
+        batch = transaction(new_table, observed, old_table)
         if dry_run:
             kernel.check(batch)
         else:
             kernel.commit(batch)
-            kernel.verify(new_table)
+            kernel.verify(new_table, old_table, generation + 1)
             statefile.save(
                 directory,
                 statefile.ClusterState(
@@ -126,6 +143,8 @@ def apply(
                     layout=layout,
                     digest=digest(new_table),
                     spec=spec.model_dump(mode="json"),
+                    ifindex=dict(wiring.ifindex),
+                    macs=dict(wiring.macs),
                 ),
             )
         return ApplyResult(

@@ -10,7 +10,8 @@ Layout (i = 1..N, at most 29 members)::
                      forwarding on, rp_filter 0, routes back to the client's source ranges,
                      NO route to the VIPs: vipctl's netdev ingress rules on up0 deliver them
     {prefix}-m{i}    eth0 198.51.100.(8i+2)/29, 2001:db8:(10+i)::2/64, default via the router,
-                     both VIPs on lo, arp_ignore=1, arp_announce=2, rp_filter=0
+                     then `vipctl member --apply` (vipctl.member): both VIPs on lo,
+                     arp_ignore=1, arp_announce=2, rp_filter stays 0
 
 Nothing here touches the machine's own network namespace: every link, address, route and
 sysctl is created inside a namespace this module made. Sysctls are written from a short-lived
@@ -404,16 +405,6 @@ def _build(lab: Lab) -> None:
             "net.ipv6.conf.default.forwarding": 1,
         },
     )
-    for m in lab.members:
-        set_sysctls(
-            m.ns,
-            {
-                "net.ipv4.conf.all.arp_ignore": 1,
-                "net.ipv4.conf.default.arp_ignore": 1,
-                "net.ipv4.conf.all.arp_announce": 2,
-                "net.ipv4.conf.default.arp_announce": 2,
-            },
-        )
 
     # Router: veth pairs with the far ends created directly in the peer namespaces.
     r = [
@@ -457,11 +448,6 @@ def _build(lab: Lab) -> None:
             m.ns,
             [
                 "link set lo up",
-                f"addr add {lab.vip4}/32 dev lo",
-                # Loopback never runs DAD; nodad makes that explicit. IPv6 answers
-                # neighbour solicitations only for addresses on the receiving interface,
-                # so the VIP on lo is never announced on eth0 (test_lab checks this).
-                f"addr add {lab.vip6}/128 dev lo nodad",
                 f"addr add {m.address}/29 dev eth0",
                 f"addr add {m.address6}/64 dev eth0 nodad",
                 "link set eth0 up",
@@ -469,15 +455,8 @@ def _build(lab: Lab) -> None:
                 f"route add ::/0 via {m.gateway6} dev eth0",
             ],
         )
-        set_sysctls(
-            m.ns,
-            {
-                "net.ipv4.conf.eth0.arp_ignore": 1,
-                "net.ipv4.conf.eth0.arp_announce": 2,
-                "net.ipv4.conf.eth0.rp_filter": 0,
-                "net.ipv4.conf.lo.rp_filter": 0,
-            },
-        )
+
+    _setup_members(lab)
 
     _ip_batch(
         lab.router_ns,
@@ -490,6 +469,43 @@ def _build(lab: Lab) -> None:
         lab.router_ns,
         {f"net.ipv4.conf.{p}.rp_filter": 0 for p in (lab.uplink, *lab.ports)},
     )
+
+
+def _setup_members(lab: Lab) -> None:
+    """The member side as an operator does it: `vipctl member SPEC NAME --apply` inside
+    each member (VIPs on lo, arp_ignore/arp_announce, rp_filter at most loose), all
+    members at once. The lab's rp_filter is already 0, which the member setup keeps."""
+    spec_path = lab.workdir / "member-spec.json"
+    spec_path.write_text(json.dumps(lab.spec()))
+    procs = [
+        (
+            m,
+            spawn_in(
+                m.ns,
+                [
+                    sys.executable,
+                    "-m",
+                    "vipctl.cli",
+                    "member",
+                    str(spec_path),
+                    m.name,
+                    "--apply",
+                    "--interface",
+                    "eth0",
+                    "--state-dir",
+                    str(lab.workdir / "member-state"),
+                ],
+            ),
+        )
+        for m in lab.members
+    ]
+    failed = []
+    for m, p in procs:
+        out, err = p.communicate(timeout=60)
+        if p.returncode != 0:
+            failed.append(f"{m.name}: {err.strip() or out.strip()}")
+    if failed:
+        raise LabError("vipctl member --apply failed: " + "; ".join(failed))
 
 
 def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:

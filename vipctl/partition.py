@@ -213,8 +213,16 @@ class Layout:
         names = [n for n, _ in self.weights]
         index = {n: i for i, n in enumerate(names)}
 
-        def enc(t: Table) -> list[int]:
-            return [-1 if o is None else index[o] for o in t]
+        def enc(t: Table) -> list[list[int]]:
+            # run-length: [[member index or -1, run length], ...] (tables are long runs)
+            runs: list[list[int]] = []
+            for o in t:
+                i = -1 if o is None else index[o]
+                if runs and runs[-1][0] == i:
+                    runs[-1][1] += 1
+                else:
+                    runs.append([i, 1])
+            return runs
 
         return {
             "bits": self.bits,
@@ -236,7 +244,11 @@ class Layout:
         bits = int(data["bits"])  # type: ignore[call-overload]
 
         def dec(raw: object) -> Table:
-            t = tuple(None if i < 0 else names[i] for i in raw)  # type: ignore[attr-defined]
+            t = tuple(
+                None if i < 0 else names[i]
+                for i, n in raw  # type: ignore[attr-defined]
+                for _ in range(n)
+            )
             if len(t) != 1 << bits:
                 raise ValueError("table length does not match bits")
             return t

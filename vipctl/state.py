@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class ClusterState:
     layout: Layout
     digest: str  # of the rendered ruleset that was committed
     spec: dict[str, Any] | None = None  # the spec as applied (status needs names and ports)
+    ifindex: dict[str, int] = field(default_factory=dict)  # port -> ifindex when committed
+    macs: dict[str, str] = field(default_factory=dict)  # member -> MAC when committed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,8 @@ class ClusterState:
             "digest": self.digest,
             "layout": self.layout.to_json(),
             "spec": self.spec,
+            "ifindex": self.ifindex,
+            "macs": self.macs,
         }
 
     @classmethod
@@ -52,6 +56,8 @@ class ClusterState:
             digest=str(data.get("digest", "")),
             layout=Layout.from_json(data["layout"]),
             spec=data.get("spec"),
+            ifindex={str(k): int(v) for k, v in data.get("ifindex", {}).items()},
+            macs={str(k): str(v) for k, v in data.get("macs", {}).items()},
         )
 
 

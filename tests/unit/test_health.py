@@ -1,0 +1,288 @@
+"""Health: the rise/fall state machine (pure), flap damping, link events, and the probes
+against real sockets on the loopback (no root needed; ICMP only where permitted)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vipctl import health, sdnotify
+from vipctl.daemon import describe_moves, status_line
+from vipctl.health import (
+    MemberHealth,
+    Thresholds,
+    Transition,
+    carrier,
+    link_lost,
+    link_restored,
+    observe,
+    required_rise,
+)
+from vipctl.partition import Layout
+from vipctl.spec import Member, Spec, parse_spec
+
+TH = Thresholds(rise=2, fall=3)
+
+
+def run(h: MemberHealth, results: str, th: Thresholds = TH, t0: float = 0.0) -> list[bool]:
+    """Feed 'o' (ok) / 'x' (fail) one per 0.1 s; the `up` value after each."""
+    ups = []
+    for i, r in enumerate(results):
+        h, _ = observe(h, r == "o", "probe", th, t0 + i * 0.1)
+        ups.append(h.up)
+    return ups
+
+
+# -- the state machine ---------------------------------------------------------------------
+
+
+def test_up_member_goes_down_after_fall_consecutive_failures() -> None:
+    assert run(MemberHealth(up=True), "xxx") == [True, True, False]
+    # a success in between resets the run
+    assert run(MemberHealth(up=True), "xxoxxoxx") == [True] * 8
+
+
+def test_down_member_comes_back_after_rise_consecutive_successes() -> None:
+    assert run(MemberHealth(up=False), "oo") == [False, True]
+    assert run(MemberHealth(up=False), "oxoxo") == [False] * 5
+
+
+def test_transition_reports_reason_and_counts() -> None:
+    h = MemberHealth(up=True)
+    changes = []
+    for _ in range(3):
+        h, changed = observe(h, False, "tcp connect 10.0.0.1:80: connection refused", TH, 1.0)
+        changes.append(changed)
+    assert changes == [False, False, True]
+    assert h.reason == "tcp connect 10.0.0.1:80: connection refused (3 failures in a row)"
+    # further failures are no new transition
+    h, changed = observe(h, False, "again", TH, 1.1)
+    assert not changed and not h.up
+
+
+def test_flap_penalty_doubles_rise_per_recent_down_and_is_capped() -> None:
+    th = Thresholds(rise=2, fall=1, flap_window_s=60, flap_max_factor=8)
+    h = MemberHealth(up=True)
+    needed = []
+    now = 0.0
+    for _ in range(6):
+        h, changed = observe(h, False, "x", th, now)
+        assert changed and not h.up
+        need = required_rise(h, th, now)
+        needed.append(need)
+        for _ in range(need):
+            now += 0.1
+            h, _ = observe(h, True, "o", th, now)
+        assert h.up
+    assert needed == [2, 4, 8, 16, 16, 16]
+    # once the window has passed, the penalty is gone
+    h, _ = observe(h, False, "x", th, now + 61)
+    assert required_rise(h, th, now + 61) == 2
+
+
+def test_link_loss_is_immediate_and_probes_do_not_count_without_link() -> None:
+    h, changed = link_lost(MemberHealth(up=True), "port m2 lost carrier", TH, 5.0)
+    assert changed and not h.up and not h.link and h.reason == "port m2 lost carrier"
+    # successes while the link is down do not count (and are not a transition)
+    for _ in range(5):
+        h, changed = observe(h, True, "ok", TH, 5.1)
+        assert not changed and not h.up
+    h = link_restored(h)
+    assert run(h, "oo", t0=6.0) == [False, True]
+    # losing link while already down is no new transition
+    h2, changed = link_lost(MemberHealth(up=False), "again", TH, 7.0)
+    assert not changed and not h2.up
+
+
+def test_carrier_needs_admin_up_and_lower_up() -> None:
+    assert carrier(0x1 | 0x10000 | 0x2)
+    assert not carrier(0x1)  # up, no carrier
+    assert not carrier(0x10000)  # carrier, administratively down
+
+
+@given(st.lists(st.booleans(), max_size=200), st.integers(1, 5), st.integers(1, 5))
+def test_state_machine_invariants(results: list[bool], rise: int, fall: int) -> None:
+    """Never down without `fall` failures in a row just before; never up without at least
+    `rise` successes in a row just before; transitions alternate."""
+    th = Thresholds(rise=rise, fall=fall)
+    h = MemberHealth(up=True)
+    last = True
+    for i, ok in enumerate(results):
+        h, changed = observe(h, ok, "p", th, i * 0.1)
+        assert changed == (h.up != last)
+        if changed and not h.up:
+            assert results[i - fall + 1 : i + 1] == [False] * fall
+        if changed and h.up:
+            assert i + 1 >= rise and results[i - rise + 1 : i + 1] == [True] * rise
+        last = h.up
+
+
+# -- the monitor's bookkeeping (no tasks started) -----------------------------------------
+
+
+def _spec(probe: dict[str, object] | None = None) -> Spec:
+    return parse_spec(
+        {
+            "cluster": "web",
+            "vips": ["198.51.100.253"],
+            "uplink": "up0",
+            "members": [
+                {"name": "web1", "port": "m1", "address": "127.0.0.1"},
+                {"name": "web2", "port": "m2", "address": "127.0.0.1"},
+            ],
+            "health": {
+                "probe": probe or {"kind": "tcp", "port": 7000},
+                "interval_ms": 50,
+                "timeout_ms": 200,
+                "rise": 2,
+                "fall": 2,
+            },
+        }
+    )
+
+
+def test_monitor_link_events_and_reload_keep_health() -> None:
+    seen: list[Transition] = []
+    spec = _spec()
+    m = health.Monitor(spec, seen.append, initial_down={"web2"}, clock=lambda: 1.0)
+    assert m.down() == {"web2"}
+    m.link_event("m1", False, "lost carrier")
+    assert m.down() == {"web1", "web2"}
+    assert [(t.member, t.up, t.reason) for t in seen] == [("web1", False, "port m1 lost carrier")]
+    m.link_event("m1", True, "is up")  # link back: not up until probes succeed
+    assert m.down() == {"web1", "web2"}
+    m.feed("web1", True, "ok")
+    m.feed("web1", True, "ok")
+    assert m.down() == {"web2"} and seen[-1].up
+    m.link_event("other0", False, "lost carrier")  # not a member port: ignored
+    assert m.down() == {"web2"}
+
+    async def reload() -> None:
+        # a reloaded spec without web1 and with a new web3: web2 stays down, web3 starts up
+        data = spec.model_dump(mode="json")
+        data["members"] = [data["members"][1], {"name": "web3", "port": "m3", "address": "::1"}]
+        data["vips"].append("2001:db8::1")
+        m.update(parse_spec(data))
+        assert m.down() == {"web2"} and set(m.health) == {"web2", "web3"}
+        await m.stop()
+
+    asyncio.run(reload())
+
+
+# -- probes against real sockets on the loopback ------------------------------------------
+
+
+@contextlib.contextmanager
+def http_server(status: int) -> Iterator[int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(4096)
+                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def _member() -> Member:
+    return Member.model_validate({"name": "web1", "port": "m1", "address": "127.0.0.1"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_tcp_probe_real_sockets() -> None:
+    with http_server(200) as port:
+        ok, detail = asyncio.run(health.probe_tcp(_member(), port, 1.0))
+    assert ok and detail == f"tcp connect 127.0.0.1:{port}: ok"
+    closed = _free_port()
+    ok, detail = asyncio.run(health.probe_tcp(_member(), closed, 1.0))
+    assert not ok and detail == f"tcp connect 127.0.0.1:{closed}: connection refused"
+
+
+def test_http_probe_checks_the_status() -> None:
+    with http_server(200) as port:
+        ok, detail = asyncio.run(health.probe_http(_member(), port, "/health", 200, 1.0))
+        assert ok, detail
+        ok, detail = asyncio.run(health.probe_http(_member(), port, "/health", 204, 1.0))
+        assert not ok and detail.endswith("status 200, expected 204")
+    with http_server(503) as port:
+        ok, detail = asyncio.run(health.probe_http(_member(), port, "/", 200, 1.0))
+        assert not ok and "status 503" in detail
+
+
+def test_http_probe_times_out() -> None:
+    srv = socket.socket()  # accepts (backlog) but never answers
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    with srv:
+        ok, detail = asyncio.run(health.probe_http(_member(), srv.getsockname()[1], "/", 200, 0.2))
+    assert not ok and detail.endswith("no answer within 200 ms")
+
+
+def test_icmp_probe_loopback() -> None:
+    try:
+        health._icmp_socket(4)[0].close()
+    except OSError as exc:
+        pytest.skip(f"no ICMP socket here ({exc.strerror}): needs CAP_NET_RAW or ping group")
+    ok, detail = asyncio.run(health.probe_icmp(_member(), 1.0))
+    assert ok, detail
+
+
+# -- sd_notify and log helpers -------------------------------------------------------------
+
+
+def test_sdnotify_sends_one_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sdnotify.notify("READY=1", "STATUS=two\nlines")
+        assert s.recv(4096) == b"READY=1\nSTATUS=two lines"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not sdnotify.notify("READY=1")
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    assert sdnotify.watchdog_seconds() == 3.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")
+    assert sdnotify.watchdog_seconds() is None  # meant for another process
+
+
+def test_describe_moves_and_status_line() -> None:
+    layout = Layout.initial(2, (("a", Fraction(1)), ("b", Fraction(1))))
+    failed = layout.fail("b")
+    assert describe_moves(layout, failed) == "2 buckets moved (b->a 2)"
+    assert describe_moves(failed, failed.recover("b")) == "2 buckets moved (a->b 2)"
+    assert describe_moves(None, layout) == "first table"
+    spec = _spec()
+    assert status_line(spec, 7, set()) == "cluster web generation 7: 2/2 up"
+    assert status_line(spec, 8, {"web2"}) == "cluster web generation 8: 1/2 up (down: web2)"
+    assert "ALL 2 MEMBERS DOWN" in status_line(spec, 9, {"web1", "web2"})

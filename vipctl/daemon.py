@@ -1,0 +1,359 @@
+"""`vipctl daemon SPEC`: adopt what is live, probe the members forever, fail over and restore.
+
+The loop (one asyncio event loop, one thread for kernel work):
+
+* start: `controller.apply(spec, dir)` with the health recorded in the state (down=None), so
+  a restarted daemon whose table is live and matches moves no bucket and writes nothing;
+* `health.Monitor` probes every member concurrently and watches link events; each up/down
+  transition is logged with its reason and marks the cluster dirty;
+* the reconciler applies `down = every member currently down` in ONE transaction
+  (`controller.apply(..., down=...)`), off the event loop so probes keep their rhythm;
+  transitions that arrive during an apply are folded into the next one;
+* SIGHUP reloads the spec (a bad spec is logged, the last good one stays in force);
+  SIGTERM/SIGINT exit 0 and leave the rules in place: the data plane never needs us;
+* systemd: READY=1 after the first successful apply, STATUS= after every change,
+  WATCHDOG=1 every WatchdogSec/2 while the loop is healthy, RELOADING=1/STOPPING=1.
+
+Every member down: the partition leaves every bucket without an owner and the rules drop
+VIP traffic (nothing is sent to a member known dead). The first member to come back gets
+every bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, ClassVar
+
+import typer
+
+from vipctl import sdnotify
+from vipctl import state as statefile
+from vipctl.errors import SpecError, VipctlError
+from vipctl.spec import Spec, load_spec
+
+if TYPE_CHECKING:
+    from vipctl.controller import ApplyResult
+    from vipctl.health import Monitor, Transition
+    from vipctl.partition import Layout
+
+log = logging.getLogger("vipctl.daemon")
+
+EX_CONFIG = 78
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
+
+
+# --------------------------------------------------------------------------------------
+# Logging: journald gets syslog priority prefixes, a terminal gets timestamps
+# --------------------------------------------------------------------------------------
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<N>message`: journald reads the priority from the prefix (SyslogLevelPrefix=)."""
+
+    PRIORITY: ClassVar[dict[str, int]] = {
+        "CRITICAL": 2,
+        "ERROR": 3,
+        "WARNING": 4,
+        "INFO": 6,
+        "DEBUG": 7,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger("vipctl")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+# --------------------------------------------------------------------------------------
+# Pure helpers for the log
+# --------------------------------------------------------------------------------------
+
+
+def describe_moves(before: Layout | None, after: Layout) -> str:
+    """`web2->web1 43, web2->web3 42` (ownerless buckets shown as `nobody`)."""
+    if before is None or before.bits != after.bits:
+        return "first table"
+    moves = Counter(
+        (old or "nobody", new or "nobody")
+        for old, new in zip(before.table, after.table, strict=True)
+        if old != new
+    )
+    if not moves:
+        return "no bucket moved"
+    parts = [f"{a}->{b} {n}" for (a, b), n in sorted(moves.items())]
+    return f"{sum(moves.values())} buckets moved ({', '.join(parts)})"
+
+
+def status_line(spec: Spec, generation: int, down: set[str]) -> str:
+    up = [m.name for m in spec.members if m.name not in down]
+    if not up:
+        return (
+            f"cluster {spec.cluster} generation {generation}: ALL {len(spec.members)} MEMBERS "
+            "DOWN, VIP traffic is dropped"
+        )
+    text = f"cluster {spec.cluster} generation {generation}: {len(up)}/{len(spec.members)} up"
+    if down:
+        text += " (down: " + ", ".join(m.name for m in spec.members if m.name in down) + ")"
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# The daemon
+# --------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, spec_path: Path, state_dir: Path, spec: Spec) -> None:
+        self.spec_path = spec_path
+        self.state_dir = state_dir
+        self.spec = spec
+        self.layout: Layout | None = None
+        self.generation = 0
+        self.ready = False
+        self.monitor: Monitor | None = None
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._pending_since: float | None = None  # first transition not applied yet
+        self._apply_started: float | None = None
+        self._backoff = RETRY_FIRST_S
+        self._retry: asyncio.TimerHandle | None = None
+
+    # -- transitions --------------------------------------------------------------------
+    def on_transition(self, t: Transition) -> None:
+        if t.up:
+            log.info("%s UP: %s", t.member, t.reason)
+        else:
+            log.warning("%s DOWN: %s", t.member, t.reason)
+        if self._pending_since is None:
+            self._pending_since = t.at
+        self._dirty.set()
+
+    async def _apply(self, down: set[str] | None) -> ApplyResult:
+        from vipctl import controller
+
+        self._apply_started = time.monotonic()
+        try:
+            return await asyncio.to_thread(controller.apply, self.spec, self.state_dir, down=down)
+        finally:
+            self._apply_started = None
+
+    def _applied(self, result: ApplyResult, since: float | None, what: str) -> None:
+        before, self.layout = self.layout, result.layout
+        self.generation = result.generation
+        down = set(result.layout.down)
+        if result.changed:
+            newly_down = sorted(down - set(before.down if before else ()))
+            pins = f"; pins of {', '.join(newly_down)} released" if newly_down else ""
+            lag = (
+                f", {1000 * (time.monotonic() - since):.0f} ms after the transition"
+                if since is not None
+                else ""
+            )
+            log.info(
+                "%s: generation %d applied in one transaction in %.1f ms%s: %s%s",
+                what,
+                result.generation,
+                1000 * result.seconds,
+                lag,
+                describe_moves(before, result.layout),
+                pins,
+            )
+        else:
+            log.info(
+                "%s: the live table (generation %d) already matches, nothing written",
+                what,
+                result.generation,
+            )
+        if not [m for m in self.spec.members if m.name not in down]:
+            log.error(
+                "every member of cluster %s is down: no bucket has an owner, VIP traffic is "
+                "dropped until a member passes its probes again",
+                self.spec.cluster,
+            )
+        status = status_line(self.spec, result.generation, down)
+        if not self.ready:
+            self.ready = True
+            sdnotify.notify("READY=1", f"STATUS={status}")
+        else:
+            sdnotify.notify(f"STATUS={status}")
+
+    async def _reconcile(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            assert self.monitor is not None
+            down = self.monitor.down()
+            since, self._pending_since = self._pending_since, None
+            try:
+                result = await self._apply(down)
+            except Exception as exc:  # keep serving: the previous rules stay in place
+                if isinstance(exc, VipctlError):
+                    log.error("apply failed, the previous rules stay in place: %s", exc)
+                else:
+                    log.exception("apply failed unexpectedly, the previous rules stay in place")
+                log.info("retrying in %.1f s", self._backoff)
+                sdnotify.notify(f"STATUS=apply failed ({exc}); retrying")
+                if self._pending_since is None:
+                    self._pending_since = since
+                self._retry = loop.call_later(self._backoff, self._dirty.set)
+                self._backoff = min(self._backoff * 2, RETRY_MAX_S)
+                continue
+            self._backoff = RETRY_FIRST_S
+            self._applied(result, since, "health change" if since is not None else "retry")
+
+    # -- signals ------------------------------------------------------------------------
+    def reload(self) -> None:
+        sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            spec = load_spec(self.spec_path)
+            if spec.cluster != self.spec.cluster:
+                raise SpecError(
+                    str(self.spec_path),
+                    [
+                        f"cluster: '{spec.cluster}' differs from the running cluster "
+                        f"'{self.spec.cluster}'; a new cluster needs its own service"
+                    ],
+                )
+        except SpecError as exc:
+            for line in exc.problems:
+                log.error("reload rejected: %s: %s", exc.source, line)
+            log.error(
+                "reload rejected: keeping the last good spec (cluster %s, generation %d)",
+                self.spec.cluster,
+                self.generation,
+            )
+            sdnotify.notify("READY=1", "STATUS=reload rejected (bad spec), running the last good")
+            return
+        if spec == self.spec:
+            log.info("reload: %s is unchanged", self.spec_path)
+            sdnotify.notify("READY=1")
+            return
+        log.info("reload: %s accepted, applying it", self.spec_path)
+        self.spec = spec
+        if self.monitor is not None:
+            self.monitor.update(spec)
+        self._dirty.set()
+        sdnotify.notify("READY=1")
+
+    async def _watchdog(self, period: float) -> None:
+        """Ping at half the period while the loop runs and no apply is stuck in the kernel."""
+        while True:
+            started = self._apply_started
+            if started is None or time.monotonic() - started < period / 2:
+                sdnotify.notify("WATCHDOG=1")
+            else:
+                log.error("an apply has been running for %.1f s", time.monotonic() - started)
+            await asyncio.sleep(period / 2)
+
+    # -- main ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        from vipctl import health
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        spec = self.spec
+        log.info(
+            "vipctl daemon %d: cluster %s, %d members, %s; state in %s",
+            os.getpid(),
+            spec.cluster,
+            len(spec.members),
+            health.describe(spec),
+            self.state_dir,
+        )
+        try:
+            recorded = statefile.load(self.state_dir, spec.cluster)
+        except VipctlError as exc:
+            log.error("%s", exc)
+            return exc.exit_code
+        initial_down: set[str] = set(recorded.layout.down) if recorded else set()
+        try:
+            result = await self._apply(None)
+        except VipctlError as exc:
+            log.error(
+                "cannot apply at start (%s); probing, and retrying when health changes or in "
+                "%.1f s",
+                exc,
+                self._backoff,
+            )
+            self._retry = loop.call_later(self._backoff, self._dirty.set)
+        else:
+            initial_down = set(result.layout.down)
+            self._applied(result, None, "start")
+        if initial_down:
+            log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
+        self.monitor = health.Monitor(spec, self.on_transition, initial_down)
+        await self.monitor.start()
+        tasks = [asyncio.create_task(self._reconcile(), name="reconcile")]
+        period = sdnotify.watchdog_seconds()
+        if period:
+            tasks.append(asyncio.create_task(self._watchdog(period), name="watchdog"))
+        await self._stop.wait()
+        log.info(
+            "stopping: the rules of generation %d stay in place (the data plane does not "
+            "need the daemon)",
+            self.generation,
+        )
+        sdnotify.notify("STOPPING=1")
+        if self._retry is not None:
+            self._retry.cancel()
+        await self.monitor.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+
+
+# --------------------------------------------------------------------------------------
+# The command (registered in cli.py)
+# --------------------------------------------------------------------------------------
+
+
+def command(
+    spec_path: Annotated[
+        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
+    ],
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dir",
+            envvar="VIPCTL_STATE_DIR",
+            help="state directory [default: /var/lib/vipctl]",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
+) -> None:
+    """The service: apply, probe members, fail over and restore, reload on SIGHUP, notify
+    systemd. SIGTERM leaves the rules in place."""
+    setup_logging(verbose)
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        for line in exc.problems:
+            log.error("%s: %s", exc.source, line)
+        raise typer.Exit(EX_CONFIG) from None
+    daemon = Daemon(spec_path, statefile.state_dir(state_dir), spec)
+    raise typer.Exit(asyncio.run(daemon.run()))

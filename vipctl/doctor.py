@@ -1,0 +1,733 @@
+"""Preflight checks: is this box ready to serve the spec's VIPs?
+
+Each check has a stable name (``link:m1``, ``rp_filter:m1``...), a status (ok, warning,
+error) and, when not ok, the exact fix. ``vipctl doctor SPEC`` prints them; ``apply`` runs
+``preflight(spec)`` first and refuses on errors.
+
+The checks are pure functions of a ``Host`` (what the kernel says), so unit tests hand
+them a fake one; ``LiveHost`` asks the kernel of the current network namespace: iproute2
+(``ip -j``), ``/proc/sys``, and libnftables in check mode through ``kernel.check``
+(the batch goes to the kernel, which validates it, and is never committed).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from pathlib import Path
+from typing import Annotated, Literal, Protocol
+
+import typer
+
+from vipctl.errors import KernelError
+from vipctl.member import ip, ip_json, read_sysctl, sysctl
+from vipctl.spec import Spec
+
+Status = Literal["ok", "warning", "error"]
+PROBE_TABLE = "vipctl_doctor"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str  # stable name: kernel, link:up0, neighbour:web1, rp_filter:m1, ...
+    status: Status
+    message: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# What a check may ask the host
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    admin_up: bool
+    carrier: bool
+    mtu: int
+
+
+@dataclass(frozen=True)
+class Route:
+    type: str  # unicast, local, blackhole, unreachable, prohibit, ...
+    dst: str  # prefix, "default" for 0/0
+    dev: str = ""
+    table: str = "main"
+    protocol: str = ""
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    mac: str | None  # resolved on the member's port
+    elsewhere: str | None = None  # another interface where the address answered
+
+
+class Host(Protocol):
+    def links(self) -> Mapping[str, LinkInfo]: ...
+    def sysctl(self, key: str) -> str | None: ...
+    def addresses(self) -> Sequence[tuple[str, int, str]]: ...  # address, prefixlen, dev
+    def routes(self, family: int) -> Sequence[Route]: ...
+    def neighbours(self, spec: Spec, ports: set[str]) -> Mapping[str, Neighbour]: ...
+    def reverse_path(self, vip: str, port: str, uplink: str) -> str | None: ...
+    def nft_check(self, batch: str) -> str | None: ...
+    def tc_check(self) -> str | None: ...
+    def proxies(self, uplink: str) -> Sequence[str]: ...
+
+
+# --------------------------------------------------------------------------------------
+# The checks (pure)
+# --------------------------------------------------------------------------------------
+
+# feature -> (nft statements added to the probe table, kernel options that provide it)
+_FEATURES: dict[str, tuple[str, str]] = {
+    "netdev ingress hook": ("", "CONFIG_NF_TABLES_NETDEV, CONFIG_NETFILTER_INGRESS"),
+    "netdev egress hook": (
+        'add chain netdev {t} e {{ type filter hook egress device "lo" priority 0; }}\n'
+        "add rule netdev {t} e meta mark 3 ether daddr set 02:00:00:00:00:01\n",
+        "CONFIG_NETFILTER_EGRESS (Linux >= 5.16)",
+    ),
+    "dup": ('add rule netdev {t} i meta mark 1 dup to "lo" drop\n', "CONFIG_NFT_DUP_NETDEV"),
+    "fwd": ('add rule netdev {t} i meta mark 2 fwd to "lo"\n', "CONFIG_NFT_FWD_NETDEV"),
+    "jhash": (
+        "add rule netdev {t} i meta mark set jhash ip saddr mod 16 seed 0x5eed\n",
+        "CONFIG_NFT_HASH",
+    ),
+    "dynamic sets with timeouts": (
+        "add set netdev {t} p { type ipv4_addr . inet_service; size 16; "
+        "flags dynamic,timeout; timeout 10m; }\n"
+        "add rule netdev {t} i meta l4proto { tcp, udp } update @p { ip saddr . th sport }\n",
+        "CONFIG_NF_TABLES_SET (hash sets) with timeouts",
+    ),
+}
+
+
+def needed_features(spec: Spec) -> list[str]:
+    out = ["netdev ingress hook", "netdev egress hook"]
+    out.append("dup" if spec.mode == "broadcast" else "fwd")
+    if spec.partition.key == "hash":
+        out.append("jhash")
+    if spec.pinning.enabled:
+        out.append("dynamic sets with timeouts")
+    return out
+
+
+def probe_batch(feature: str) -> str:
+    """A throw-away table that uses ``feature`` on lo (sent in check mode only)."""
+    t = PROBE_TABLE
+    base = (
+        f"add table netdev {t}\n"
+        f'add chain netdev {t} i {{ type filter hook ingress device "lo" priority 0; }}\n'
+    )
+    extra = _FEATURES[feature][0].replace("{t}", t).replace("{{", "{").replace("}}", "}")
+    return base + extra
+
+
+def check_kernel(spec: Spec, host: Host) -> list[Finding]:
+    if spec.backend == "tc":
+        err = host.tc_check()
+        if err is None:
+            return [Finding("kernel", "ok", "tc flower, pedit, gact and mirred work")]
+        return [
+            Finding(
+                "kernel",
+                "error",
+                f"backend tc needs tc flower + pedit + gact + mirred, which this kernel "
+                f"refused: {err}",
+                "use a kernel with CONFIG_NET_CLS_FLOWER, CONFIG_NET_ACT_PEDIT, "
+                "CONFIG_NET_ACT_GACT and CONFIG_NET_ACT_MIRRED (modules are autoloaded), "
+                "or set `backend: nftables` in the spec",
+            )
+        ]
+    missing: dict[str, str] = {}
+    for feature in needed_features(spec):
+        err = host.nft_check(probe_batch(feature))
+        if err is not None:
+            missing[feature] = err
+    if not missing:
+        return [
+            Finding(
+                "kernel",
+                "ok",
+                f"nftables accepts what mode {spec.mode} needs: "
+                + ", ".join(needed_features(spec)),
+            )
+        ]
+    options = "; ".join(f"{f}: {_FEATURES[f][1]}" for f in missing)
+    detail = "; ".join(f"{f}: {e}" for f, e in missing.items())
+    return [
+        Finding(
+            "kernel",
+            "error",
+            f"the kernel refuses what mode {spec.mode} needs ({detail})",
+            f"build or boot a kernel with {options} (or modprobe the matching nft_* "
+            "modules); or pick the other mode",
+        )
+    ]
+
+
+def check_links(spec: Spec, host: Host) -> list[Finding]:
+    links = host.links()
+    out: list[Finding] = []
+    wanted = [(spec.uplink, "uplink", "uplink")]
+    wanted += [
+        (m.port, f"port of member {m.name}", f"members[{i}].port")
+        for i, m in enumerate(spec.members)
+    ]
+    for dev, role, field_path in wanted:
+        name = f"link:{dev}"
+        link = links.get(dev)
+        if link is None:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"{role} '{dev}' does not exist",
+                    f"create interface {dev}, or correct `{field_path}` in the spec",
+                )
+            )
+        elif not link.admin_up:
+            out.append(
+                Finding(name, "error", f"{role} '{dev}' is down", f"ip link set dev {dev} up")
+            )
+        elif not link.carrier:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"{role} '{dev}' is up but has no carrier (link partner down or "
+                    "cable unplugged)",
+                    f"connect {dev} and bring its far end up (check: ip link show dev {dev})",
+                )
+            )
+        else:
+            out.append(Finding(name, "ok", f"{role} '{dev}' is up (mtu {link.mtu})"))
+    return out
+
+
+def check_neighbours(spec: Spec, host: Host) -> list[Finding]:
+    links = host.links()
+    ports = {m.port for m in spec.members if m.port in links and links[m.port].admin_up}
+    found = host.neighbours(spec, ports)
+    out: list[Finding] = []
+    for i, m in enumerate(spec.members):
+        name = f"neighbour:{m.name}"
+        if m.mac:
+            out.append(Finding(name, "ok", f"MAC {m.mac} given in the spec (not resolved)"))
+            continue
+        if m.port not in ports:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"cannot resolve {m.address}: port {m.port} is not up",
+                    f"fix link:{m.port} first",
+                )
+            )
+            continue
+        n = found.get(m.name, Neighbour(None))
+        if n.mac:
+            out.append(Finding(name, "ok", f"{m.address} is at {n.mac} on {m.port}"))
+        elif n.elsewhere:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"{m.address} answers on {n.elsewhere}, not on its port {m.port}",
+                    f"plug member {m.name} into {m.port}, or set `members[{i}].port: "
+                    f"{n.elsewhere}` in the spec",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"{m.address} does not answer ARP/ND on {m.port}",
+                    f"on member {m.name}: configure {m.address} on the interface facing "
+                    f"{m.port} and bring it up; or set `members[{i}].mac` in the spec",
+                )
+            )
+    return out
+
+
+def _sysctl_fix(*pairs: tuple[str, object]) -> str:
+    return "sysctl -w " + " ".join(f"{sysctl(k, 0).key}={v}" for k, v in pairs)
+
+
+def check_forwarding(spec: Spec, host: Host) -> list[Finding]:
+    out: list[Finding] = []
+    devs = [spec.uplink, *(m.port for m in spec.members)]
+    for family in spec.vip_families:
+        name = f"forwarding:ipv{family}"
+        proto = f"ipv{family}"
+        off: list[tuple[str, object]] = []
+        glob = host.sysctl(f"net.{proto}.conf.all.forwarding")
+        if glob != "1":
+            off.append((f"net.{proto}.conf.all.forwarding", 1))
+        for dev in devs:
+            value = host.sysctl(f"net.{proto}.conf.{dev}.forwarding")
+            if value is not None and value != "1":
+                off.append((f"net.{proto}.conf.{dev}.forwarding", 1))
+        if not off:
+            out.append(Finding(name, "ok", f"IPv{family} forwarding is on"))
+            continue
+        where = ", ".join(sysctl(k, 0).key for k, _ in off)
+        out.append(
+            Finding(
+                name,
+                "error",
+                f"IPv{family} forwarding is off ({where}): members' replies would not be "
+                "routed back to clients"
+                + (
+                    " and the uplink would not answer ARP/ND for the VIPs"
+                    if spec.announce_vips
+                    else ""
+                ),
+                _sysctl_fix(*off) + "  (persist it in /etc/sysctl.d/90-vipctl.conf)",
+            )
+        )
+    return out
+
+
+def check_rp_filter(spec: Spec, host: Host) -> list[Finding]:
+    """Members answer from the VIP: the router must accept that source on every port."""
+    out: list[Finding] = []
+    vips4 = [str(v) for v in spec.vips if v.version == 4]
+    if not vips4:
+        return out
+    links = host.links()
+    all_rp = host.sysctl("net.ipv4.conf.all.rp_filter") or "0"
+    for m in spec.members:
+        name = f"rp_filter:{m.port}"
+        if m.port not in links or not links[m.port].admin_up:
+            continue
+        port_rp = host.sysctl(f"net.ipv4.conf.{m.port}.rp_filter") or "0"
+        effective = max(int(all_rp), int(port_rp))
+        failures = []
+        for vip in vips4:
+            err = host.reverse_path(vip, m.port, spec.uplink)
+            if err is not None:
+                failures.append(f"{vip}: {err}")
+        if not failures:
+            mode = {0: "off", 1: "strict", 2: "loose"}.get(effective, str(effective))
+            out.append(Finding(name, "ok", f"replies from the VIP pass on {m.port} ({mode})"))
+            continue
+        fixes: list[tuple[str, object]] = []
+        if all_rp != "0":
+            fixes.append(("net.ipv4.conf.all.rp_filter", 0))
+        if port_rp != "0":
+            fixes.append((f"net.ipv4.conf.{m.port}.rp_filter", 0))
+        fix = (
+            _sysctl_fix(*fixes)
+            if fixes
+            else f"check `ip route get 192.0.2.1 from {vips4[0]} iif {m.port}`"
+        )
+        if all_rp != "0":
+            fix += (
+                " (then set rp_filter per interface where you want it, e.g. "
+                f"{sysctl(f'net.ipv4.conf.{spec.uplink}.rp_filter', 0).key}=1)"
+            )
+        fix += "; or keep loose mode (2) and give the VIP a route (announce_vips adds one)"
+        out.append(
+            Finding(
+                name,
+                "error",
+                f"reverse-path filter (rp_filter={effective}) drops members' replies sourced "
+                f"from the VIP on {m.port}: " + "; ".join(failures),
+                fix,
+            )
+        )
+    return out
+
+
+def check_mtu(spec: Spec, host: Host) -> list[Finding]:
+    links = host.links()
+    up = links.get(spec.uplink)
+    if up is None:
+        return []
+    out: list[Finding] = []
+    for m in spec.members:
+        port = links.get(m.port)
+        if port is None:
+            continue
+        name = f"mtu:{m.port}"
+        if port.mtu == up.mtu:
+            out.append(Finding(name, "ok", f"{m.port} and {spec.uplink} both have mtu {up.mtu}"))
+        elif port.mtu < up.mtu:
+            out.append(
+                Finding(
+                    name,
+                    "error",
+                    f"{m.port} has mtu {port.mtu} < uplink {spec.uplink} mtu {up.mtu}: frames "
+                    "copied or forwarded from the uplink at layer 2 are dropped, not "
+                    "fragmented",
+                    f"ip link set dev {m.port} mtu {up.mtu}  (and the same mtu on member "
+                    f"{m.name}'s interface)",
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    name,
+                    "warning",
+                    f"{m.port} has mtu {port.mtu} > uplink {spec.uplink} mtu {up.mtu}: large "
+                    "replies are fragmented or need path-MTU discovery",
+                    f"ip link set dev {m.port} mtu {up.mtu}  (and on member {m.name})",
+                )
+            )
+    return out
+
+
+def _covers(dst: str, vip: IPv4Address | IPv6Address) -> bool:
+    if dst == "default":
+        return False  # a default route is not a claim on the VIP
+    try:
+        net = ip_network(dst, strict=False)
+    except ValueError:
+        return False
+    return net.version == vip.version and vip in net
+
+
+def check_vip_claims(spec: Spec, host: Host) -> list[Finding]:
+    from vipctl.announce import PROTO
+
+    addrs = host.addresses()
+    routes = {f: host.routes(f) for f in spec.vip_families}
+    out: list[Finding] = []
+    for vip in spec.vips:
+        name = f"vip:{vip}"
+        problems: list[tuple[Status, str, str]] = []
+        for address, plen, dev in addrs:
+            if ip_address(address) == vip:
+                problems.append(
+                    (
+                        "error",
+                        f"{vip} is a local address of this box (on {dev}): it would answer "
+                        "for the VIP itself and drop members' replies as martians",
+                        f"ip addr del {address}/{plen} dev {dev}",
+                    )
+                )
+        for r in routes[vip.version]:
+            if r.protocol == PROTO or not _covers(r.dst, vip):
+                continue
+            fam = "-6 " if vip.version == 6 else ""
+            where = f"{r.type} {r.dst}" + (f" dev {r.dev}" if r.dev else "") + (f" table {r.table}")
+            if r.type == "local" and not any(ip_address(a) == vip for a, _, _ in addrs):
+                problems.append(
+                    (
+                        "error",
+                        f"route `{where}` makes {vip} local to this box",
+                        f"ip {fam}route del {where}",
+                    )
+                )
+            elif r.type in ("blackhole", "unreachable", "prohibit"):
+                problems.append(
+                    (
+                        "warning",
+                        f"route `{where}` swallows {vip} for anything that is routed "
+                        "(the router's own traffic, reverse-path checks)",
+                        f"ip {fam}route del {where}",
+                    )
+                )
+        if not problems:
+            out.append(Finding(name, "ok", f"nothing else on this box claims {vip}"))
+        for status, message, fix in problems:
+            out.append(Finding(name, status, message, fix))
+    return out
+
+
+def check_announce(spec: Spec, host: Host) -> list[Finding]:
+    from vipctl.announce import commands
+
+    present = set(host.proxies(spec.uplink))
+    vips = [str(v) for v in spec.vips]
+    if spec.announce_vips:
+        if all(v in present for v in vips):
+            return [Finding("announce", "ok", f"{spec.uplink} answers ARP/ND for the VIPs")]
+        return [
+            Finding(
+                "announce",
+                "warning",
+                f"announce_vips is on but {spec.uplink} does not answer ARP/ND for "
+                + ", ".join(v for v in vips if v not in present)
+                + " yet (vipctl apply installs it)",
+                "vipctl apply SPEC, or: " + "; ".join(commands(spec)),
+            )
+        ]
+    stale = [v for v in vips if v in present]
+    if stale:
+        fixes = "; ".join(
+            f"ip {'-6 ' if ':' in v else ''}neigh del proxy {v} dev {spec.uplink}" for v in stale
+        )
+        return [
+            Finding(
+                "announce",
+                "warning",
+                f"announce_vips is off but {spec.uplink} still answers ARP/ND for "
+                + ", ".join(stale),
+                f"vipctl apply SPEC removes vipctl's entries; others: {fixes}",
+            )
+        ]
+    return [
+        Finding(
+            "announce",
+            "ok",
+            "announce_vips is off: route the VIPs to this router's uplink address upstream",
+        )
+    ]
+
+
+CHECKS = (
+    check_kernel,
+    check_links,
+    check_neighbours,
+    check_forwarding,
+    check_rp_filter,
+    check_mtu,
+    check_vip_claims,
+    check_announce,
+)
+
+
+def run_checks(spec: Spec, host: Host, down: Collection[str] = ()) -> list[Finding]:
+    """Every check. Members in ``down`` (declared down, as by the daemon) may be
+    unreachable: their neighbour and carrier problems are warnings, not errors."""
+    out: list[Finding] = []
+    for check in CHECKS:
+        out.extend(check(spec, host))
+    if down:
+        relaxed = {f"neighbour:{n}" for n in down}
+        relaxed |= {f"link:{m.port}" for m in spec.members if m.name in down}
+        out = [
+            replace(f, status="warning", message=f"(member declared down) {f.message}")
+            if f.check in relaxed and f.status == "error" and "does not exist" not in f.message
+            else f
+            for f in out
+        ]
+    return out
+
+
+def preflight(spec: Spec, host: Host | None = None, down: Collection[str] = ()) -> list[Finding]:
+    """All checks against this network namespace (for `apply`: refuse on any error)."""
+    return run_checks(spec, host if host is not None else LiveHost(), down)
+
+
+def errors(findings: Sequence[Finding]) -> list[Finding]:
+    return [f for f in findings if f.status == "error"]
+
+
+# --------------------------------------------------------------------------------------
+# The live host (the current network namespace)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveHost:
+    resolve_timeout: float = 1.5
+    _links: dict[str, LinkInfo] | None = field(default=None, repr=False)
+
+    def links(self) -> Mapping[str, LinkInfo]:
+        if self._links is None:
+            self._links = {}
+            for link in ip_json("link", "show"):
+                flags = link.get("flags", [])
+                self._links[str(link["ifname"])] = LinkInfo(
+                    name=str(link["ifname"]),
+                    admin_up="UP" in flags,
+                    carrier="LOWER_UP" in flags,
+                    mtu=int(link.get("mtu", 0)),
+                )
+        return self._links
+
+    def sysctl(self, key: str) -> str | None:
+        return read_sysctl(key)
+
+    def addresses(self) -> Sequence[tuple[str, int, str]]:
+        out = []
+        for link in ip_json("addr", "show"):
+            for info in link.get("addr_info", []):
+                out.append((str(info["local"]), int(info["prefixlen"]), str(link["ifname"])))
+        return out
+
+    def routes(self, family: int) -> Sequence[Route]:
+        out = []
+        for r in ip_json(f"-{family}", "route", "show", "table", "all"):
+            out.append(
+                Route(
+                    type=str(r.get("type", "unicast")),
+                    dst=str(r.get("dst", "")),
+                    dev=str(r.get("dev", "")),
+                    table=str(r.get("table", "main")),
+                    protocol=str(r.get("protocol", "")),
+                )
+            )
+        return out
+
+    def neighbours(self, spec: Spec, ports: set[str]) -> Mapping[str, Neighbour]:
+        wanted = {m.name: m for m in spec.members if not m.mac and m.port in ports}
+        found: dict[str, Neighbour] = {}
+
+        def look() -> None:
+            table = ip_json("neigh", "show")
+            for name, m in wanted.items():
+                if name in found and found[name].mac:
+                    continue
+                for n in table:
+                    if n.get("dst") != str(m.address):
+                        continue
+                    states = set(n.get("state", []))
+                    if not n.get("lladdr") or states & {"FAILED", "INCOMPLETE"}:
+                        continue
+                    if n.get("dev") == m.port:
+                        found[name] = Neighbour(str(n["lladdr"]).lower())
+                        break
+                    found[name] = Neighbour(None, elsewhere=str(n.get("dev")))
+
+        look()
+        pending = [m for n, m in wanted.items() if n not in found or not found[n].mac]
+        for m in pending:
+            _poke(m.address, m.port)
+        deadline = time.monotonic() + self.resolve_timeout
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            look()
+            pending = [m for n, m in wanted.items() if n not in found or not found[n].mac]
+        return found
+
+    def reverse_path(self, vip: str, port: str, uplink: str) -> str | None:
+        dst = _client_like_address(uplink)
+        proc = ip("route", "get", dst, "from", vip, "iif", port, check=False)
+        if proc.returncode == 0:
+            return None
+        err = proc.stderr.strip().removeprefix("RTNETLINK answers: ")
+        if "Invalid argument" in err or "cross-device" in err:
+            return f"`ip route get {dst} from {vip} iif {port}` fails: {err}"
+        return None  # another reason (forwarding off, no route): other checks name it
+
+    def nft_check(self, batch: str) -> str | None:
+        try:
+            from vipctl import kernel
+        except ImportError as exc:
+            return f"python nftables bindings missing ({exc}): apt-get install python3-nftables"
+        try:
+            kernel.check(batch)
+        except KernelError as exc:
+            return str(exc).removeprefix("the kernel would refuse the ruleset: ").split("\n")[0]
+        return None
+
+    def tc_check(self) -> str | None:
+        # A throw-away network namespace (unshare -n) so nothing on this box changes.
+        script = (
+            "ip link set lo up && tc qdisc add dev lo clsact && "
+            "tc filter add dev lo egress protocol ip pref 1 flower dst_ip 192.0.2.1 "
+            "action pedit ex munge eth dst set 02:00:00:00:00:01 pipe "
+            "action mirred egress mirror dev lo pipe action gact ok"
+        )
+        try:
+            proc = subprocess.run(
+                ["unshare", "--net", "sh", "-c", script],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except FileNotFoundError:
+            return "unshare (util-linux) is not installed, cannot probe tc"
+        if proc.returncode == 0:
+            return None
+        return " ".join(proc.stderr.split())[:300] or f"exit {proc.returncode}"
+
+    def proxies(self, uplink: str) -> Sequence[str]:
+        if uplink not in self.links():
+            return []
+        return [str(e.get("dst")) for e in ip_json("neigh", "show", "proxy", "dev", uplink)]
+
+
+def _client_like_address(uplink: str) -> str:
+    """An IPv4 destination routed out of the uplink (the reply path a client would use)."""
+    mine = {
+        a
+        for link in ip_json("-4", "addr", "show")
+        for a in (i.get("local") for i in link.get("addr_info", []))
+    }
+    for r in ip_json("-4", "route", "show"):
+        if r.get("dev") != uplink:
+            continue
+        if r.get("gateway"):
+            return str(r["gateway"])
+        if r.get("dst") and r["dst"] != "default":
+            net = ip_network(str(r["dst"]), strict=False)
+            for host in (net.network_address + 1, net.network_address + 2):
+                if str(host) not in mine and host in net:
+                    return str(host)
+    return "192.0.2.1"
+
+
+def _poke(address: IPv4Address | IPv6Address, port: str) -> None:
+    """Make the kernel resolve a neighbour: one empty datagram to the discard port."""
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
+            s.sendto(b"", (str(address), 9))
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------------------
+# `vipctl doctor` (registered in cli.py)
+# --------------------------------------------------------------------------------------
+
+
+def format_findings(findings: Sequence[Finding], *, verbose: bool = True) -> str:
+    label = {"ok": "ok", "warning": "WARNING", "error": "ERROR"}
+    width = max((len(f.check) for f in findings), default=0)
+    lines = []
+    for f in findings:
+        if f.status == "ok" and not verbose:
+            continue
+        lines.append(f"{label[f.status]:<8} {f.check:<{width}}  {f.message}")
+        if f.fix:
+            lines.append(f"{'':<8} {'':<{width}}  fix: {f.fix}")
+    n_err = sum(f.status == "error" for f in findings)
+    n_warn = sum(f.status == "warning" for f in findings)
+    lines.append(f"{len(findings)} checks: {n_err} error(s), {n_warn} warning(s)")
+    return "\n".join(lines) + "\n"
+
+
+def command(
+    spec_path: Annotated[
+        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="show problems only")] = False,
+) -> None:
+    """Check that this box can serve the spec: kernel, links, neighbours, forwarding,
+    rp_filter, MTUs, VIP claims, ARP/ND announcement. Exit 1 on any error."""
+    from vipctl.cli import _load, fail
+    from vipctl.errors import VipctlError
+
+    spec = _load(spec_path)
+    try:
+        findings = preflight(spec)
+    except VipctlError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"cluster": spec.cluster, "checks": [f.to_json() for f in findings]}, indent=2
+            )
+        )
+    else:
+        typer.echo(format_findings(findings, verbose=not quiet), nl=False)
+    if errors(findings):
+        raise typer.Exit(1)

@@ -1,0 +1,508 @@
+"""Member health: probe results and link events -> up/down transitions. No rule logic here.
+
+Two layers:
+
+* PURE: `MemberHealth` and `observe()` / `link_lost()` / `link_restored()`: the rise/fall
+  state machine with flap damping. Clock values are arguments, so unit tests drive it.
+* SHELL: the probes (icmp echo, tcp connect, http status), run concurrently with asyncio for
+  every member, and `Monitor`, which also listens to rtnetlink link events (RTM_NEWLINK /
+  RTM_DELLINK): a member port that loses carrier or is set down marks its member down at
+  once, without waiting for `fall` failed probes.
+
+The state machine (per member):
+
+* up -> down after `fall` consecutive failed probes, or at once when its port loses link;
+* down -> up after `required_rise()` consecutive successful probes while its port has link.
+  `required_rise` is `rise`, doubled for every further down transition within the last
+  FLAP_WINDOW_S seconds (at most FLAP_MAX_FACTOR times `rise`): a member that keeps
+  failing has to prove itself for longer, so a flapping member cannot cause a swap storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from typing import Any
+
+from vipctl.spec import HttpProbe, IcmpProbe, Member, NoProbe, Spec, TcpProbe
+
+log = logging.getLogger("vipctl.health")
+
+FLAP_WINDOW_S = 60.0
+FLAP_MAX_FACTOR = 8
+
+
+# --------------------------------------------------------------------------------------
+# PURE: the state machine
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    rise: int
+    fall: int
+    flap_window_s: float = FLAP_WINDOW_S
+    flap_max_factor: int = FLAP_MAX_FACTOR
+
+
+@dataclass(frozen=True)
+class MemberHealth:
+    """One member's health. `successes`/`failures` count the current run of equal results;
+    `downs` holds the clock times of recent down transitions (flap damping); `link` is False
+    while the member's router port has no carrier or is administratively down."""
+
+    up: bool = True
+    successes: int = 0
+    failures: int = 0
+    downs: tuple[float, ...] = ()
+    link: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A member changed state; `reason` says why, in words for the log."""
+
+    member: str
+    up: bool
+    reason: str
+    at: float
+
+
+def required_rise(h: MemberHealth, th: Thresholds, now: float) -> int:
+    """Successes needed to come back: `rise`, doubled per extra recent down transition."""
+    recent = sum(1 for t in h.downs if now - t <= th.flap_window_s)
+    factor = min(1 << max(0, recent - 1), th.flap_max_factor)
+    return th.rise * factor
+
+
+def _went_down(h: MemberHealth, th: Thresholds, now: float, reason: str) -> MemberHealth:
+    downs = (*(t for t in h.downs if now - t <= th.flap_window_s), now)
+    return replace(h, up=False, successes=0, downs=downs, reason=reason)
+
+
+def observe(
+    h: MemberHealth, ok: bool, detail: str, th: Thresholds, now: float
+) -> tuple[MemberHealth, bool]:
+    """Feed one probe result. Returns the new health and whether `up` changed.
+
+    While the port has no link, a success does not count (the reply cannot have come over
+    the member's port, or the link came back and must be proven by fresh probes)."""
+    if ok and not h.link:
+        return replace(h, successes=0), False
+    if ok:
+        h = replace(h, successes=h.successes + 1, failures=0)
+        need = required_rise(h, th, now)
+        if not h.up and h.successes >= need:
+            return replace(h, up=True, reason=f"{detail} ({h.successes} successes in a row)"), True
+        return h, False
+    h = replace(h, failures=h.failures + 1, successes=0)
+    if h.up and h.failures >= th.fall:
+        return _went_down(h, th, now, f"{detail} ({h.failures} failures in a row)"), True
+    return h, False
+
+
+def link_lost(
+    h: MemberHealth, reason: str, th: Thresholds, now: float
+) -> tuple[MemberHealth, bool]:
+    """The member's port lost carrier or went down: down at once."""
+    h = replace(h, link=False, successes=0)
+    if h.up:
+        return _went_down(h, th, now, reason), True
+    return h, False
+
+
+def link_restored(h: MemberHealth) -> MemberHealth:
+    """Link is back: probes may count again (the member stays down until they rise)."""
+    return replace(h, link=True, successes=0)
+
+
+def carrier(flags: int) -> bool:
+    """IFF_UP and IFF_LOWER_UP: administratively up and the lower layer has carrier."""
+    iff_up, iff_lower_up = 0x1, 0x10000
+    return bool(flags & iff_up) and bool(flags & iff_lower_up)
+
+
+# --------------------------------------------------------------------------------------
+# SHELL: probes
+# --------------------------------------------------------------------------------------
+
+ProbeResult = tuple[bool, str]
+
+
+def _addr(member: Member) -> str:
+    return str(member.address)
+
+
+def _where(member: Member, port: int) -> str:
+    a = _addr(member)
+    return f"[{a}]:{port}" if member.address.version == 6 else f"{a}:{port}"
+
+
+def _oserror(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # asyncio's strerror is "Connect call failed (addr, port)": the errno says more
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+async def probe_tcp(member: Member, port: int, timeout: float) -> ProbeResult:
+    what = f"tcp connect {_where(member, port)}"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(_addr(member), port), timeout)
+    except TimeoutError:
+        return False, f"{what}: no answer within {timeout * 1000:.0f} ms"
+    except OSError as exc:
+        return False, f"{what}: {_oserror(exc)}"
+    writer.close()  # no data was written: the socket closes at once, nothing to wait for
+    return True, f"{what}: ok"
+
+
+async def probe_http(
+    member: Member, port: int, path: str, expect: int, timeout: float
+) -> ProbeResult:
+    url = f"http://{_where(member, port)}{path}"
+    what = f"http GET {url}"
+
+    async def exchange() -> int:
+        reader, writer = await asyncio.open_connection(_addr(member), port)
+        try:
+            host = _where(member, port)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vipctl-health\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        parts = line.decode("latin-1").split()
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP status line: {line[:60]!r}")
+        status: int = int(parts[1])
+        return status
+
+    try:
+        status = await asyncio.wait_for(exchange(), timeout)
+    except TimeoutError:
+        return False, f"{what}: no answer within {timeout * 1000:.0f} ms"
+    except (OSError, ValueError) as exc:
+        return False, f"{what}: {_oserror(exc)}"
+    if status != expect:
+        return False, f"{what}: status {status}, expected {expect}"
+    return True, f"{what}: status {status}"
+
+
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _icmp_socket(version: int) -> tuple[socket.socket, bool]:
+    """An ICMP socket: the unprivileged "ping" kind if net.ipv4.ping_group_range allows our
+    group, else a raw one (CAP_NET_RAW). Returns (socket, raw)."""
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    proto = socket.IPPROTO_ICMP if version == 4 else socket.IPPROTO_ICMPV6
+    try:
+        return socket.socket(family, socket.SOCK_DGRAM, proto), False
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT):
+            raise
+    return socket.socket(family, socket.SOCK_RAW, proto), True
+
+
+_icmp_seq = 0
+
+
+async def probe_icmp(member: Member, timeout: float) -> ProbeResult:
+    global _icmp_seq
+    address = member.address
+    what = f"icmp echo {address}"
+    v4 = isinstance(address, IPv4Address)
+    request, reply = (8, 0) if v4 else (128, 129)
+    _icmp_seq = (_icmp_seq + 1) & 0xFFFF
+    seq = _icmp_seq
+    ident = os.getpid() & 0xFFFF
+    payload = b"vipctl-health" + struct.pack("!d", time.monotonic())
+    loop = asyncio.get_running_loop()
+    try:
+        sock, raw = _icmp_socket(address.version)
+    except OSError as exc:
+        return False, f"{what}: cannot open an ICMP socket: {_oserror(exc)}"
+    with sock:
+        sock.setblocking(False)
+        header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
+        # IPv4 needs our checksum; the kernel fills ICMPv6's (RFC 3542) and rewrites the
+        # identifier of unprivileged ping sockets (so match on seq and payload then).
+        csum = _icmp_checksum(header + payload) if v4 else 0
+        packet = struct.pack("!BBHHH", request, 0, csum, ident, seq) + payload
+
+        async def exchange() -> None:
+            await loop.sock_sendto(sock, packet, (str(address), 0))
+            while True:
+                data, peer = await loop.sock_recvfrom(sock, 2048)
+                if peer[0] != str(address):
+                    continue
+                if raw and v4:
+                    data = data[(data[0] & 0x0F) * 4 :]
+                if len(data) < 8:
+                    continue
+                kind, _, _, rid, rseq = struct.unpack("!BBHHH", data[:8])
+                if kind != reply or rseq != seq or data[8:] != payload:
+                    continue
+                if raw and rid != ident:
+                    continue
+                return
+
+        try:
+            await asyncio.wait_for(exchange(), timeout)
+        except TimeoutError:
+            return False, f"{what}: no reply within {timeout * 1000:.0f} ms"
+        except OSError as exc:
+            return False, f"{what}: {_oserror(exc)}"
+    return True, f"{what}: reply"
+
+
+def prober(spec: Spec, member: Member) -> Callable[[], Awaitable[ProbeResult]]:
+    """The probe the spec asks for, bound to one member."""
+    probe = spec.health.probe
+    timeout = spec.health.timeout_ms / 1000
+    if isinstance(probe, TcpProbe):
+        port = probe.port
+        return lambda: probe_tcp(member, port, timeout)
+    if isinstance(probe, HttpProbe):
+        hp = probe
+        return lambda: probe_http(member, hp.port, hp.path, hp.expect, timeout)
+    if isinstance(probe, IcmpProbe):
+        return lambda: probe_icmp(member, timeout)
+    assert isinstance(probe, NoProbe)
+
+    async def none() -> ProbeResult:
+        return True, "no probe configured (probe kind none)"
+
+    return none
+
+
+# --------------------------------------------------------------------------------------
+# SHELL: the monitor (probes of every member + link events)
+# --------------------------------------------------------------------------------------
+
+OnTransition = Callable[[Transition], None]
+
+
+class Monitor:
+    """Keeps every member's `MemberHealth` current; calls `on_transition` for each change.
+
+    Start with `await monitor.start()`; `update(spec)` after a reload keeps the health of
+    members that stay; `await monitor.stop()` at the end.
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        on_transition: OnTransition,
+        initial_down: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.on_transition = on_transition
+        self.clock = clock
+        down = set(initial_down)
+        self.health: dict[str, MemberHealth] = {
+            m.name: MemberHealth(up=m.name not in down) for m in spec.members
+        }
+        self.probes_sent = 0
+        self._probe_tasks: dict[str, asyncio.Task[None]] = {}
+        self._link_task: asyncio.Task[None] | None = None
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(rise=self.spec.health.rise, fall=self.spec.health.fall)
+
+    def down(self) -> set[str]:
+        return {name for name, h in self.health.items() if not h.up}
+
+    def _set(self, name: str, new: MemberHealth, changed: bool) -> None:
+        self.health[name] = new
+        if changed:
+            self.on_transition(Transition(name, new.up, new.reason, self.clock()))
+
+    def feed(self, name: str, ok: bool, detail: str) -> None:
+        h = self.health.get(name)
+        if h is None:  # member left the spec while its probe ran
+            return
+        log.debug("%s: %s", name, detail)
+        new, changed = observe(h, ok, detail, self.thresholds, self.clock())
+        self._set(name, new, changed)
+
+    def link_event(self, ifname: str, up: bool, why: str) -> None:
+        for m in self.spec.members:
+            if m.port != ifname:
+                continue
+            h = self.health[m.name]
+            if not up and h.link:
+                new, changed = link_lost(h, f"port {ifname} {why}", self.thresholds, self.clock())
+                self._set(m.name, new, changed)
+            elif up and not h.link:
+                log.info("%s: port %s has link again; waiting for probes", m.name, ifname)
+                self._set(m.name, link_restored(h), False)
+
+    # -- tasks ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._start_link_watch()
+        self._start_probes()
+
+    def update(self, spec: Spec) -> None:
+        """A reloaded spec: members that stay keep their health, new ones start up (as
+        `vipctl apply` assumes), removed ones are forgotten. Probes restart."""
+        for task in self._probe_tasks.values():
+            task.cancel()
+        self._probe_tasks.clear()
+        self.health = {m.name: self.health.get(m.name, MemberHealth(up=True)) for m in spec.members}
+        self.spec = spec
+        self._start_probes()
+
+    async def stop(self) -> None:
+        tasks = [*self._probe_tasks.values()]
+        if self._link_task is not None:
+            tasks.append(self._link_task)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._probe_tasks.clear()
+        self._link_task = None
+
+    def _start_probes(self) -> None:
+        for m in self.spec.members:
+            self._probe_tasks[m.name] = asyncio.create_task(
+                self._probe_loop(m), name=f"probe-{m.name}"
+            )
+
+    async def _probe_loop(self, member: Member) -> None:
+        """A probe every interval, each with its own timeout; several may be in flight when
+        timeout > interval (a silent member is then detected after timeout + (fall-1) *
+        interval, not fall * timeout)."""
+        run = prober(self.spec, member)
+        interval = self.spec.health.interval_ms / 1000
+        timeout = self.spec.health.timeout_ms / 1000
+        max_inflight = int(timeout // interval) + 2
+        inflight: set[asyncio.Task[None]] = set()
+        sent = 0
+        newest_fed = -1
+
+        async def one(seq: int) -> None:
+            nonlocal newest_fed
+            try:
+                ok, detail = await run()
+            except Exception as exc:  # a probe bug must not stop probing
+                ok, detail = False, f"probe error: {exc!r}"
+            # A probe that finishes after a later one carries older news: drop it, so the
+            # rise/fall counts follow the order in which the member was asked.
+            if seq > newest_fed:
+                newest_fed = seq
+                self.feed(member.name, ok, detail)
+
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        try:
+            while True:
+                if len(inflight) < max_inflight:
+                    task = asyncio.create_task(one(sent))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                    sent += 1
+                    self.probes_sent += 1
+                next_at += interval
+                now = loop.time()
+                if next_at < now:  # we were starved (CPU): do not burst to catch up
+                    next_at = now
+                await asyncio.sleep(next_at - now)
+        finally:
+            for task in inflight:
+                task.cancel()
+
+    async def _start_link_watch(self) -> None:
+        # pyroute2 is imported here, not at module level: the pure half of this module
+        # (and its unit tests) must not need it.
+        from pyroute2 import AsyncIPRoute
+
+        rtmgrp_link = 0x1
+        ipr = AsyncIPRoute()
+        try:
+            await ipr.bind(groups=rtmgrp_link)
+            ports = {m.port for m in self.spec.members}
+            # Subscribe first, then read the current state: a change between the two is
+            # then seen as an event, never lost.
+            seen: set[str] = set()
+            async for msg in await ipr.link("dump"):
+                name = msg.get_attr("IFLA_IFNAME")
+                if name in ports:
+                    seen.add(name)
+                    if not carrier(int(msg["flags"])):
+                        self.link_event(name, False, "has no carrier or is down")
+            for name in sorted(ports - seen):
+                self.link_event(name, False, "does not exist")
+        except BaseException:
+            ipr.close()
+            raise
+        self._link_task = asyncio.create_task(self._link_loop(ipr), name="links")
+
+    async def _link_loop(self, ipr: Any) -> None:
+        try:
+            while True:
+                async for msg in ipr.get():
+                    self._on_link_message(msg)
+        finally:
+            ipr.close()
+
+    def _on_link_message(self, msg: Any) -> None:
+        """One rtnetlink message (pyroute2 ifinfmsg, a dict with get_attr())."""
+        if not hasattr(msg, "get_attr"):
+            return
+        name = msg.get_attr("IFLA_IFNAME")
+        if name is None or name not in {m.port for m in self.spec.members}:
+            return
+        if msg.get("event") == "RTM_DELLINK":
+            self.link_event(name, False, "was removed")
+            return
+        flags = int(msg["flags"])
+        if carrier(flags):
+            self.link_event(name, True, "is up")
+        elif not flags & 0x1:
+            self.link_event(name, False, "was set down")
+        else:
+            self.link_event(name, False, "lost carrier")
+
+
+def describe(spec: Spec) -> str:
+    """The probe in words, for the startup log."""
+    p = spec.health.probe
+    h = spec.health
+    what = {"icmp": "icmp echo", "tcp": "tcp connect", "http": "http GET", "none": "no probe"}[
+        p.kind
+    ]
+    if isinstance(p, TcpProbe):
+        what += f" port {p.port}"
+    elif isinstance(p, HttpProbe):
+        what += f" port {p.port} {p.path} expect {p.expect}"
+    return (
+        f"{what} every {h.interval_ms} ms (timeout {h.timeout_ms} ms, rise {h.rise}, fall {h.fall})"
+    )

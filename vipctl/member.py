@@ -1,0 +1,423 @@
+"""Member-side setup: what each member server needs so the draft's scheme works.
+
+Every member holds every VIP as a host address on its loopback, so it accepts the packets
+the router hands it, but it must never claim the VIP on the link to the router:
+
+- IPv4: ``arp_ignore=1`` (answer ARP only for addresses on the receiving interface; the
+  VIP is on lo) and ``arp_announce=2`` (never use the VIP as the sender address of its own
+  ARP requests on the router link).
+- IPv6: Linux answers neighbour solicitations only for addresses on the interface that
+  received them, and a loopback address never runs DAD (``nodad`` says so explicitly), so
+  a VIP on lo is never announced on the router link. Nothing else is needed (and the
+  kernel test captures ND on the member links to prove it).
+- Reverse-path filtering at most loose (``rp_filter`` 0 or 2): strict mode drops traffic
+  whose reverse route does not leave by the receiving interface, which breaks members
+  with a management interface or a default route elsewhere.
+
+``build_setup`` is pure (spec -> MemberSetup); ``render`` turns it into shell commands or
+persistent configuration; ``apply_setup``/``remove_setup`` change the host they run on
+(run them inside the member, e.g. ``ip netns exec``) and record what they changed, so that
+``--remove`` restores the previous sysctl values.
+
+This module also holds the few helpers the deployment modules share to read the host:
+``ip -j`` (iproute2, already a dependency of the lab and the operator's toolbox) and
+``/proc/sys``. Both follow the network namespace of the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from vipctl.errors import KernelError, UsageError, VipctlError
+from vipctl.spec import Spec
+
+Format = Literal["commands", "networkd", "ifupdown", "netplan"]
+FORMATS: tuple[Format, ...] = ("commands", "networkd", "ifupdown", "netplan")
+
+# --------------------------------------------------------------------------------------
+# Host helpers (shared by member, announce and doctor)
+# --------------------------------------------------------------------------------------
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``ip ARGS`` in the current network namespace."""
+    try:
+        proc = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+    except FileNotFoundError:
+        raise KernelError("iproute2 ('ip') is not installed") from None
+    if check and proc.returncode != 0:
+        raise KernelError(f"ip {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
+    return proc
+
+
+def ip_json(*args: str) -> list[dict[str, Any]]:
+    """``ip -j ARGS`` parsed; an empty list when iproute2 prints nothing."""
+    proc = ip("-j", *args)
+    data = json.loads(proc.stdout or "[]")
+    return data if isinstance(data, list) else []
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """One ``/proc/sys`` entry. ``path`` keeps the segments apart because interface names
+    may contain dots (eth0.100), which the dotted ``sysctl`` form cannot express.
+
+    ``ok`` lists the values that already satisfy the requirement (``--apply`` leaves
+    those alone); otherwise ``value`` is written.
+    """
+
+    path: tuple[str, ...]
+    value: int
+    ok: frozenset[int]
+    why: str = ""
+
+    @property
+    def key(self) -> str:
+        """The name ``sysctl`` accepts: dotted, or slashed when a segment has a dot."""
+        if any("." in part for part in self.path):
+            return "/".join(self.path)
+        return ".".join(self.path)
+
+    @property
+    def proc(self) -> Path:
+        return Path("/proc/sys", *self.path)
+
+
+def sysctl(key: str, value: int, ok: set[int] | None = None, why: str = "") -> Sysctl:
+    """A Sysctl from a dotted key whose 4th segment may be an interface name (net.ipv4.
+    conf.IFACE.x): the last segment is the leaf, the first three fixed, the rest the name."""
+    parts = key.split(".")
+    if len(parts) > 5 and parts[2] in ("conf", "neigh"):
+        parts = [*parts[:3], ".".join(parts[3:-1]), parts[-1]]
+    return Sysctl(tuple(parts), value, frozenset(ok if ok is not None else {value}), why)
+
+
+def read_sysctl(path: tuple[str, ...] | str) -> str | None:
+    """The value of a sysctl (dotted key or path segments); None if it does not exist."""
+    p = sysctl(path, 0).proc if isinstance(path, str) else Path("/proc/sys", *path)
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return None
+
+
+def write_sysctl(path: tuple[str, ...], value: int | str) -> None:
+    p = Path("/proc/sys", *path)
+    try:
+        p.write_text(f"{value}\n")
+    except OSError as exc:
+        raise KernelError(f"cannot set {'/'.join(path)} = {value}: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------------------
+# The pure part
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemberSetup:
+    cluster: str
+    member: str
+    interface: str  # the member's interface facing its router port
+    addresses: tuple[str, ...]  # VIPs as host prefixes for lo: 198.51.100.253/32
+    sysctls: tuple[Sysctl, ...]
+
+
+def build_setup(spec: Spec, name: str, interface: str) -> MemberSetup:
+    """What member ``name`` needs, given its interface towards the router."""
+    try:
+        spec.member(name)
+    except KeyError:
+        raise UsageError(
+            f"no member '{name}' in cluster {spec.cluster} "
+            f"(members: {', '.join(spec.member_names)})"
+        ) from None
+    if not interface or "/" in interface or interface in (".", ".."):
+        raise UsageError(f"bad interface name {interface!r}")
+    addresses = tuple(f"{vip}/{32 if vip.version == 4 else 128}" for vip in spec.vips)
+    wanted: list[Sysctl] = []
+    if 4 in spec.vip_families:
+        for dev in ("all", interface):
+            wanted.append(
+                sysctl(
+                    f"net.ipv4.conf.{dev}.arp_ignore",
+                    1,
+                    {1, 2, 8},
+                    "answer ARP only for addresses on the receiving interface",
+                )
+            )
+        for dev in ("all", interface):
+            wanted.append(
+                sysctl(
+                    f"net.ipv4.conf.{dev}.arp_announce",
+                    2,
+                    {2},
+                    "never use the VIP as the source of ARP requests",
+                )
+            )
+    # rp_filter: the effective value is max(all, dev); {0, 2} keeps it at most loose.
+    for dev in ("all", interface):
+        wanted.append(
+            sysctl(f"net.ipv4.conf.{dev}.rp_filter", 2, {0, 2}, "loose reverse-path filter")
+        )
+    return MemberSetup(
+        cluster=spec.cluster,
+        member=name,
+        interface=interface,
+        addresses=addresses,
+        sysctls=tuple(wanted),
+    )
+
+
+def _ip_addr_cmd(verb: str, prefix: str) -> str:
+    nodad = " nodad" if ":" in prefix and verb != "del" else ""
+    return f"ip addr {verb} {prefix} dev lo{nodad}"
+
+
+def _sysctl_conf(setup: MemberSetup) -> str:
+    lines = [
+        f"# /etc/sysctl.d/90-vipctl-{setup.cluster}.conf: vipctl member {setup.member}",
+        "# (apply now with: sysctl --system)",
+    ]
+    for s in setup.sysctls:
+        lines.append(f"{s.key} = {s.value}")
+    return "\n".join(lines) + "\n"
+
+
+def render(setup: MemberSetup, fmt: Format) -> str:
+    """The setup as shell commands or as persistent configuration files."""
+    head = f"vipctl cluster {setup.cluster}, member {setup.member}, router link {setup.interface}"
+    v4 = [a for a in setup.addresses if ":" not in a]
+    v6 = [a for a in setup.addresses if ":" in a]
+    if fmt == "commands":
+        lines = [f"# {head}", "ip link set lo up"]
+        lines += [_ip_addr_cmd("replace", a) for a in setup.addresses]
+        lines += [f"sysctl -w {s.key}={s.value}  # {s.why}" for s in setup.sysctls]
+        return "\n".join(lines) + "\n"
+    if fmt == "networkd":
+        body = [
+            f"# /etc/systemd/network/10-vipctl-{setup.cluster}-lo.network: {head}",
+            "[Match]",
+            "Name=lo",
+            "",
+            "[Network]",
+            "# the loopback keeps its own addresses",
+            "Address=127.0.0.1/8",
+            "Address=::1/128",
+        ]
+        for a in v4:
+            body += ["", "[Address]", f"Address={a}"]
+        for a in v6:
+            body += ["", "[Address]", f"Address={a}", "DuplicateAddressDetection=none"]
+        return "\n".join(body) + "\n\n" + _sysctl_conf(setup)
+    if fmt == "ifupdown":
+        body = [f"# /etc/network/interfaces.d/vipctl-{setup.cluster}: {head}"]
+        for a in v4:
+            body += ["iface lo inet static", f"    address {a}"]
+        for a in v6:
+            body += ["iface lo inet6 static", f"    address {a}", "    dad-attempts 0"]
+        return "\n".join(body) + "\n\n" + _sysctl_conf(setup)
+    if fmt == "netplan":
+        quoted = ", ".join(json.dumps(a) for a in setup.addresses)
+        body = [
+            f"# /etc/netplan/90-vipctl-{setup.cluster}.yaml: {head}",
+            "# (loopback addresses never run DAD, so IPv6 VIPs need no extra option)",
+            "network:",
+            "  version: 2",
+            "  renderer: networkd",
+            "  ethernets:",
+            "    lo:",
+            "      match: {name: lo}",
+            f'      addresses: ["127.0.0.1/8", "::1/128", {quoted}]',
+        ]
+        return "\n".join(body) + "\n\n" + _sysctl_conf(setup)
+    raise UsageError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+
+
+# --------------------------------------------------------------------------------------
+# The shell: apply / remove on this host
+# --------------------------------------------------------------------------------------
+
+
+def detect_interface(spec: Spec, name: str) -> str | None:
+    """The interface of this host that carries member ``name``'s own address."""
+    address = str(spec.member(name).address)
+    for link in ip_json("addr", "show"):
+        for info in link.get("addr_info", []):
+            if info.get("local") == address:
+                return str(link["ifname"])
+    return None
+
+
+def _record_path(state_dir: Path, setup: MemberSetup) -> Path:
+    return state_dir / f"member-{setup.cluster}-{setup.member}.json"
+
+
+def _lo_addresses() -> set[str]:
+    out: set[str] = set()
+    for link in ip_json("addr", "show", "dev", "lo"):
+        for info in link.get("addr_info", []):
+            out.add(f"{info['local']}/{info['prefixlen']}")
+    return out
+
+
+def apply_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
+    """Make this host match ``setup``; returns what changed (empty when already right).
+
+    Idempotent. The first apply records the previous value of every sysctl it changes and
+    which VIP addresses it added, so ``remove_setup`` can put them back.
+    """
+    if read_sysctl(("net", "ipv4", "conf", setup.interface, "rp_filter")) is None:
+        raise KernelError(f"interface '{setup.interface}' does not exist on this host")
+    record_path = _record_path(state_dir, setup)
+    record: dict[str, Any] = {"sysctls": {}, "addresses": []}
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(record_path.read_text())
+    changes: list[str] = []
+    lo = ip_json("link", "show", "dev", "lo")
+    if lo and "UP" not in lo[0].get("flags", []):
+        ip("link", "set", "lo", "up")
+        changes.append("ip link set lo up")
+    present = _lo_addresses()
+    for prefix in setup.addresses:
+        if prefix in present:
+            continue
+        ip("addr", "replace", *_ip_addr_cmd("replace", prefix).split()[3:])
+        changes.append(_ip_addr_cmd("replace", prefix))
+        if prefix not in record["addresses"]:
+            record["addresses"].append(prefix)
+    for s in setup.sysctls:
+        current = read_sysctl(s.path)
+        if current is None:
+            raise KernelError(f"sysctl {s.key} does not exist on this host")
+        if current.isdigit() and int(current) in s.ok:
+            continue
+        record["sysctls"].setdefault("/".join(s.path), current)
+        write_sysctl(s.path, s.value)
+        changes.append(f"sysctl -w {s.key}={s.value} (was {current})")
+    if changes:
+        from vipctl.state import write_json
+
+        write_json(record_path, record)
+    return changes
+
+
+def remove_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
+    """Undo ``apply_setup``: delete the VIPs from lo, restore the recorded sysctls."""
+    record_path = _record_path(state_dir, setup)
+    record: dict[str, Any] | None = None
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(record_path.read_text())
+    changes: list[str] = []
+    present = _lo_addresses()
+    ours = set(record["addresses"]) if record else set(setup.addresses)
+    for prefix in setup.addresses:
+        if prefix in present and prefix in ours:
+            ip("addr", "del", prefix, "dev", "lo")
+            changes.append(_ip_addr_cmd("del", prefix))
+    for key, value in (record or {}).get("sysctls", {}).items():
+        path = tuple(key.split("/"))
+        if read_sysctl(path) is None:
+            continue
+        write_sysctl(path, value)
+        changes.append(f"sysctl -w {'/'.join(path)}={value} (restored)")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record_path)
+    return changes
+
+
+# --------------------------------------------------------------------------------------
+# `vipctl member` (registered in cli.py)
+# --------------------------------------------------------------------------------------
+
+
+def command(
+    spec_path: Annotated[
+        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
+    ],
+    name: Annotated[str, typer.Argument(help="member name in the spec", show_default=False)],
+    apply: Annotated[
+        bool, typer.Option("--apply", help="configure this host now (idempotent)")
+    ] = False,
+    remove: Annotated[bool, typer.Option("--remove", help="undo --apply on this host")] = False,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="commands | networkd | ifupdown | netplan"),
+    ] = "commands",
+    interface: Annotated[
+        str | None,
+        typer.Option(
+            "--interface",
+            help="this member's interface towards the router "
+            "[default: the one holding the member's address]",
+            show_default=False,
+        ),
+    ] = None,
+    state_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--state-dir",
+            envvar="VIPCTL_STATE_DIR",
+            help="where --apply records what it changed [default: /var/lib/vipctl]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Member-side setup: VIPs on lo, no ARP/ND for them, loose rp_filter.
+
+    Prints the setup as commands or persistent configuration, or applies it to this host
+    (run it on the member) with --apply; --remove undoes it.
+    """
+    from vipctl.cli import _load, fail
+    from vipctl.state import state_dir as resolve_state_dir
+
+    if apply and remove:
+        typer.echo("vipctl: --apply and --remove exclude each other", err=True)
+        raise typer.Exit(2)
+    if fmt not in FORMATS:  # narrows str to Format for mypy
+        typer.echo(f"vipctl: --format is one of {', '.join(FORMATS)}", err=True)
+        raise typer.Exit(2)
+    spec = _load(spec_path)
+    try:
+        if name not in spec.member_names:
+            raise UsageError(
+                f"no member '{name}' in {spec_path} (members: {', '.join(spec.member_names)})"
+            )
+        iface = interface or (detect_interface(spec, name) if (apply or remove) else None)
+        if iface is None:
+            if apply or remove:
+                raise UsageError(
+                    f"member {name}'s address {spec.member(name).address} is not on this "
+                    f"host: run this on the member, or pass --interface"
+                )
+            with contextlib.suppress(VipctlError):
+                iface = detect_interface(spec, name)
+        if iface is None:
+            iface = "eth0"
+            typer.echo(
+                f"# note: {spec.member(name).address} is not on this host; assuming the "
+                f"member's router link is eth0 (use --interface)",
+                err=True,
+            )
+        setup = build_setup(spec, name, iface)
+        if not (apply or remove):
+            typer.echo(render(setup, fmt), nl=False)
+            return
+        directory = resolve_state_dir(state_dir)
+        changes = apply_setup(setup, directory) if apply else remove_setup(setup, directory)
+    except VipctlError as exc:
+        fail(exc)
+    for line in changes:
+        typer.echo(line)
+    verb = "configured" if apply else "removed"
+    typer.echo(f"{spec.cluster}/{name}: {verb}" + ("" if changes else " (nothing to change)"))

@@ -1,0 +1,49 @@
+"""sd_notify(3) without libsystemd: one datagram on the AF_UNIX socket in $NOTIFY_SOCKET.
+
+The protocol is newline-separated KEY=VALUE fields in one SOCK_DGRAM message. A leading
+'@' in the socket name means the Linux abstract namespace (replaced by a NUL byte).
+Abstract sockets belong to a network namespace; systemd's own /run/systemd/notify is a path,
+so it is reachable from any namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(*fields: str) -> bool:
+    """Send `fields` (e.g. "READY=1", "STATUS=...") to systemd; False when not under systemd
+    (no $NOTIFY_SOCKET) or the socket is gone. Never raises: notification is best effort."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or not fields:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    payload = "\n".join(f.replace("\n", " ") for f in fields).encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(address)
+            s.sendall(payload)
+    except OSError:
+        return False
+    return True
+
+
+def watchdog_seconds() -> float | None:
+    """The watchdog period systemd expects pings within (WatchdogSec=), or None.
+
+    WATCHDOG_PID, when set, names the process the watchdog is meant for (a child started
+    by the service must not ping on its parent's behalf).
+    """
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value / 1_000_000 if value > 0 else None
