@@ -51,7 +51,7 @@ def _previous(
     if st is not None and st.layout.bits == spec.partition.bits:
         return st.layout, max(st.generation, live_gen or 0)
     if live is not None:
-        found = kernel.live_table(spec, live)
+        found = kernel.live_table(spec)  # reads the owner maps' elements (slow path)
         if found is not None:
             table, _ = found
             weights = planning.spec_weights(spec)

@@ -327,3 +327,25 @@ def test_apply_is_idempotent_and_dry_run_changes_nothing(
         assert ruleset(ns) == first
     finally:
         down(topo, state, "web")
+
+
+def test_apply_without_state_adopts_the_live_table(topo: Lab, tmp_path: Path, state: str) -> None:
+    """The kernel is the truth: with the state directory lost, apply moves no bucket."""
+    import shutil
+
+    spec = topo.spec("web", mode="steer", key="mask")
+    path = write_spec(tmp_path / "web.json", spec)
+    ns = topo.router_ns
+    vipctl(ns, "apply", str(path), "--state-dir", state, check=True)
+    try:
+        vipctl(ns, "rebalance", str(path), "--weights", "web2=3", "--state-dir", state, check=True)
+        sources = [f"10.99.3.{b}" for b in range(256)]
+        before = expected_owners(topo, spec, sources)
+        shutil.rmtree(state)
+        spec["members"][1]["weight"] = 3
+        write_spec(path, spec)
+        out = vipctl(ns, "apply", str(path), "--state-dir", state, check=True).stdout
+        assert "0 buckets moved" in out
+        assert expected_owners(topo, spec, sources) == before
+    finally:
+        down(topo, state, "web")
