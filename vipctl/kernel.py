@@ -196,9 +196,7 @@ def observe(
         elif "chain" in item:
             chains.add(item["chain"]["name"])
         elif "rule" in item:
-            comment = str(item["rule"].get("comment", ""))
-            if comment.startswith(GENERATION_TAG):
-                generation = int(comment.split()[-1])
+            generation = _generation(item["rule"].get("comment")) or generation
     return LiveTable(
         name=name,
         observed=Observed(
@@ -244,9 +242,7 @@ def observe_structure(cluster: str) -> LiveTable | None:
         for rule in nft.get_rules():
             if rule.get_attr("NFTA_RULE_TABLE") != name:
                 continue
-            comment = rule.get_attr("NFTA_RULE_USERDATA")
-            if isinstance(comment, str) and comment.startswith(GENERATION_TAG):
-                generation = int(comment.split()[-1])
+            generation = _generation(rule.get_attr("NFTA_RULE_USERDATA")) or generation
     finally:
         nft.close()
     return LiveTable(
@@ -262,6 +258,13 @@ def observe_structure(cluster: str) -> LiveTable | None:
 
 
 NFPROTO_NETDEV = 5
+
+
+def _generation(comment: object) -> int | None:
+    """The generation from the ingress rule's comment ("vipctl generation 7")."""
+    if isinstance(comment, str) and comment.startswith(GENERATION_TAG):
+        return int(comment.split()[-1])
+    return None
 
 
 def _elem_pair(elem: Any) -> tuple[Any, Any]:

@@ -91,3 +91,13 @@ def lab() -> Iterator[Callable[..., Lab]]:
     finally:
         for prefix in built:
             labmod.destroy(prefix)
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Lab]:
+    """One 3-member lab shared by the tests of a module (each applies what it needs)."""
+    prefix = unique_prefix()
+    try:
+        yield labmod.build(prefix, 3)
+    finally:
+        labmod.destroy(prefix)

@@ -8,28 +8,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kernel.conftest import unique_prefix
 from tests.kernel.helpers import expected_owners, ruleset, sh, vipctl, write_spec
-from vipctl import lab as labmod
 from vipctl import traffic
 from vipctl.lab import Lab
 
 HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def topo() -> Iterator[Lab]:
-    prefix = unique_prefix()
-    try:
-        yield labmod.build(prefix, 3)
-    finally:
-        labmod.destroy(prefix)
 
 
 @pytest.fixture

@@ -12,23 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.conftest import unique_prefix
 from tests.kernel.helpers import expected_owners, vipctl, write_spec
-from vipctl import lab as labmod
 from vipctl import traffic
 from vipctl.lab import Lab
 from vipctl.partition import bucket_of
 from vipctl.plan import desired, parse_weights
 from vipctl.spec import parse_spec
-
-
-@pytest.fixture(scope="module")
-def topo() -> Iterator[Lab]:
-    prefix = unique_prefix()
-    try:
-        yield labmod.build(prefix, 3)
-    finally:
-        labmod.destroy(prefix)
 
 
 class Cluster:
