@@ -337,3 +337,44 @@ def test_apply_without_state_adopts_the_live_table(topo: Lab, tmp_path: Path, st
         assert expected_owners(topo, spec, sources) == before
     finally:
         down(topo, state, "web")
+
+
+def test_concurrent_applies_take_turns(topo: Lab, tmp_path: Path, state: str) -> None:
+    spec = topo.spec("web", mode="steer", key="mask")
+    path = write_spec(tmp_path / "web.json", spec)
+    ns = topo.router_ns
+    vipctl(ns, "apply", str(path), "--state-dir", state, check=True)
+    try:
+        procs = [
+            subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    sys.executable,
+                    "-m",
+                    "vipctl.cli",
+                    "rebalance",
+                    str(path),
+                    "--weights",
+                    f"web1={w}",
+                    "--state-dir",
+                    state,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for w in (2, 3, 4, 5)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+        generations = sorted(int(o.split("generation ")[1].split()[0]) for o, _ in outs)
+        assert generations == [2, 3, 4, 5]  # each saw the one before it: no lost update
+        report = json.loads(
+            vipctl(ns, "status", "web", "--json", "--state-dir", state, check=True).stdout
+        )
+        assert report["generation"] == 5 and report["in_sync"]
+    finally:
+        down(topo, state, "web")
