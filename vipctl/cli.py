@@ -304,17 +304,33 @@ def status(
         str | None, typer.Argument(help="cluster name (default: every cluster)")
     ] = None,
     as_json: JsonOpt = False,
+    watch: Annotated[
+        float | None,
+        typer.Option("--watch", min=0.2, help="refresh every SECONDS until interrupted"),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Members, health, buckets, share against target, packets and bytes, from the kernel."""
+    import time
+
     from vipctl import controller
 
     directory = statefile.state_dir(state_dir)
-    try:
-        names = [cluster] if cluster else controller.clusters(directory)
-        reports = [controller.status(name, directory) for name in names]
-    except VipctlError as exc:
-        fail(exc)
+    while True:
+        try:
+            names = [cluster] if cluster else controller.clusters(directory)
+            reports = [controller.status(name, directory) for name in names]
+        except VipctlError as exc:
+            fail(exc)
+        if watch is None:
+            break
+        typer.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S"), nl=True)
+        for report in reports:
+            typer.echo(json.dumps(report) if as_json else _status_text(report))
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
     if as_json:
         if cluster:
             typer.echo(json.dumps(reports[0], indent=2))
