@@ -14,7 +14,7 @@ from typing import Any
 from vipctl import kernel
 from vipctl import plan as planning
 from vipctl import state as statefile
-from vipctl.errors import KernelError, StateError, VipctlError
+from vipctl.errors import KernelError, StateError
 from vipctl.partition import Layout, bucket_of, count, shares
 from vipctl.render.nft import (
     Observed,
@@ -80,36 +80,40 @@ def apply(
         layout = planning.desired(spec, previous, down=down)
         wiring = kernel.wiring(spec, optional=set(layout.down))
         new_table = build_table(spec, layout, wiring, generation + 1)
-        # What the kernel holds, when the state is known to describe it exactly: the live
-        # generation is the one we recorded, on the same ports (ifindex) as now.
-        old_table = None
-        if (
+        # The state describes the kernel exactly when the live generation is the one we
+        # recorded, on the same ports (ifindex) as now: then nothing needs reading back.
+        trusted = (
             previous is not None
             and live is not None
             and st is not None
             and st.spec is not None
             and live.generation == st.generation
             and st.ifindex == dict(wiring.ifindex)
-        ):
-            try:
-                old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
-                old_table = build_table(parse_spec(st.spec), previous, old_wiring, generation)
-            except (KeyError, VipctlError):
-                old_table = None
+        )
+        old_table = None
         observed = live.observed if live is not None else Observed()
-        if live is not None and old_table is not None and not observed.counters:
-            # netlink gave no counter names: the last committed table says which exist
-            observed = dataclasses.replace(observed, counters=frozenset(old_table.counters))
+        if trusted and st is not None and st.spec is not None and previous is not None:
+            old_spec = parse_spec(st.spec)
+            # netlink gives no counter names: the last committed spec says which exist
+            observed = dataclasses.replace(
+                observed, counters=frozenset(counter_name(m.name) for m in old_spec.members)
+            )
+            if want_diff or dry_run:
+                old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+                try:
+                    old_table = build_table(old_spec, previous, old_wiring, generation)
+                except KeyError:
+                    old_table = None
         elif live is not None and not observed.counters:
             full = kernel.observe(spec.cluster, with_elements=False)
             observed = full.observed if full is not None else observed
         change = planning.Change(previous, layout)
-        if old_table is not None and st is not None and st.digest == digest(new_table):
+        if trusted and st is not None and st.digest == digest(new_table):
             return ApplyResult(
                 generation=generation,
                 changed=False,
                 dry_run=dry_run,
-                ruleset=render_table(old_table) if want_diff or dry_run else "",
+                ruleset=render_table(new_table) if want_diff or dry_run else "",
                 diff="",
                 moved=0,
                 lower_bound=0,
@@ -134,7 +138,7 @@ def apply(
             kernel.check(batch)
         else:
             kernel.commit(batch)
-            kernel.verify(new_table, old_table, generation + 1)
+            kernel.verify(new_table, generation + 1, whole=not trusted)
             statefile.save(
                 directory,
                 statefile.ClusterState(

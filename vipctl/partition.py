@@ -14,6 +14,8 @@ table just before `down[i]` failed, so recovery of the latest failure is an exac
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -109,11 +111,9 @@ def rebalance(table: Table, weights: Weights) -> Table:
 
 
 def count(table: Table) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for owner in table:
-        if owner is not None:
-            counts[owner] = counts.get(owner, 0) + 1
-    return counts
+    counts = Counter(table)
+    counts.pop(None, None)
+    return {str(k): v for k, v in counts.items()}
 
 
 def moved(old: Table, new: Table) -> list[int]:
@@ -215,14 +215,9 @@ class Layout:
 
         def enc(t: Table) -> list[list[int]]:
             # run-length: [[member index or -1, run length], ...] (tables are long runs)
-            runs: list[list[int]] = []
-            for o in t:
-                i = -1 if o is None else index[o]
-                if runs and runs[-1][0] == i:
-                    runs[-1][1] += 1
-                else:
-                    runs.append([i, 1])
-            return runs
+            return [
+                [-1 if o is None else index[o], sum(1 for _ in g)] for o, g in itertools.groupby(t)
+            ]
 
         return {
             "bits": self.bits,
@@ -244,11 +239,10 @@ class Layout:
         bits = int(data["bits"])  # type: ignore[call-overload]
 
         def dec(raw: object) -> Table:
-            t = tuple(
-                None if i < 0 else names[i]
-                for i, n in raw  # type: ignore[attr-defined]
-                for _ in range(n)
-            )
+            out: list[Owner] = []
+            for i, n in raw:  # type: ignore[attr-defined]
+                out.extend([None if i < 0 else names[i]] * n)
+            t = tuple(out)
             if len(t) != 1 << bits:
                 raise ValueError("table length does not match bits")
             return t

@@ -11,7 +11,7 @@ Design (KERNEL-NOTES.md, kernel 6.18 / nft 1.0.6):
   stamped under generation N and judged by egress rules of N+1 still gets the right verdict.
 - steer: the ingress rule looks the owner's port up and `fwd`s one copy there.
 - Buckets nobody owns (no member up) fall through to an explicit drop.
-- Object names encode their definition (owner4_m8 = IPv4, mask key, 8 bits), so a change of
+- Object names encode their definition (buckets4_m8 = IPv4, mask key, 8 bits), so a change of
   key type is a new object and the old one is deleted in the same transaction.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -102,11 +103,24 @@ def _bucket_literals(family: int, key: str, bits: int) -> tuple[str, ...]:
     return tuple(f"::{b:x}" if b else "::" for b in range(size))
 
 
+def runs(table: Layout | tuple[str | None, ...]) -> list[tuple[int, int, str]]:
+    """Maximal runs of consecutive buckets with one owner: (first, last, owner)."""
+    owners = table.table if isinstance(table, Layout) else table
+    out: list[tuple[int, int, str]] = []
+    start = 0
+    for owner, group in itertools.groupby(owners):
+        n = sum(1 for _ in group)
+        if owner is not None:
+            out.append((start, start + n - 1, owner))
+        start += n
+    return out
+
+
 def object_names(family: int, spec: Spec) -> tuple[str, str]:
     """Names of the (vips set, owner map) for one address family."""
     p = spec.partition
     suffix = f"m{p.bits}" if p.key == "mask" else f"h{p.bits}_{p.seed:x}"
-    return f"vips{family}", f"owner{family}_{suffix}"
+    return f"vips{family}", f"buckets{family}_{suffix}"
 
 
 def counter_name(member: str) -> str:
@@ -151,7 +165,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
     """
     p = spec.partition
     pinning = spec.pinning.enabled
-    port_of = {m.name: m.port for m in spec.members}
+    table_runs = runs(layout.table)
     sets: list[NftSet] = []
     ingress: list[str] = []
     chains: list[NftChain] = []
@@ -172,17 +186,19 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         literals = _bucket_literals(family, p.key, p.bits)
         mark = {m.name: wiring.ifindex[m.port] for m in spec.members}
+        # An interval map of runs of buckets: a few elements per member instead of one per
+        # bucket, so a 65536-bucket table installs and swaps as fast as a 16-bucket one.
         elements = tuple(
-            f"{literals[bucket]} : {mark[owner]}"
-            for bucket, owner in enumerate(layout.table)
-            if owner is not None
+            f"{literals[lo]}-{literals[hi]} : {mark[owner]}" if hi > lo
+            else f"{literals[lo]} : {mark[owner]}"
+            for lo, hi, owner in table_runs
         )
         # typeof, not type: nft 1.0.6 needs it for jhash keys
         sets.append(
             NftSet(
                 name=owner_name,
                 kind="map",
-                decl=(f"typeof {typeof} : meta mark",),
+                decl=(f"typeof {typeof} : meta mark", "flags interval"),
                 elements=elements,
             )
         )
@@ -356,7 +372,8 @@ def transaction(table: NftTable, observed: Observed, previous: NftTable | None =
         if s.dynamic:
             continue
         old = known.get(s.name)
-        if old is not None and old.decl == s.decl and s.name in live_sets:
+        ranged = "flags interval" in s.decl  # few elements: replacing them all is cheap
+        if old is not None and old.decl == s.decl and s.name in live_sets and not ranged:
             delete, add = _element_delta(old, s)
             if delete:
                 cmds.append(f"delete element {ref} {s.name} {{ {', '.join(delete)} }}")
