@@ -28,7 +28,7 @@ def test_rebalance_of_one_cluster_leaves_the_other_intact(topo: Lab, tmp_path: P
         first4 = traffic.probe(topo, topo.vip4, v4, sport=44000)
         first6 = traffic.probe(topo, topo.vip6, v6, sport=44000)
         assert all(len(v) == 1 for v in [*first4.values(), *first6.values()])
-        api_table = sh(ns, "nft list map netdev vipctl_api owner6_h8_5eed")
+        api_table = sh(ns, "nft list map netdev vipctl_api buckets6_h8_5eed")
         status = json.loads(vipctl(ns, "status", "--json", "--state-dir", state, check=True).stdout)
         by_name = {c["cluster"]: c for c in status["clusters"]}
         assert set(by_name) == {"web", "api"}
@@ -39,7 +39,7 @@ def test_rebalance_of_one_cluster_leaves_the_other_intact(topo: Lab, tmp_path: P
         )
 
         # the other cluster's table, generation and pins are untouched ...
-        assert sh(ns, "nft list map netdev vipctl_api owner6_h8_5eed") == api_table
+        assert sh(ns, "nft list map netdev vipctl_api buckets6_h8_5eed") == api_table
         api_after = json.loads(
             vipctl(ns, "status", "api", "--json", "--state-dir", state, check=True).stdout
         )

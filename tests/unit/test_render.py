@@ -69,7 +69,7 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
     for family in (4, 6):
         chain = next(c for c in table.chains if c.name == f"vip{family}")
         # exactly one bucket-table lookup per packet, in one rule
-        lookups = [r for r in chain.rules if "map @owner" in r]
+        lookups = [r for r in chain.rules if "map @buckets" in r]
         assert len(lookups) == 1
         assert lookups[0].startswith("meta mark 0 " if pinning else "meta mark set ")
         deliver = chain.rules[-2]
@@ -86,8 +86,10 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
             update = next(r for r in chain.rules if " update @pin" in r)
             assert "fwd" not in update and "dup" not in update
             assert "meta mark != 0 meta mark != @alive meta mark set 0" in chain.rules
-    owners = [s for s in table.sets if s.name.startswith("owner")]
-    assert [len(s.elements) for s in owners] == [8, 8]
+    owners = [s for s in table.sets if s.name.startswith("buckets")]
+    # interval maps of runs: a (2 buckets) and b (6 buckets) are one run each
+    assert [len(s.elements) for s in owners] == [2, 2]
+    assert "flags interval" in owners[0].decl
     pin_maps = [s for s in table.sets if s.name.startswith("pin")]
     assert len(pin_maps) == (2 if pinning else 0)
     assert all(s.dynamic and not s.elements for s in pin_maps)
@@ -108,7 +110,7 @@ def test_pin_maps_are_never_flushed_by_a_swap() -> None:
     observed = Observed(
         sets=frozenset({"vips4", "vips6", "alive"}),
         maps=frozenset(
-            {"owner4_m3", "owner6_m3", "ports", "pin4_t600_n1048576", "pin6_t600_n1048576"}
+            {"buckets4_m3", "buckets6_m3", "ports", "pin4_t600_n1048576", "pin6_t600_n1048576"}
         ),
         chains=frozenset({"in_up0", "vip4", "vip6", "out_m1", "out_m2"}),
         exists=True,
@@ -130,7 +132,7 @@ def test_nobody_up_means_empty_maps_and_drop() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     layout = desired(spec, None, down={"a", "b"})
     table = build_table(spec, layout, fake_wiring(spec), 1)
-    assert all(not s.elements for s in table.sets if s.name.startswith(("owner", "alive")))
+    assert all(not s.elements for s in table.sets if s.name.startswith(("buckets", "alive")))
 
 
 def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
@@ -138,7 +140,7 @@ def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
     observed = Observed(
         sets=frozenset({"vips4", "vips6"}),
-        maps=frozenset({"owner4_h3_5eed", "owner4_m3"}),
+        maps=frozenset({"buckets4_h3_5eed", "buckets4_m3"}),
         counters=frozenset({"c_a", "c_gone"}),
         chains=frozenset({"in_up0", "out_m1", "out_m9"}),
         exists=True,
@@ -146,12 +148,12 @@ def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
     batch = transaction(table, observed).splitlines()
     assert batch[0] == "add table netdev vipctl_t"
     assert "flush chain netdev vipctl_t in_up0" in batch
-    assert "delete map netdev vipctl_t owner4_m3" not in batch
+    assert "delete map netdev vipctl_t buckets4_m3" not in batch
     assert not any(line.startswith("delete chain netdev vipctl_t in_up0") for line in batch)
     assert "delete chain netdev vipctl_t out_m9" in batch
-    assert "delete map netdev vipctl_t owner4_h3_5eed" in batch
+    assert "delete map netdev vipctl_t buckets4_h3_5eed" in batch
     assert "delete counter netdev vipctl_t c_gone" in batch
-    assert "flush map netdev vipctl_t owner4_m3" in batch
+    assert "flush map netdev vipctl_t buckets4_m3" in batch  # interval maps: replaced whole
     # rules are added after every flush, deletions of stale objects come last
     last_rule = max(i for i, line in enumerate(batch) if line.startswith("add rule"))
     first_flush = min(i for i, line in enumerate(batch) if line.startswith("flush"))
