@@ -17,7 +17,7 @@ import typer
 from vipctl import __version__
 from vipctl import plan as planning
 from vipctl import state as statefile
-from vipctl.errors import SpecError, VipctlError
+from vipctl.errors import KernelError, SpecError, StateError, VipctlError
 from vipctl.partition import Layout, bucket_of
 from vipctl.spec import Spec, json_schema, load_spec
 
@@ -130,6 +130,14 @@ def which(
     source: Annotated[str, typer.Argument(help="client source address", show_default=False)],
     state_dir: StateDirOpt = None,
     as_json: JsonOpt = False,
+    source_table: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="auto: the kernel's live table if installed, else the state's, else the "
+            "spec's; live | state | spec: only that one",
+        ),
+    ] = "auto",
 ) -> None:
     """The member that packets from SOURCE reach (live table if any, else the spec's)."""
     spec = _load(spec_path)
@@ -141,8 +149,11 @@ def which(
     if addr.version not in spec.vip_families:
         typer.echo(f"vipctl: {source} is IPv{addr.version} but no VIP is", err=True)
         raise typer.Exit(2)
+    if source_table not in ("auto", "live", "state", "spec"):
+        typer.echo("vipctl: --from is auto, live, state or spec", err=True)
+        raise typer.Exit(2)
     try:
-        layout, origin = _live_layout(spec, state_dir)
+        layout, origin = _live_layout(spec, state_dir, source_table)
     except VipctlError as exc:
         fail(exc)
     p = spec.partition
@@ -181,12 +192,17 @@ def _print_pins_moving(spec: Spec, moved: list[int], pins: tuple[int, int] | Non
     typer.echo(line)
 
 
-def _live_layout(spec: Spec, state_dir: str | None) -> tuple[Layout, str]:
+def _live_layout(spec: Spec, state_dir: str | None, source: str = "auto") -> tuple[Layout, str]:
     """The table packets meet now: the kernel's when the cluster is installed."""
-    live = _kernel_table(spec)
-    if live is not None:
-        return live, "live"
-    previous = _previous(spec, state_dir)
+    if source in ("auto", "live"):
+        live = _kernel_table(spec)
+        if live is not None:
+            return live, "live"
+        if source == "live":
+            raise KernelError(f"cluster {spec.cluster} is not installed here")
+    previous = _previous(spec, state_dir) if source in ("auto", "state") else None
+    if source == "state" and previous is None:
+        raise StateError(f"no state for cluster {spec.cluster}")
     return planning.desired(spec, previous), ("state" if previous else "spec")
 
 
