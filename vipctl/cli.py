@@ -6,6 +6,7 @@ missing or state unusable (the previous rules stay in place).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from ipaddress import ip_address
@@ -419,6 +420,37 @@ def down_cmd(
     except VipctlError as exc:
         fail(exc)
     typer.echo(f"{cluster}: removed" if removed else f"{cluster}: nothing installed")
+
+
+@app.command()
+def metrics(
+    clusters: Annotated[
+        list[str] | None, typer.Argument(help="clusters to export (default: every one)")
+    ] = None,
+    listen: Annotated[
+        str, typer.Option("--listen", help="ADDR:PORT for the Prometheus endpoint")
+    ] = "127.0.0.1:9477",
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Serve Prometheus metrics read from the kernel at every scrape (until SIGTERM)."""
+    import signal
+    import threading
+
+    from vipctl import metrics as exporter
+
+    try:
+        server = exporter.serve(listen, statefile.state_dir(state_dir), clusters or None)
+    except VipctlError as exc:
+        fail(exc)
+    except OSError as exc:
+        typer.echo(f"vipctl: cannot listen on {listen}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"serving metrics on http://{listen}/metrics", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
 
 
 # --------------------------------------------------------------------------------------

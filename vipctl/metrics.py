@@ -1,0 +1,138 @@
+"""Prometheus metrics, read from the kernel at every scrape (shell).
+
+Names follow the Prometheus conventions (base units, `_total` for counters):
+
+  vipctl_member_packets_total{cluster,member,port}    packets delivered to the member
+  vipctl_member_bytes_total{cluster,member,port}      bytes delivered to the member
+  vipctl_member_buckets{cluster,member}               buckets the member owns now
+  vipctl_member_target_share{cluster,member}          share the weights ask for (0..1)
+  vipctl_member_healthy{cluster,member}               1 up, 0 down
+  vipctl_member_pinned_flows{cluster,member}          live pinned flows on the member
+  vipctl_member_probe_latency_seconds{cluster,member} last successful probe (daemon only)
+  vipctl_cluster_generation{cluster}                  generation of the live table
+  vipctl_cluster_swaps_total{cluster}                 ruleset swaps done (daemon only)
+  vipctl_cluster_last_swap_seconds{cluster}           duration of the last swap (daemon)
+  vipctl_cluster_failovers_total{cluster}             members declared down (daemon only)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from vipctl.errors import UsageError, VipctlError
+
+
+@dataclass
+class DaemonStats:
+    """What only a running daemon knows; it updates these, scrapes read them."""
+
+    swaps: int = 0
+    last_swap_seconds: float = 0.0
+    failovers: int = 0
+    probe_latency: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ClusterCollector(Collector):
+    def __init__(
+        self,
+        clusters: Callable[[], list[str]],
+        status: Callable[[str], Mapping[str, Any]],
+        stats: Mapping[str, DaemonStats] | None = None,
+    ) -> None:
+        self._clusters = clusters
+        self._status = status
+        self._stats = stats or {}
+
+    def collect(self) -> Iterator[Any]:
+        labels = ["cluster", "member"]
+        packets = CounterMetricFamily(
+            "vipctl_member_packets", "Packets delivered to the member", labels=[*labels, "port"]
+        )
+        nbytes = CounterMetricFamily(
+            "vipctl_member_bytes", "Bytes delivered to the member", labels=[*labels, "port"]
+        )
+        buckets = GaugeMetricFamily("vipctl_member_buckets", "Buckets owned", labels=labels)
+        target = GaugeMetricFamily(
+            "vipctl_member_target_share", "Share of buckets the weights ask for", labels=labels
+        )
+        healthy = GaugeMetricFamily("vipctl_member_healthy", "1 if up", labels=labels)
+        pinned = GaugeMetricFamily(
+            "vipctl_member_pinned_flows", "Live pinned flows", labels=labels
+        )
+        latency = GaugeMetricFamily(
+            "vipctl_member_probe_latency_seconds", "Last successful probe", labels=labels
+        )
+        generation = GaugeMetricFamily(
+            "vipctl_cluster_generation", "Generation of the live table", labels=["cluster"]
+        )
+        swaps = CounterMetricFamily("vipctl_cluster_swaps", "Ruleset swaps", labels=["cluster"])
+        last_swap = GaugeMetricFamily(
+            "vipctl_cluster_last_swap_seconds", "Duration of the last swap", labels=["cluster"]
+        )
+        failovers = CounterMetricFamily(
+            "vipctl_cluster_failovers", "Members declared down", labels=["cluster"]
+        )
+        for name in self._clusters():
+            try:
+                report = self._status(name)
+            except VipctlError:
+                continue
+            generation.add_metric([name], float(report.get("generation") or 0))
+            for m in report["members"]:
+                key = [name, m["name"]]
+                packets.add_metric([*key, m["port"]], float(m["packets"]))
+                nbytes.add_metric([*key, m["port"]], float(m["bytes"]))
+                buckets.add_metric(key, float(m["buckets"]))
+                target.add_metric(key, float(m["target"]))
+                healthy.add_metric(key, 1.0 if m["healthy"] else 0.0)
+                pinned.add_metric(key, float(m.get("pinned", 0)))
+            st = self._stats.get(name)
+            if st is not None:
+                with st.lock:
+                    swaps.add_metric([name], float(st.swaps))
+                    last_swap.add_metric([name], st.last_swap_seconds)
+                    failovers.add_metric([name], float(st.failovers))
+                    for member, seconds in st.probe_latency.items():
+                        latency.add_metric([name, member], seconds)
+        yield from (packets, nbytes, buckets, target, healthy, pinned, latency, generation)
+        yield from (swaps, last_swap, failovers)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """ADDR:PORT, [v6]:PORT or :PORT (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics: '{text}' is not ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve(
+    listen: str,
+    directory: Path,
+    clusters: list[str] | None = None,
+    stats: Mapping[str, DaemonStats] | None = None,
+) -> Any:
+    """Start the exporter in a background thread; returns the server (call .shutdown())."""
+    from prometheus_client import start_http_server
+
+    from vipctl import controller
+
+    addr, port = parse_listen(listen)
+    registry = CollectorRegistry()
+    registry.register(
+        ClusterCollector(
+            (lambda: list(clusters)) if clusters else (lambda: controller.clusters(directory)),
+            lambda name: controller.status(name, directory),
+            stats,
+        )
+    )
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server
