@@ -244,6 +244,9 @@ def apply(
             "does; default: keep the health recorded in the state",
         ),
     ] = None,
+    skip_checks: Annotated[
+        bool, typer.Option("--skip-checks", help="do not run the doctor's checks first")
+    ] = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Compute and install the cluster's rules in one atomic step (idempotent)."""
@@ -253,7 +256,12 @@ def apply(
     try:
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
-            spec, statefile.state_dir(state_dir), dry_run=dry_run, down=down_set
+            spec,
+            statefile.state_dir(state_dir),
+            dry_run=dry_run,
+            down=down_set,
+            want_diff=diff or dry_run,
+            preflight=not skip_checks,
         )
     except VipctlError as exc:
         fail(exc)

@@ -11,7 +11,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from vipctl import kernel
+from vipctl import announce, doctor, kernel
 from vipctl import plan as planning
 from vipctl import state as statefile
 from vipctl.errors import KernelError, StateError
@@ -67,8 +67,15 @@ def apply(
     dry_run: bool = False,
     down: set[str] | None = None,
     want_diff: bool = True,
+    preflight: bool = False,
+    host: bool = True,
 ) -> ApplyResult:
-    """Compute and install the cluster's table in one transaction (idempotent)."""
+    """Compute and install the cluster's table in one transaction (idempotent).
+
+    `preflight` runs the doctor's checks first (the CLI does; the daemon's failovers do
+    not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
+    converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
+    only on the spec, so a failover can skip it."""
     started = time.perf_counter()
     with statefile.locked(directory, spec.cluster):
         live = kernel.observe_structure(spec.cluster)
@@ -79,6 +86,8 @@ def apply(
         previous, generation = _previous(spec, directory, live)
         layout = planning.desired(spec, previous, down=down)
         wiring = kernel.wiring(spec, optional=set(layout.down))
+        if preflight and not dry_run:
+            _preflight(spec, layout.down)
         new_table = build_table(spec, layout, wiring, generation + 1)
         # The state describes the kernel exactly when the live generation is the one we
         # recorded, on the same ports (ifindex) as now: then nothing needs reading back.
@@ -109,6 +118,8 @@ def apply(
             observed = full.observed if full is not None else observed
         change = planning.Change(previous, layout)
         if trusted and st is not None and st.digest == digest(new_table):
+            if host and not dry_run:
+                announce.sync(spec)  # not part of the ruleset digest
             return ApplyResult(
                 generation=generation,
                 changed=False,
@@ -139,6 +150,8 @@ def apply(
         else:
             kernel.commit(batch)
             kernel.verify(new_table, generation + 1, whole=not trusted)
+            if host:
+                announce.sync(spec)
             statefile.save(
                 directory,
                 statefile.ClusterState(
@@ -164,6 +177,15 @@ def apply(
         )
 
 
+def _preflight(spec: Spec, down: tuple[str, ...]) -> None:
+    found = doctor.errors(doctor.preflight(spec, down=down))
+    if found:
+        raise KernelError(
+            "preflight check failed, nothing changed: "
+            + "; ".join(f"{f.check}: {f.message} (fix: {f.fix})" for f in found)
+        )
+
+
 def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
     """The spec as it stands after `rebalance --weights` (what the state remembers)."""
     data = spec.model_dump(mode="json")
@@ -176,6 +198,9 @@ def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
 def down(cluster: str, directory: Path) -> bool:
     """Remove the cluster's table and state; touches nothing else."""
     with statefile.locked(directory, cluster):
+        st = statefile.load(directory, cluster)
+        if st is not None and st.spec is not None:
+            announce.sync(parse_spec(st.spec), False)  # stop answering ARP/ND for its VIPs
         removed = kernel.delete_table(cluster)
         statefile.remove(directory, cluster)
         return removed

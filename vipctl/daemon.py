@@ -291,7 +291,9 @@ class Daemon:
         initial_down: set[str] = set(recorded.layout.down) if recorded else set()
         try:
             result = await self._apply(None)
-        except VipctlError as exc:
+        except Exception as exc:  # keep probing: a member's health may be what is missing
+            if not isinstance(exc, VipctlError):
+                log.exception("unexpected error in the first apply")
             log.error(
                 "cannot apply at start (%s); probing, and retrying when health changes or in "
                 "%.1f s",

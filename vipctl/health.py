@@ -440,6 +440,12 @@ class Monitor:
                 task.cancel()
 
     async def _start_link_watch(self) -> None:
+        ipr = await self._subscribe_links()
+        self._link_task = asyncio.create_task(self._link_loop(ipr), name="links")
+
+    async def _subscribe_links(self) -> Any:
+        """Join RTMGRP_LINK, then dump the ports' current state. Subscribing first means a
+        change between the two is seen as an event, never lost."""
         # pyroute2 is imported here, not at module level: the pure half of this module
         # (and its unit tests) must not need it.
         from pyroute2 import AsyncIPRoute
@@ -449,32 +455,36 @@ class Monitor:
         try:
             await ipr.bind(groups=rtmgrp_link)
             ports = {m.port for m in self.spec.members}
-            # Subscribe first, then read the current state: a change between the two is
-            # then seen as an event, never lost.
             seen: set[str] = set()
             async for msg in await ipr.link("dump"):
-                name = msg.get_attr("IFLA_IFNAME")
-                if name in ports:
-                    seen.add(name)
-                    if not carrier(int(msg["flags"])):
-                        self.link_event(name, False, "has no carrier or is down")
+                if msg.get_attr("IFLA_IFNAME") in ports:
+                    seen.add(msg.get_attr("IFLA_IFNAME"))
+                    self._on_link_message(msg)
             for name in sorted(ports - seen):
                 self.link_event(name, False, "does not exist")
         except BaseException:
             ipr.close()
             raise
-        self._link_task = asyncio.create_task(self._link_loop(ipr), name="links")
+        return ipr
 
     async def _link_loop(self, ipr: Any) -> None:
         try:
             while True:
-                async for msg in ipr.get():
-                    self._on_link_message(msg)
+                try:
+                    async for msg in ipr.get():
+                        self._on_link_message(msg)
+                except (OSError, RuntimeError, ValueError) as exc:
+                    # e.g. ENOBUFS: the kernel dropped events for us. Start over from a
+                    # fresh dump rather than trust a state we may have missed changes of.
+                    log.warning("link events interrupted (%s); subscribing again", exc)
+                    ipr.close()
+                    await asyncio.sleep(0.1)
+                    ipr = await self._subscribe_links()
         finally:
             ipr.close()
 
     def _on_link_message(self, msg: Any) -> None:
-        """One rtnetlink message (pyroute2 ifinfmsg, a dict with get_attr())."""
+        """One rtnetlink link message (pyroute2 ifinfmsg: a dict with get_attr())."""
         if not hasattr(msg, "get_attr"):
             return
         name = msg.get_attr("IFLA_IFNAME")

@@ -24,8 +24,10 @@ def notify(*fields: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(address)
-            s.sendall(payload)
-    except OSError:
+            # MSG_DONTWAIT: a receiver that does not read (its queue holds only
+            # net.unix.max_dgram_qlen = 10 datagrams) must never stall the daemon's loop.
+            s.send(payload, socket.MSG_DONTWAIT)
+    except OSError:  # includes BlockingIOError: the message is dropped
         return False
     return True
 

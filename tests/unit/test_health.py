@@ -286,3 +286,16 @@ def test_describe_moves_and_status_line() -> None:
     assert status_line(spec, 7, set()) == "cluster web generation 7: 2/2 up"
     assert status_line(spec, 8, {"web2"}) == "cluster web generation 8: 1/2 up (down: web2)"
     assert "ALL 2 MEMBERS DOWN" in status_line(spec, 9, {"web1", "web2"})
+
+
+def test_sdnotify_never_blocks_on_a_full_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that does not read (queue of net.unix.max_dgram_qlen datagrams) must not
+    stall the daemon: found when a test's notify socket stopped the daemon's event loop."""
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        sent = [sdnotify.notify("WATCHDOG=1") for _ in range(2000)]
+        assert sent[0] and not sent[-1]
