@@ -48,7 +48,10 @@ def _previous(
     """What was live: the state file's layout, else the kernel's own table (adopt)."""
     st = statefile.load(directory, spec.cluster)
     live_gen = live.generation if live is not None else None
-    if st is not None and st.layout.bits == spec.partition.bits:
+    kernel_ahead = st is not None and live_gen is not None and live_gen > st.generation
+    if st is not None and st.layout.bits == spec.partition.bits and not kernel_ahead:
+        # (state ahead of the kernel: a crash between the state write and the commit; the
+        # state holds what was meant to be live, so converge to it)
         return st.layout, max(st.generation, live_gen or 0)
     if live is not None:
         found = kernel.live_table(spec)  # reads the owner maps' elements (slow path)
@@ -148,10 +151,10 @@ def apply(
         if dry_run:
             kernel.check(batch)
         else:
-            kernel.commit(batch)
-            kernel.verify(new_table, generation + 1, whole=not trusted)
-            if host:
-                announce.sync(spec)
+            # The state is written first: a crash between the two leaves a state that is
+            # ahead of the kernel, which the next apply converges to. The other order would
+            # leave the kernel ahead with stale health in the state.
+            saved = statefile.read_raw(directory, spec.cluster)
             statefile.save(
                 directory,
                 statefile.ClusterState(
@@ -164,6 +167,14 @@ def apply(
                     macs=dict(wiring.macs),
                 ),
             )
+            try:
+                kernel.commit(batch)
+            except BaseException:
+                statefile.restore_raw(directory, spec.cluster, saved)
+                raise
+            kernel.verify(new_table, generation + 1, whole=not trusted)
+            if host:
+                announce.sync(spec)
         return ApplyResult(
             generation=generation + (0 if dry_run else 1),
             changed=True,

@@ -36,6 +36,7 @@ import typer
 from vipctl import sdnotify
 from vipctl import state as statefile
 from vipctl.errors import SpecError, VipctlError
+from vipctl.metrics import DaemonStats
 from vipctl.spec import Spec, load_spec
 
 if TYPE_CHECKING:
@@ -137,6 +138,8 @@ class Daemon:
         self._apply_started: float | None = None
         self._backoff = RETRY_FIRST_S
         self._retry: asyncio.TimerHandle | None = None
+        self._host_pending = False
+        self.stats = DaemonStats()  # what `--metrics` exports beyond the kernel's counters
 
     # -- transitions --------------------------------------------------------------------
     def on_transition(self, t: Transition) -> None:
@@ -152,8 +155,15 @@ class Daemon:
         from vipctl import controller
 
         self._apply_started = time.monotonic()
+        # Host setup (ARP/ND answering) depends on the spec only: done at start and after a
+        # reload, skipped on failovers, where every millisecond before the commit counts.
+        host = down is None or self._host_pending
         try:
-            return await asyncio.to_thread(controller.apply, self.spec, self.state_dir, down=down)
+            result = await asyncio.to_thread(
+                controller.apply, self.spec, self.state_dir, down=down, host=host
+            )
+            self._host_pending = False
+            return result
         finally:
             self._apply_started = None
 
@@ -163,6 +173,10 @@ class Daemon:
         down = set(result.layout.down)
         if result.changed:
             newly_down = sorted(down - set(before.down if before else ()))
+            with self.stats.lock:
+                self.stats.swaps += 1
+                self.stats.last_swap_seconds = result.seconds
+                self.stats.failovers += len(newly_down)
             pins = f"; pins of {', '.join(newly_down)} released" if newly_down else ""
             lag = (
                 f", {1000 * (time.monotonic() - since):.0f} ms after the transition"
@@ -251,6 +265,7 @@ class Daemon:
             return
         log.info("reload: %s accepted, applying it", self.spec_path)
         self.spec = spec
+        self._host_pending = True  # the new spec may change the uplink's ARP/ND answering
         if self.monitor is not None:
             self.monitor.update(spec)
         self._dirty.set()
@@ -307,6 +322,7 @@ class Daemon:
         if initial_down:
             log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
         self.monitor = health.Monitor(spec, self.on_transition, initial_down)
+        self.stats.probe_latency = self.monitor.latency
         await self.monitor.start()
         tasks = [asyncio.create_task(self._reconcile(), name="reconcile")]
         period = sdnotify.watchdog_seconds()
@@ -347,6 +363,10 @@ def command(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option("--metrics", help="serve Prometheus metrics on ADDR:PORT (off by default)"),
+    ] = None,
 ) -> None:
     """The service: apply, probe members, fail over and restore, reload on SIGHUP, notify
     systemd. SIGTERM leaves the rules in place."""
@@ -358,4 +378,15 @@ def command(
             log.error("%s: %s", exc.source, line)
         raise typer.Exit(EX_CONFIG) from None
     daemon = Daemon(spec_path, statefile.state_dir(state_dir), spec)
+    if metrics:
+        from vipctl import metrics as exporter
+
+        try:
+            exporter.serve(
+                metrics, daemon.state_dir, [spec.cluster], {spec.cluster: daemon.stats}
+            )
+        except (VipctlError, OSError) as exc:
+            log.error("cannot serve metrics on %s: %s", metrics, exc)
+            raise typer.Exit(2) from None
+        log.info("serving metrics on http://%s/metrics", metrics)
     raise typer.Exit(asyncio.run(daemon.run()))

@@ -327,6 +327,7 @@ class Monitor:
             m.name: MemberHealth(up=m.name not in down) for m in spec.members
         }
         self.probes_sent = 0
+        self.latency: dict[str, float] = {}  # member -> seconds of its last successful probe
         self._probe_tasks: dict[str, asyncio.Task[None]] = {}
         self._link_task: asyncio.Task[None] | None = None
 
@@ -410,10 +411,13 @@ class Monitor:
 
         async def one(seq: int) -> None:
             nonlocal newest_fed
+            started = time.monotonic()
             try:
                 ok, detail = await run()
             except Exception as exc:  # a probe bug must not stop probing
                 ok, detail = False, f"probe error: {exc!r}"
+            if ok:
+                self.latency[member.name] = time.monotonic() - started
             # A probe that finishes after a later one carries older news: drop it, so the
             # rise/fall counts follow the order in which the member was asked.
             if seq > newest_fed:

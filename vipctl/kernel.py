@@ -6,7 +6,9 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -348,7 +350,7 @@ def port_ifindex(spec: Spec) -> dict[str, int]:
 
 
 def _ifindex_by_port(spec: Spec) -> dict[str, int]:
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         out: dict[str, int] = {}
         for name in [spec.uplink, *(m.port for m in spec.members)]:
             found = ipr.link_lookup(ifname=name)
@@ -360,6 +362,27 @@ def _ifindex_by_port(spec: Spec) -> dict[str, int]:
 NO_MAC = "00:00:00:00:00:00"
 
 
+_IPR: dict[int, Any] = {}
+_IPR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _iproute() -> Iterator[Any]:
+    """One rtnetlink socket per network namespace, reused (a new one costs 5-25 ms under
+    load, which a failover would wait for). Calls are serialized by a lock."""
+    key = os.stat("/proc/self/ns/net").st_ino
+    with _IPR_LOCK:
+        ipr = _IPR.get(key)
+        if ipr is None:
+            ipr = _IPR[key] = IPRoute()
+        try:
+            yield ipr
+        except (OSError, RuntimeError):
+            _IPR.pop(key, None)
+            ipr.close()
+            raise
+
+
 def wiring(
     spec: Spec,
     resolve_timeout: float = 1.5,
@@ -369,46 +392,48 @@ def wiring(
 
     Members in `optional` (known to be down) are not waited for: a down member gets no
     packet (it owns no bucket and its pins are released), so its MAC may be unknown
-    (00:00:00:00:00:00) until it comes back.
+    (00:00:00:00:00:00) until it comes back, and its port may even be gone (then the
+    ruleset leaves that port out).
     """
     ifindex = _ifindex_by_port(spec)
     missing = []
     if spec.uplink not in ifindex:
         missing.append(f"uplink '{spec.uplink}' does not exist")
     for m in spec.members:
-        if m.port not in ifindex:
+        if m.port not in ifindex and m.name not in optional:
             missing.append(f"port '{m.port}' of member {m.name} does not exist")
     if missing:
         raise KernelError("; ".join(missing) + " (nothing changed)")
     macs: dict[str, str] = {}
     pending = []
-    for m in spec.members:
-        if m.mac:
-            macs[m.name] = m.mac.lower()
-        elif m.name in optional:
-            with IPRoute() as ipr:
+    with _iproute() as ipr:
+        for m in spec.members:
+            if m.port not in ifindex:
+                continue
+            if m.mac:
+                macs[m.name] = m.mac.lower()
+            elif m.name in optional:
                 macs[m.name] = _neighbour(ipr, ifindex[m.port], m.address) or NO_MAC
-        else:
-            pending.append(m)
-    if pending:
-        with IPRoute() as ipr:
-            for m in pending:
+            else:
                 mac = _neighbour(ipr, ifindex[m.port], m.address)
                 if mac is None:
                     _poke(m.address, m.port)
-            deadline = time.monotonic() + resolve_timeout
-            for m in pending:
+                    pending.append(m)
+                else:
+                    macs[m.name] = mac
+        deadline = time.monotonic() + resolve_timeout
+        for m in pending:
+            mac = _neighbour(ipr, ifindex[m.port], m.address)
+            while mac is None and time.monotonic() < deadline:
+                time.sleep(0.02)
                 mac = _neighbour(ipr, ifindex[m.port], m.address)
-                while mac is None and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    mac = _neighbour(ipr, ifindex[m.port], m.address)
-                if mac is None:
-                    raise KernelError(
-                        f"cannot resolve the MAC of member {m.name} ({m.address}) on port "
-                        f"{m.port}: no neighbour answer within {resolve_timeout:g}s. Is the "
-                        f"member up and on that port? (or set members[].mac) (nothing changed)"
-                    )
-                macs[m.name] = mac
+            if mac is None:
+                raise KernelError(
+                    f"cannot resolve the MAC of member {m.name} ({m.address}) on port "
+                    f"{m.port}: no neighbour answer within {resolve_timeout:g}s. Is the "
+                    f"member up and on that port? (or set members[].mac) (nothing changed)"
+                )
+            macs[m.name] = mac
     return Wiring(ifindex=ifindex, macs=macs)
 
 

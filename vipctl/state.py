@@ -117,3 +117,24 @@ def locked(directory: Path, cluster: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def read_raw(directory: Path, cluster: str) -> bytes | None:
+    """The state file's bytes (to put back if a commit fails), None if there is none."""
+    try:
+        return _path(directory, cluster).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def restore_raw(directory: Path, cluster: str, data: bytes | None) -> None:
+    if data is None:
+        remove(directory, cluster)
+        return
+    path = _path(directory, cluster)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -177,8 +177,8 @@ class Cluster:
         p = parse_spec(self.spec).partition
         return {s: table[bucket_of(s, p.key, p.bits, p.seed)] for s in SOURCES}
 
-    def daemon(self, wrap: tuple[str, ...] = ()) -> Daemon:
-        d = Daemon(self, len(self.daemons), wrap)
+    def daemon(self, wrap: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(self, len(self.daemons), wrap, extra)
         self.daemons.append(d)
         return d
 
@@ -206,7 +206,9 @@ def cluster(topo: Lab, tmp_path: Path) -> Iterator[Cluster]:
 class Daemon:
     """`vipctl daemon` in the router namespace, with a real $NOTIFY_SOCKET to read."""
 
-    def __init__(self, c: Cluster, n: int, wrap: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, c: Cluster, n: int, wrap: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+    ) -> None:
         self.log = c.tmp / f"daemon{n}.log"
         sock_path = c.tmp / f"notify{n}.sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -234,6 +236,7 @@ class Daemon:
                     "--state-dir",
                     str(c.state),
                     "--verbose",  # every probe result in the log: failures are diagnosable
+                    *extra,
                 ],
                 stdout=log,
                 stderr=log,
@@ -677,3 +680,28 @@ def test_icmp_probes_with_only_net_admin_and_net_raw(cluster: Cluster) -> None:
     assert wait_for(lambda: c.live()[1] == base, 3.0, 0.01)
     print(f"\nMEASURED icmp failover on silence (timeout 200, interval 100, fall 3): "
           f"{took * 1000:.0f} ms")  # fmt: skip
+
+
+def test_daemon_metrics_count_swaps_failovers_and_probe_latency(cluster: Cluster) -> None:
+    from tests.kernel.test_metrics import scrape
+
+    c = cluster
+    d = c.daemon(extra=("--metrics", "127.0.0.1:9478"))
+    d.wait_note("READY=1")
+    url = "http://127.0.0.1:9478/metrics"
+    assert wait_for(
+        lambda: (
+            scrape(c.topo.router_ns, url).get(("vipctl_member_probe_latency_seconds", "web1"), 0.0)
+            > 0
+        ),
+        5.0,
+        0.1,
+    )
+    stop_echo(c.topo, "web2")
+    assert wait_for(gone(c, "web2"), 3.0, 0.02)
+    values = scrape(c.topo.router_ns, url)
+    assert values[("vipctl_cluster_failovers_total", "")] == 1
+    assert values[("vipctl_cluster_swaps_total", "")] >= 1
+    assert values[("vipctl_member_healthy", "web2")] == 0
+    assert values[("vipctl_member_buckets", "web2")] == 0
+    assert 0 < values[("vipctl_cluster_last_swap_seconds", "")] < 2

@@ -14,6 +14,7 @@ from vipctl.lab import Lab
 
 
 def scrape(ns: str, url: str) -> dict[tuple[str, str], float]:
+    """(metric, member label or "") -> value, from the endpoint inside namespace `ns`."""
     code = (
         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
     )

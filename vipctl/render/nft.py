@@ -170,7 +170,9 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
     ingress: list[str] = []
     chains: list[NftChain] = []
     families = spec.vip_families
-    alive = sorted({wiring.ifindex[m.port] for m in spec.members if m.name not in layout.down})
+    # a member whose port is gone (allowed only while it is down) has no chain and no copy
+    present = [m for m in spec.members if m.port in wiring.ifindex]
+    alive = sorted({wiring.ifindex[m.port] for m in present if m.name not in layout.down})
     for family in families:
         ip = "ip" if family == 4 else "ip6"
         vips_name, owner_name = object_names(family, spec)
@@ -185,7 +187,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         )
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         literals = _bucket_literals(family, p.key, p.bits)
-        mark = {m.name: wiring.ifindex[m.port] for m in spec.members}
+        mark = {m.name: wiring.ifindex[m.port] for m in present}
         # An interval map of runs of buckets: a few elements per member instead of one per
         # bucket, so a 65536-bucket table installs and swaps as fast as a 16-bucket one.
         elements = tuple(
@@ -231,7 +233,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         else:
             rules.append(f"meta mark set {expr} map @{owner_name}")
         if spec.mode == "broadcast":
-            dups = " ".join(f'dup to "{m.port}"' for m in spec.members)
+            dups = " ".join(f'dup to "{m.port}"' for m in present)
             rules.append(f"meta mark != 0 {dups} drop")
         else:
             rules.append("meta mark != 0 fwd to meta mark map @ports")
@@ -250,7 +252,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 decl=("type mark : iface_index",),
                 elements=tuple(
                     f'{wiring.ifindex[m.port]} : "{m.port}"'
-                    for m in sorted(spec.members, key=lambda m: wiring.ifindex[m.port])
+                    for m in sorted(present, key=lambda m: wiring.ifindex[m.port])
                 ),
             )
         )
@@ -262,7 +264,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
             rules=tuple(ingress),
         ),
     )
-    for m in spec.members:
+    for m in present:
         out: list[str] = []
         mac = wiring.macs[m.name]
         if spec.mode == "broadcast":
