@@ -19,6 +19,7 @@ from vipctl import __version__
 from vipctl import plan as planning
 from vipctl import state as statefile
 from vipctl.errors import KernelError, SpecError, StateError, VipctlError
+from vipctl.options import JsonOpt, SpecArg, StateDirOpt
 from vipctl.partition import Layout, bucket_of
 from vipctl.spec import Spec, json_schema, load_spec
 
@@ -29,18 +30,6 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-
-SpecArg = Annotated[Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)]
-StateDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--state-dir",
-        envvar="VIPCTL_STATE_DIR",
-        help="state directory [default: /var/lib/vipctl]",
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def fail(exc: VipctlError) -> NoReturn:

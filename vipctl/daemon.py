@@ -37,6 +37,7 @@ from vipctl import sdnotify
 from vipctl import state as statefile
 from vipctl.errors import SpecError, VipctlError
 from vipctl.metrics import DaemonStats
+from vipctl.options import SpecArg, StateDirOpt
 from vipctl.spec import Spec, load_spec
 
 if TYPE_CHECKING:
@@ -350,18 +351,8 @@ class Daemon:
 
 
 def command(
-    spec_path: Annotated[
-        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
-    ],
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            envvar="VIPCTL_STATE_DIR",
-            help="state directory [default: /var/lib/vipctl]",
-            show_default=False,
-        ),
-    ] = None,
+    spec_path: SpecArg,
+    state_dir: StateDirOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
     metrics: Annotated[
         str | None,
@@ -382,9 +373,7 @@ def command(
         from vipctl import metrics as exporter
 
         try:
-            exporter.serve(
-                metrics, daemon.state_dir, [spec.cluster], {spec.cluster: daemon.stats}
-            )
+            exporter.serve(metrics, daemon.state_dir, [spec.cluster], {spec.cluster: daemon.stats})
         except (VipctlError, OSError) as exc:
             log.error("cannot serve metrics on %s: %s", metrics, exc)
             raise typer.Exit(2) from None

@@ -13,7 +13,6 @@ them a fake one; ``LiveHost`` asks the kernel of the current network namespace: 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -26,6 +25,7 @@ import typer
 
 from vipctl.errors import KernelError
 from vipctl.member import ip, ip_json, read_sysctl, sysctl
+from vipctl.netutil import poke_neighbour
 from vipctl.spec import Spec
 
 Status = Literal["ok", "warning", "error"]
@@ -595,7 +595,7 @@ class LiveHost:
         look()
         pending = [m for n, m in wanted.items() if n not in found or not found[n].mac]
         for m in pending:
-            _poke(m.address, m.port)
+            poke_neighbour(m.address, m.port)
         deadline = time.monotonic() + self.resolve_timeout
         while pending and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -670,17 +670,6 @@ def _client_like_address(uplink: str) -> str:
                 if str(host) not in mine and host in net:
                     return str(host)
     return "192.0.2.1"
-
-
-def _poke(address: IPv4Address | IPv6Address, port: str) -> None:
-    """Make the kernel resolve a neighbour: one empty datagram to the discard port."""
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
-            s.sendto(b"", (str(address), 9))
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import nftables
 from pyroute2 import IPRoute
 
 from vipctl.errors import KernelError
+from vipctl.netutil import poke_neighbour
 from vipctl.partition import Owner, Table
 from vipctl.render.nft import (
     GENERATION_TAG,
@@ -417,7 +418,7 @@ def wiring(
             else:
                 mac = _neighbour(ipr, ifindex[m.port], m.address)
                 if mac is None:
-                    _poke(m.address, m.port)
+                    poke_neighbour(m.address, m.port)
                     pending.append(m)
                 else:
                     macs[m.name] = mac
@@ -446,17 +447,6 @@ def _neighbour(ipr: Any, ifindex: int, address: IPv4Address | IPv6Address) -> st
         if mac and msg["state"] & NUD_RESOLVED and mac != "00:00:00:00:00:00":
             return str(mac).lower()
     return None
-
-
-def _poke(address: IPv4Address | IPv6Address, port: str) -> None:
-    """Make the kernel resolve a neighbour: one datagram to the discard port on that link."""
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, port.encode())
-            s.sendto(b"", (str(address), 9))
-        except OSError:
-            pass
 
 
 # --------------------------------------------------------------------------------------
