@@ -80,6 +80,8 @@ def apply(
     converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
     only on the spec, so a failover can skip it."""
     started = time.perf_counter()
+    if spec.backend == "tc":
+        return _apply_tc(spec, directory, dry_run=dry_run, down=down, started=started)
     with statefile.locked(directory, spec.cluster):
         live = kernel.observe_structure(spec.cluster)
         st = statefile.load(directory, spec.cluster)
@@ -188,6 +190,78 @@ def apply(
         )
 
 
+def _apply_tc(
+    spec: Spec, directory: Path, *, dry_run: bool, down: set[str] | None, started: float
+) -> ApplyResult:
+    """The tc backend (flower, or u32 where it can say the same): make-before-break chain
+    flip, see vipctl/tc_backend.py. No pinning there (tc has no dynamic sets)."""
+    from vipctl import tc_backend
+    from vipctl.render.tc import build_ruleset, render_text
+
+    with statefile.locked(directory, spec.cluster):
+        st = statefile.load(directory, spec.cluster)
+        previous = st.layout if st is not None and st.layout.bits == spec.partition.bits else None
+        live = tc_backend.observe(spec)
+        generation = max(st.generation if st else 0, live.generation if live else 0)
+        layout = planning.desired(spec, previous, down=down)
+        wiring = kernel.wiring(spec, optional=set(layout.down))
+        change = planning.Change(previous, layout)
+        if dry_run:
+            text = render_text(build_ruleset(spec, layout, wiring, generation + 1, slot=1))
+            return ApplyResult(
+                generation=generation,
+                changed=True,
+                dry_run=True,
+                ruleset=text,
+                diff="",
+                moved=len(change.moved),
+                lower_bound=change.lower_bound,
+                seconds=time.perf_counter() - started,
+                layout=layout,
+            )
+        if (
+            live is not None
+            and st is not None
+            and previous == layout
+            and (live.generation == st.generation)
+        ):
+            return ApplyResult(
+                generation=generation,
+                changed=False,
+                dry_run=False,
+                ruleset="",
+                diff="",
+                moved=0,
+                lower_bound=0,
+                seconds=time.perf_counter() - started,
+                layout=layout,
+            )
+        result = tc_backend.apply(spec, layout, wiring, generation + 1)
+        statefile.save(
+            directory,
+            statefile.ClusterState(
+                cluster=spec.cluster,
+                generation=result.generation,
+                layout=layout,
+                digest="tc",
+                spec=spec.model_dump(mode="json"),
+                ifindex=dict(wiring.ifindex),
+                macs=dict(wiring.macs),
+            ),
+        )
+        return ApplyResult(
+            generation=result.generation,
+            changed=True,
+            dry_run=False,
+            ruleset=result.text,
+            diff="",
+            moved=len(change.moved),
+            lower_bound=change.lower_bound,
+            seconds=time.perf_counter() - started,
+            layout=layout,
+        )
+
+
 def _preflight(spec: Spec, down: tuple[str, ...]) -> None:
     found = doctor.errors(doctor.preflight(spec, down=down))
     if found:
@@ -210,9 +284,15 @@ def down(cluster: str, directory: Path) -> bool:
     """Remove the cluster's table and state; touches nothing else."""
     with statefile.locked(directory, cluster):
         st = statefile.load(directory, cluster)
+        removed = False
         if st is not None and st.spec is not None:
-            announce.sync(parse_spec(st.spec), False)  # stop answering ARP/ND for its VIPs
-        removed = kernel.delete_table(cluster)
+            spec = parse_spec(st.spec)
+            announce.sync(spec, False)  # stop answering ARP/ND for its VIPs
+            if spec.backend == "tc":
+                from vipctl import tc_backend
+
+                removed = tc_backend.delete(spec)
+        removed = kernel.delete_table(cluster) or removed
         statefile.remove(directory, cluster)
         return removed
 

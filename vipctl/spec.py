@@ -184,6 +184,11 @@ class Spec(_Model):
                     f"members.{i}.address: IPv{member.address.version} address but no IPv"
                     f"{member.address.version} VIP"
                 )
+        if self.backend == "tc" and self.partition.key == "hash":
+            problems.append(
+                "partition.key: the tc backend needs key: mask (hash buckets cannot be "
+                "written as value/mask rules)"
+            )
         if not any(m.weight > 0 for m in self.members):
             problems.append("members: at least one member needs a weight > 0")
         if problems:
@@ -246,8 +251,8 @@ def format_errors(exc: ValidationError) -> list[str]:
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        if err["type"] == "value_error" and "\n" in message:
-            # our cross-field checks already carry their own paths
+        if err["type"] == "value_error" and not loc:
+            # our cross-field checks already carry their own paths, one per line
             lines.extend(message.splitlines())
             continue
         path = ".".join(loc) if loc else "spec"

@@ -48,6 +48,7 @@ from vipctl.tcnl import (
     TcError,
     TcSocket,
     decode_filter,
+    filter_bytes,
     filter_message,
 )
 
@@ -288,7 +289,9 @@ def apply(
             used = _install(nl, ruleset, kinds, flags, devices, slot)
             problems = read_back(nl, ruleset, _names())
             if problems:
-                raise KernelError("read-back differs from the rendered filters: " + "; ".join(problems))
+                raise KernelError(
+                    "read-back differs from the rendered filters: " + "; ".join(problems)
+                )
         except (TcError, KernelError) as exc:
             _undo(nl, devices, slot, created)
             if isinstance(exc, TcError):
@@ -334,7 +337,7 @@ def _install(
         try:
             for f in ruleset.filters:
                 nl.add_filter(
-                    filter_message(f, _ifindex(f.dev), classifier=kind, flags=flags),
+                    filter_bytes(f, _ifindex(f.dev), kind, flags, None),
                     what=f"add {kind} filter {f.dev} {f.hook} chain {f.chain} prio {f.prio}",
                 )
             return kind

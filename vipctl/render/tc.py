@@ -34,9 +34,8 @@ shell deletes it (make-before-break).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 from vipctl.errors import SpecError
@@ -168,9 +167,7 @@ def dispatcher(spec: Spec, generation: int, slot: int) -> TcFilter:
         chain=0,
         prio=DISPATCH_PRIO,
         match=Match(),
-        actions=(
-            Gact("goto", SLOT_CHAINS[slot], generation_cookie(spec.cluster, generation)),
-        ),
+        actions=(Gact("goto", SLOT_CHAINS[slot], generation_cookie(spec.cluster, generation)),),
     )
 
 
@@ -192,11 +189,6 @@ def _vip_match(vip: IPv4Address | IPv6Address) -> Match:
     )
 
 
-def _need(mapping: dict[str, object] | object, key: str, what: str) -> None:
-    if key not in mapping:  # type: ignore[operator]
-        raise KeyError(f"{what} {key} is unknown (missing from the wiring)")
-
-
 def build_ruleset(
     spec: Spec, layout: Layout, wiring: Wiring, generation: int, slot: int
 ) -> TcRuleset:
@@ -207,8 +199,8 @@ def build_ruleset(
     by_name = {m.name: m for m in spec.members}
     for s in owners:
         m = by_name[s.name]
-        _need(wiring.ifindex, m.port, "port")
-        _need(wiring.macs, m.name, "MAC of member")
+        if m.port not in wiring.ifindex or m.name not in wiring.macs:
+            raise KeyError(f"member {m.name}: port {m.port} or its MAC is not in the wiring")
     filters: list[TcFilter] = []
     families = spec.vip_families
     if spec.mode == "broadcast":
@@ -334,7 +326,8 @@ def _action_text(a: Action) -> str:
 
 def filter_text(f: TcFilter) -> str:
     acts = " ".join(_action_text(a) for a in f.actions)
-    return f"filter add dev {f.dev} {f.hook} chain {f.chain} prio {f.prio} {_match_text(f.match)} {acts}"
+    where = f"dev {f.dev} {f.hook} chain {f.chain} prio {f.prio}"
+    return f"filter add {where} {_match_text(f.match)} {acts}"
 
 
 def render_text(ruleset: TcRuleset) -> str:
@@ -345,15 +338,3 @@ def render_text(ruleset: TcRuleset) -> str:
     lines.append("# dispatcher, replaced in one netlink operation:")
     lines.append(filter_text(ruleset.dispatcher))
     return "\n".join(lines) + "\n"
-
-
-def entries_of(layout: Layout) -> dict[str, tuple[Entry, ...]]:
-    return {s.name: s.entries for s in shares(layout)}
-
-
-def addr_int(text: str) -> int:
-    return int(ip_address(text))
-
-
-def ports_of(filters: Iterable[TcFilter]) -> set[str]:
-    return {f.dev for f in filters}

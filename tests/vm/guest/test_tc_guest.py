@@ -1,0 +1,195 @@
+"""The tc backend with real packets, in the guest (see tests/vm/run).
+
+Everything runs in this one process, because starting Python under TCG costs seconds:
+the test thread enters the lab's namespaces with setns(2) (a socket belongs to the
+namespace it was created in), the members' UDP echo runs in a thread, and tcpdump
+captures the numbered packets on every member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import selectors
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Any
+
+import pytest
+
+from vipctl import echo, partition, tc_backend, traffic
+from vipctl import lab as labmod
+from vipctl.lab import Lab
+from vipctl.partition import Layout, bucket_of
+from vipctl.render.nft import Wiring
+from vipctl.render.tc import rules_per_port
+from vipctl.spec import Spec, parse_spec
+
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+FLIPS = 52
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Move the calling thread into namespace `name`, and back afterwards."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(fd)
+        os.close(home)
+
+
+def _serve(sel: selectors.BaseSelector, stop: threading.Event) -> None:
+    while not stop.is_set():
+        for key, _ in sel.select(0.2):
+            echo._udp_drain(key.fileobj, key.data)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Lab]:
+    prefix = "vm1"
+    lab = labmod.build(prefix, 3, echo=False)
+    sel = selectors.DefaultSelector()
+    for m in lab.members:
+        with netns(m.ns):
+            for s in echo.udp_sockets(lab.echo_port):
+                sel.register(s, selectors.EVENT_READ, m.name.encode() + b" ")
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve, args=(sel, stop), daemon=True)
+    thread.start()
+    try:
+        yield lab
+    finally:
+        stop.set()
+        thread.join()
+        labmod.destroy(prefix)
+
+
+def tc_spec(topo: Lab, mode: str) -> Spec:
+    data: dict[str, Any] = topo.spec("web", mode=mode, key="mask", bits=8)
+    data["backend"] = "tc"
+    data["offload"] = "none"
+    for m, member in zip(data["members"], topo.members, strict=True):
+        m["mac"] = member.mac
+    return parse_spec(data)
+
+
+def wiring(spec: Spec) -> Wiring:
+    return Wiring(
+        ifindex={m.port: socket.if_nametoindex(m.port) for m in spec.members},
+        macs={m.name: str(m.mac) for m in spec.members},
+    )
+
+
+def layout(spec: Spec, weights: dict[str, Fraction] | None = None) -> Layout:
+    w = tuple((m.name, (weights or {}).get(m.name, m.exact_weight)) for m in spec.members)
+    return partition.compute(spec.partition.bits, w)
+
+
+def _is_prefix(mask: int, width: int = 32) -> bool:
+    ones = bin(mask).count("1")
+    return mask == ((1 << ones) - 1) << (width - ones)
+
+
+def tc_show(topo: Lab, dev: str, hook: str) -> str:
+    out = labmod.run_in(topo.router_ns, ["tc", "filter", "show", "dev", dev, hook])
+    return str(out.stdout)
+
+
+@pytest.mark.parametrize(
+    ("mode", "classifier"),
+    [("broadcast", "flower"), ("steer", "flower"), ("steer", "u32")],
+)
+def test_exactly_once_for_1024_sources(topo: Lab, mode: str, classifier: Any) -> None:
+    spec = tc_spec(topo, mode)
+    lay = layout(spec)
+    with netns(topo.router_ns):
+        result = tc_backend.apply(spec, lay, wiring(spec), 1, classifier=classifier)
+        problems = tc_backend.verify(result.ruleset)
+        live = tc_backend.observe(spec)
+    try:
+        assert result.classifier == classifier
+        assert problems == []  # rules read back == rules rendered (dispatcher included)
+        assert live is not None and live.generation == 1
+        # rules per port == the partition's entries, once per VIP family
+        entries = {s.name: len(s.entries) for s in partition.shares(lay)}
+        assert rules_per_port(result.ruleset) == {m.port: 2 * entries[m.name] for m in topo.members}
+        # low-bit masks such as 0.0.0.254 are not address prefixes: tc(8) refuses them
+        masks = {e.mask for s in partition.shares(lay) for e in s.entries}
+        assert masks and not any(_is_prefix(m) for m in masks), masks
+        for vip, cidr in ((topo.vip4, topo.sources4), (topo.vip6, topo.sources6)):
+            sources = traffic.expand(cidr, 1024)
+            with netns(topo.client_ns):
+                got = traffic.probe_here(vip, sources, topo.echo_port, timeout=3.0)
+            want = {s: lay.table[bucket_of(s, "mask", 8, 0)] for s in sources}
+            bad = {s: (got[s], want[s]) for s in sources if got[s] != [want[s]]}
+            assert not bad, f"{len(bad)} of {len(sources)} wrong, e.g. {list(bad.items())[:5]}"
+            assert set(want.values()) == set(topo.member_names)
+    finally:
+        with netns(topo.router_ns):
+            assert tc_backend.delete(spec)
+    for dev in (topo.uplink, *topo.ports):
+        for hook in ("ingress", "egress"):
+            assert tc_show(topo, dev, hook) == "", (dev, hook)
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+def test_flip_under_traffic_is_exactly_once(topo: Lab, mode: str) -> None:
+    spec = tc_spec(topo, mode)
+    names = [m.name for m in spec.members]
+    variants = [
+        layout(spec),
+        layout(spec, {n: Fraction(1 + 2 * (i % 2)) for i, n in enumerate(names)}),
+    ]
+    moved_per_flip = sum(a != b for a, b in zip(*(v.table for v in variants), strict=True))
+    assert moved_per_flip > 0
+    with netns(topo.router_ns):
+        wire = wiring(spec)
+        tc_backend.apply(spec, variants[0], wire, 1)
+    sources = traffic.expand(topo.sources4, 1024)
+    flips: list[float] = []
+    try:
+        cap = traffic.capture_start(topo)
+        try:
+            # the sender is its own process: no GIL shared with the flips, and it can stop
+            sender = traffic.numbered_spawn(topo, topo.vip4, sources, 10_000_000, 3000)
+            deadline = time.monotonic() + 60
+            while not any(f.stat().st_size > 200 for f in cap.files.values()):
+                assert time.monotonic() < deadline and sender.proc.poll() is None
+                time.sleep(0.2)
+            with netns(topo.router_ns):
+                for n in range(FLIPS):
+                    res = tc_backend.apply(spec, variants[(n + 1) % 2], wire, n + 2)
+                    flips.append(res.flip_seconds)
+                problems = tc_backend.verify(res.ruleset)
+            time.sleep(0.5)
+            sender.proc.terminate()
+            sender.proc.wait(timeout=30)
+            time.sleep(0.5)
+        finally:
+            seen = traffic.capture_stop(cap)
+        assert problems == []
+        total = max((max(v) for v in seen.values() if v), default=-1) + 1
+        lost, duplicated = traffic.check_exactly_once(total, seen)
+        print(
+            f"\n{mode}: {total} numbered packets from 1024 sources over {len(flips)} flips "
+            f"({moved_per_flip} buckets move per flip), median flip "
+            f"{1000 * statistics.median(flips):.2f} ms: {len(lost)} lost, "
+            f"{len(duplicated)} duplicated"
+        )
+        assert total > 20 * FLIPS, f"too little traffic during the flips ({total})"
+        assert (len(lost), len(duplicated)) == (0, 0), (lost[:10], duplicated[:10])
+    finally:
+        with netns(topo.router_ns):
+            tc_backend.delete(spec)
