@@ -356,6 +356,9 @@ def status(
         return
     for report in reports:
         typer.echo(_status_text(report))
+        for m in report["members"]:
+            if m.get("reason"):
+                typer.echo(f"  {m['name']}: {m['reason']}")
 
 
 def _status_text(r: dict[str, object]) -> str:

@@ -72,6 +72,7 @@ def apply(
     want_diff: bool = True,
     preflight: bool = False,
     host: bool = True,
+    reasons: Mapping[str, str] | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's table in one transaction (idempotent).
 
@@ -167,6 +168,7 @@ def apply(
                     spec=spec.model_dump(mode="json"),
                     ifindex=dict(wiring.ifindex),
                     macs=dict(wiring.macs),
+                    reasons={**(st.reasons if st else {}), **(reasons or {})},
                 ),
             )
             try:
@@ -329,6 +331,7 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
                 "port": m.port,
                 "address": str(m.address),
                 "healthy": m.name not in layout.down,
+                "reason": st.reasons.get(m.name, ""),
                 "weight": planning.fmt_weight(dict(layout.weights).get(m.name, Fraction(0))),
                 "buckets": live_counts.get(m.name, 0),
                 "share": round(live_counts.get(m.name, 0) / total, 6),

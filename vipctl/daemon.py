@@ -140,10 +140,13 @@ class Daemon:
         self._backoff = RETRY_FIRST_S
         self._retry: asyncio.TimerHandle | None = None
         self._host_pending = False
+        self.reasons: dict[str, str] = {}  # member -> last transition, shown by `status`
         self.stats = DaemonStats()  # what `--metrics` exports beyond the kernel's counters
 
     # -- transitions --------------------------------------------------------------------
     def on_transition(self, t: Transition) -> None:
+        when = time.strftime("%H:%M:%S")
+        self.reasons[t.member] = f"{'up' if t.up else 'down'} since {when}: {t.reason}"
         if t.up:
             log.info("%s UP: %s", t.member, t.reason)
         else:
@@ -161,7 +164,12 @@ class Daemon:
         host = down is None or self._host_pending
         try:
             result = await asyncio.to_thread(
-                controller.apply, self.spec, self.state_dir, down=down, host=host
+                controller.apply,
+                self.spec,
+                self.state_dir,
+                down=down,
+                host=host,
+                reasons=dict(self.reasons),
             )
             self._host_pending = False
             return result

@@ -64,9 +64,7 @@ class ClusterCollector(Collector):
             "vipctl_member_target_share", "Share of buckets the weights ask for", labels=labels
         )
         healthy = GaugeMetricFamily("vipctl_member_healthy", "1 if up", labels=labels)
-        pinned = GaugeMetricFamily(
-            "vipctl_member_pinned_flows", "Live pinned flows", labels=labels
-        )
+        pinned = GaugeMetricFamily("vipctl_member_pinned_flows", "Live pinned flows", labels=labels)
         latency = GaugeMetricFamily(
             "vipctl_member_probe_latency_seconds", "Last successful probe", labels=labels
         )

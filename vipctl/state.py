@@ -35,6 +35,7 @@ class ClusterState:
     spec: dict[str, Any] | None = None  # the spec as applied (status needs names and ports)
     ifindex: dict[str, int] = field(default_factory=dict)  # port -> ifindex when committed
     macs: dict[str, str] = field(default_factory=dict)  # member -> MAC when committed
+    reasons: dict[str, str] = field(default_factory=dict)  # member -> last health transition
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class ClusterState:
             "spec": self.spec,
             "ifindex": self.ifindex,
             "macs": self.macs,
+            "reasons": self.reasons,
         }
 
     @classmethod
@@ -58,6 +60,7 @@ class ClusterState:
             spec=data.get("spec"),
             ifindex={str(k): int(v) for k, v in data.get("ifindex", {}).items()},
             macs={str(k): str(v) for k, v in data.get("macs", {}).items()},
+            reasons={str(k): str(v) for k, v in data.get("reasons", {}).items()},
         )
 
 

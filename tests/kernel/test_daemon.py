@@ -705,3 +705,6 @@ def test_daemon_metrics_count_swaps_failovers_and_probe_latency(cluster: Cluster
     assert values[("vipctl_member_healthy", "web2")] == 0
     assert values[("vipctl_member_buckets", "web2")] == 0
     assert 0 < values[("vipctl_cluster_last_swap_seconds", "")] < 2
+    # status for a person names the reason of the last transition
+    shown = vipctl(c.topo.router_ns, "status", "web", "--state-dir", str(c.state), check=True)
+    assert re.search(r"web2: down since \d\d:\d\d:\d\d: ", shown.stdout), shown.stdout

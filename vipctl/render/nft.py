@@ -191,7 +191,8 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         # An interval map of runs of buckets: a few elements per member instead of one per
         # bucket, so a 65536-bucket table installs and swaps as fast as a 16-bucket one.
         elements = tuple(
-            f"{literals[lo]}-{literals[hi]} : {mark[owner]}" if hi > lo
+            f"{literals[lo]}-{literals[hi]} : {mark[owner]}"
+            if hi > lo
             else f"{literals[lo]} : {mark[owner]}"
             for lo, hi, owner in table_runs
         )
