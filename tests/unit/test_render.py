@@ -70,8 +70,15 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
         chain = next(c for c in table.chains if c.name == f"vip{family}")
         # exactly one bucket-table lookup per packet, in one rule
         lookups = [r for r in chain.rules if "map @buckets" in r]
-        assert len(lookups) == 1
-        assert lookups[0].startswith("meta mark 0 " if pinning else "meta mark set ")
+        assert (
+            lookups
+            == [
+                f"meta mark set {'ip' if family == 4 else 'ip6'} saddr & "
+                f"{'0.0.0.7' if family == 4 else '::7'} map @buckets{family}_m3"
+            ]
+            if key == "mask"
+            else len(lookups) == 1
+        )
         deliver = chain.rules[-2]
         if mode == "broadcast":
             assert deliver == 'meta mark != 0 dup to "m1" dup to "m2" drop'
@@ -80,12 +87,17 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
         # a bucket with no owner is dropped, never routed
         assert chain.rules[-1] == "drop"
         pins = [r for r in chain.rules if "@pin" in r]
-        assert len(pins) == (2 if pinning else 0)
+        assert len(pins) == (3 if pinning else 0)
         if pinning:
-            # the pin update is its own rule: a full pin table cannot stop delivery
-            update = next(r for r in chain.rules if " update @pin" in r)
-            assert "fwd" not in update and "dup" not in update
-            assert "meta mark != 0 meta mark != @alive meta mark set 0" in chain.rules
+            # fast path: a pin of a live member refreshes and delivers in one rule
+            fast = next(r for r in chain.rules if r.startswith("meta mark @alive update @pin"))
+            assert fast.endswith(deliver.removeprefix("meta mark != 0 "))
+            # the mark is cleared before the bucket lookup: a stale pin never delivers
+            i = chain.rules.index(lookups[0])
+            assert chain.rules[i - 1] == "meta mark set 0"
+            # the new-flow pin update is its own rule: a full pin map cannot stop delivery
+            update = chain.rules[i + 1]
+            assert " update @pin" in update and "fwd" not in update and "dup" not in update
     owners = [s for s in table.sets if s.name.startswith("buckets")]
     # interval maps of runs: a (2 buckets) and b (6 buckets) are one run each
     assert [len(s.elements) for s in owners] == [2, 2]

@@ -154,12 +154,13 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
 
     Per address family, the uplink's ingress jumps VIP packets to chain vip4/vip6:
       0. mark := 0
-      1. pinned flow?   mark := pin[saddr . sport . daddr . dport]          (TCP/UDP)
-      2. pin of a member that is not alive: mark := 0 (released at once: the new owner
-         answers the flow's next packet, a TCP client gets a reset instead of a black hole)
-      3. not pinned:    mark := owner[bucket(saddr)]              <- the one table decision
-      4. remember the flow: update pin { flow : mark } (refreshes the idle timeout; a full
-         pin table fails this rule only, so the flow still follows the bucket table)
+      1. mark := pin[saddr . sport . daddr . dport]            (a pinned TCP/UDP flow)
+      2. mark in @alive: refresh the pin and deliver (one rule: the fast path)
+      3. mark := owner[bucket(saddr)]   <- the one table decision (new flow, or a flow
+         pinned to a member that is not alive: released at once, the new owner answers
+         its next packet and a TCP client gets a reset instead of a black hole)
+      4. remember the flow: update pin { flow : mark } (its own rule: a full pin map
+         fails this rule only, so the flow still follows the bucket table)
       5. deliver: broadcast = dup to every port + drop the original; steer = fwd to port[mark]
       6. drop (no owner: nobody is up; never let a VIP packet be routed)
     """
@@ -223,21 +224,30 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                     dynamic=True,
                 )
             )
+        if spec.mode == "broadcast":
+            deliver = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
+        else:
+            deliver = "fwd to meta mark map @ports"
+        if pinning:
             rules += [
                 "meta mark set 0",
-                f"meta l4proto {{ tcp, udp }} meta mark set {flow} map @{pin}",
-                "meta mark != 0 meta mark != @alive meta mark set 0",
-                f"meta mark 0 meta mark set {expr} map @{owner_name}",
-                "meta mark != 0 meta l4proto { tcp, udp } "
-                f"update @{pin} {{ {flow} : meta mark }}",
+                # a pinned flow of a live member: refresh its pin and deliver, in one rule
+                # (only TCP/UDP flows are ever pinned, so no protocol check is needed here;
+                # an ICMP packet's bytes at the port offsets simply find no pin)
+                f"meta mark set {flow} map @{pin}",
+                f"meta mark @alive update @{pin} {{ {flow} : meta mark }} {deliver}",
+                # not pinned, or pinned to a member that is not alive any more (its flows
+                # are released at once: the bucket's owner answers, TCP gets a reset);
+                # mark := 0 first, so a bucket without owner never delivers a stale pin
+                "meta mark set 0",
+                f"meta mark set {expr} map @{owner_name}",
+                # remember the flow in its own rule: a full pin map fails this rule only
+                f"meta l4proto {{ tcp, udp }} update @{pin} {{ {flow} : meta mark }}",
+                f"meta mark != 0 {deliver}",
             ]
         else:
             rules.append(f"meta mark set {expr} map @{owner_name}")
-        if spec.mode == "broadcast":
-            dups = " ".join(f'dup to "{m.port}"' for m in present)
-            rules.append(f"meta mark != 0 {dups} drop")
-        else:
-            rules.append("meta mark != 0 fwd to meta mark map @ports")
+            rules.append(f"meta mark != 0 {deliver}")
         rules.append("drop")
         chains.append(NftChain(name=f"vip{family}", hook=None, rules=tuple(rules)))
         comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
