@@ -220,11 +220,8 @@ def observe_structure(cluster: str) -> LiveTable | None:
     """Names of the table's chains, sets and maps, and its generation, straight from
     netlink (pyroute2). No set elements and no counters: this costs ~5 ms however large the
     maps are, where any libnftables read fetches every element first (0.2-1 s at 65536)."""
-    from pyroute2.nftables.main import NFTables
-
     name = table_name(cluster)
-    nft = NFTables(nfgen_family=NFPROTO_NETDEV)
-    try:
+    with _nftables_netlink() as nft:
         if name not in {t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()}:
             return None
         chains = {
@@ -246,8 +243,6 @@ def observe_structure(cluster: str) -> LiveTable | None:
             if rule.get_attr("NFTA_RULE_TABLE") != name:
                 continue
             generation = _generation(rule.get_attr("NFTA_RULE_USERDATA")) or generation
-    finally:
-        nft.close()
     return LiveTable(
         name=name,
         observed=Observed(
@@ -261,6 +256,28 @@ def observe_structure(cluster: str) -> LiveTable | None:
 
 
 NFPROTO_NETDEV = 5
+_NFNL: dict[tuple[int, int], Any] = {}
+_NFNL_LOCK = threading.Lock()
+
+
+@contextmanager
+def _nftables_netlink() -> Iterator[Any]:
+    """One nfnetlink socket per network namespace and thread, reused (setting one up costs
+    ~10 ms; pyroute2's sockets drive an asyncio loop of their own, so no sharing across
+    threads)."""
+    from pyroute2.nftables.main import NFTables
+
+    key = (os.stat("/proc/self/ns/net").st_ino, threading.get_ident())
+    with _NFNL_LOCK:
+        nft = _NFNL.get(key)
+        if nft is None:
+            nft = _NFNL[key] = NFTables(nfgen_family=NFPROTO_NETDEV)
+        try:
+            yield nft
+        except Exception:
+            _NFNL.pop(key, None)
+            nft.close()
+            raise
 
 
 def _generation(comment: object) -> int | None:
@@ -363,15 +380,16 @@ def _ifindex_by_port(spec: Spec) -> dict[str, int]:
 NO_MAC = "00:00:00:00:00:00"
 
 
-_IPR: dict[int, Any] = {}
+_IPR: dict[tuple[int, int], Any] = {}
 _IPR_LOCK = threading.Lock()
 
 
 @contextmanager
 def _iproute() -> Iterator[Any]:
     """One rtnetlink socket per network namespace, reused (a new one costs 5-25 ms under
-    load, which a failover would wait for). Calls are serialized by a lock."""
-    key = os.stat("/proc/self/ns/net").st_ino
+    load, which a failover would wait for), per thread (pyroute2 sockets drive an asyncio
+    loop of their own). Calls are serialized by a lock."""
+    key = (os.stat("/proc/self/ns/net").st_ino, threading.get_ident())
     with _IPR_LOCK:
         ipr = _IPR.get(key)
         if ipr is None:
