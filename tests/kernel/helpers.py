@@ -28,6 +28,17 @@ def vipctl(ns: str, *args: str, check: bool = False) -> subprocess.CompletedProc
     return proc
 
 
+def vipctl_spawn(ns: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`vipctl ARGS` started in the background inside namespace `ns`."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", *args],
+        text=True,
+        **popen,
+    )
+
+
 def write_spec(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(json.dumps(spec))
     return path

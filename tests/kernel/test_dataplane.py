@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.helpers import expected_owners, ruleset, sh, vipctl, write_spec
+from tests.kernel.helpers import expected_owners, ruleset, sh, vipctl, vipctl_spawn, write_spec
 from vipctl import traffic
 from vipctl.lab import Lab
 
@@ -346,26 +346,7 @@ def test_concurrent_applies_take_turns(topo: Lab, tmp_path: Path, state: str) ->
     vipctl(ns, "apply", str(path), "--state-dir", state, check=True)
     try:
         procs = [
-            subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    sys.executable,
-                    "-m",
-                    "vipctl.cli",
-                    "rebalance",
-                    str(path),
-                    "--weights",
-                    f"web1={w}",
-                    "--state-dir",
-                    state,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            vipctl_spawn(ns, "rebalance", str(path), "--weights", f"web1={w}", "--state-dir", state)
             for w in (2, 3, 4, 5)
         ]
         outs = [p.communicate(timeout=120) for p in procs]

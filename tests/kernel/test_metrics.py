@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.kernel.helpers import expected_owners, vipctl, write_spec
+from tests.kernel.helpers import expected_owners, vipctl, vipctl_spawn, write_spec
 from vipctl import traffic
 from vipctl.lab import Lab
 
@@ -44,25 +44,15 @@ def test_metrics_count_what_was_sent(topo: Lab, tmp_path: Path) -> None:
     spec = topo.spec("web", mode="broadcast", key="mask", vips=[topo.vip4])
     path = write_spec(tmp_path / "web.json", spec)
     vipctl(ns, "apply", str(path), "--state-dir", state, check=True)
-    exporter = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "vipctl.cli",
-            "metrics",
-            "web",
-            "--listen",
-            "127.0.0.1:9477",
-            "--state-dir",
-            state,
-        ],
+    exporter = vipctl_spawn(
+        ns,
+        "metrics",
+        "web",
+        "--listen",
+        "127.0.0.1:9477",
+        "--state-dir",
+        state,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     url = "http://127.0.0.1:9477/metrics"
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.helpers import expected_owners, vipctl, write_spec
+from tests.kernel.helpers import expected_owners, vipctl, vipctl_spawn, write_spec
 from vipctl import traffic
 from vipctl.lab import Lab
 from vipctl.partition import bucket_of
@@ -35,25 +34,14 @@ class Cluster:
         self.run("apply", str(self.path), *extra)
 
     def rebalance_async(self, weights: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.topo.router_ns,
-                sys.executable,
-                "-m",
-                "vipctl.cli",
-                "rebalance",
-                str(self.path),
-                "--weights",
-                weights,
-                "--state-dir",
-                self.state,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        return vipctl_spawn(
+            self.topo.router_ns,
+            "rebalance",
+            str(self.path),
+            "--weights",
+            weights,
+            "--state-dir",
+            self.state,
         )
 
     def status(self) -> dict[str, Any]:
