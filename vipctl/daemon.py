@@ -36,9 +36,9 @@ import typer
 from vipctl import sdnotify
 from vipctl import state as statefile
 from vipctl.errors import SpecError, VipctlError
-from vipctl.metrics import DaemonStats
 from vipctl.options import SpecArg, StateDirOpt
 from vipctl.spec import Spec, load_spec
+from vipctl.stats import DaemonStats
 
 if TYPE_CHECKING:
     from vipctl.controller import ApplyResult

@@ -17,9 +17,7 @@ Names follow the Prometheus conventions (base units, `_total` for counters):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from vipctl.errors import UsageError, VipctlError
-
-
-@dataclass
-class DaemonStats:
-    """What only a running daemon knows; it updates these, scrapes read them."""
-
-    swaps: int = 0
-    last_swap_seconds: float = 0.0
-    failovers: int = 0
-    probe_latency: dict[str, float] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+from vipctl.stats import DaemonStats
 
 
 class ClusterCollector(Collector):
