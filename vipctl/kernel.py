@@ -368,13 +368,10 @@ def port_ifindex(spec: Spec) -> dict[str, int]:
 
 
 def _ifindex_by_port(spec: Spec) -> dict[str, int]:
-    with _iproute() as ipr:
-        out: dict[str, int] = {}
-        for name in [spec.uplink, *(m.port for m in spec.members)]:
-            found = ipr.link_lookup(ifname=name)
-            if found:
-                out[name] = int(found[0])
-        return out
+    wanted = {spec.uplink, *(m.port for m in spec.members)}
+    with _iproute() as ipr:  # one dump of every link, not one lookup per name
+        names = {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
+    return {name: names[name] for name in wanted if name in names}
 
 
 NO_MAC = "00:00:00:00:00:00"
@@ -458,7 +455,8 @@ def wiring(
 
 def _neighbour(ipr: Any, ifindex: int, address: IPv4Address | IPv6Address) -> str | None:
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    for msg in ipr.get_neighbours(family=family, ifindex=ifindex):
+    # filtered by the kernel (NDA_DST + ifindex): no dump of the whole neighbour table
+    for msg in ipr.get_neighbours(family=family, ifindex=ifindex, dst=str(address)):
         if msg.get_attr("NDA_DST") != str(address):
             continue
         mac = msg.get_attr("NDA_LLADDR")
