@@ -201,8 +201,7 @@ def _kernel_table(spec: Spec) -> Layout | None:
         from vipctl import kernel
     except ImportError:  # bindings absent: only the spec can answer
         return None
-    layout = kernel.live_layout(spec)
-    return layout if isinstance(layout, Layout) else None
+    return kernel.live_layout(spec)
 
 
 def main() -> None:

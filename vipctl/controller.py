@@ -43,10 +43,9 @@ class ApplyResult:
 
 
 def _previous(
-    spec: Spec, directory: Path, live: kernel.LiveTable | None
+    spec: Spec, st: statefile.ClusterState | None, live: kernel.LiveTable | None
 ) -> tuple[Layout | None, int]:
     """What was live: the state file's layout, else the kernel's own table (adopt)."""
-    st = statefile.load(directory, spec.cluster)
     live_gen = live.generation if live is not None else None
     kernel_ahead = st is not None and live_gen is not None and live_gen > st.generation
     if st is not None and st.layout.bits == spec.partition.bits and not kernel_ahead:
@@ -89,7 +88,7 @@ def apply(
         if live is not None and (st is None or live.generation != st.generation):
             # the state does not describe the kernel: read the table the slow, full way
             live = kernel.observe(spec.cluster, with_elements=False)
-        previous, generation = _previous(spec, directory, live)
+        previous, generation = _previous(spec, st, live)
         layout = planning.desired(spec, previous, down=down)
         wiring = kernel.wiring(spec, optional=set(layout.down))
         if preflight and not dry_run:
@@ -150,7 +149,7 @@ def apply(
                     n=1,
                 )
             )
-        batch = transaction(new_table, observed, old_table)
+        batch = transaction(new_table, observed)
         if dry_run:
             kernel.check(batch)
         else:

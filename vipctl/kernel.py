@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from vipctl.errors import KernelError
 from vipctl.netutil import poke_neighbour
-from vipctl.partition import Owner, Table
+from vipctl.partition import Layout, Owner, Table
 from vipctl.render.nft import (
     GENERATION_TAG,
     TABLE_PREFIX,
@@ -140,7 +140,6 @@ class LiveTable:
     generation: int | None
     maps: dict[str, list[tuple[Any, Any]]] = field(default_factory=dict)
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> packets, bytes
-    raw: list[dict[str, Any]] = field(default_factory=list)
 
 
 def list_tables() -> list[str]:
@@ -212,7 +211,6 @@ def observe(
         generation=generation,
         maps=elements,
         counters=counters,
-        raw=items,
     )
 
 
@@ -341,10 +339,8 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
     return first, by_family
 
 
-def live_layout(spec: Spec) -> Any:
-    """For `which`: a Layout-like view of the live table (None when not installed)."""
-    from vipctl.partition import Layout
-
+def live_layout(spec: Spec) -> Layout | None:
+    """For `which`: the live table as a Layout (None when not installed)."""
     try:
         found = live_table(spec)
     except KernelError:
@@ -517,7 +513,6 @@ class Pin:
     family: int
     key: Any  # IPv4: [saddr, sport, vip, dport]; IPv6: [iid, sport, dport]
     mark: int
-    expires: int | None
 
 
 def pins(cluster: str) -> list[Pin]:
@@ -531,7 +526,7 @@ def pins(cluster: str) -> list[Pin]:
             continue
         family = 4 if name.startswith("pin4") else 6
         for key, value in elems:
-            out.append(Pin(family=family, key=key, mark=int(value), expires=None))
+            out.append(Pin(family=family, key=key, mark=int(value)))
     return out
 
 

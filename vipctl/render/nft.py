@@ -337,35 +337,14 @@ class Observed:
     exists: bool = False
 
 
-def _element_key(element: str) -> str:
-    return element.split(" : ", 1)[0]
-
-
-def _element_delta(old: NftSet, new: NftSet) -> tuple[list[str], list[str]]:
-    """(keys to delete, elements to add) turning `old`'s elements into `new`'s."""
-    if len(old.elements) == len(new.elements):
-        pairs = [(o, n) for o, n in zip(old.elements, new.elements, strict=True) if o != n]
-        if all(_element_key(o) == _element_key(n) for o, n in pairs):
-            return [_element_key(o) for o, _ in pairs], [n for _, n in pairs]
-    before = {_element_key(e): e for e in old.elements}
-    after = {_element_key(e): e for e in new.elements}
-    delete = [k for k, e in before.items() if after.get(k) != e]
-    add = [e for k, e in after.items() if before.get(k) != e]
-    return delete, add
-
-
-def transaction(table: NftTable, observed: Observed, previous: NftTable | None = None) -> str:
+def transaction(table: NftTable, observed: Observed) -> str:
     """One libnftables batch that turns whatever is live into `table`, atomically.
 
     Base chains are flushed and refilled, never deleted and re-created, so their hooks stay
     registered through the commit and every packet sees either the old or the new rules.
     Named counters survive (packet counts accumulate across generations). Pin maps are
-    never touched.
-
-    `previous` is what the kernel is known to hold (the last committed table, when the live
-    generation matches the state): then a set keeps its elements and only the changed ones
-    are deleted and re-added, so a swap that moves 100 of 65536 buckets sends 200 elements
-    instead of 65536 (libnftables parses about 100k elements per second).
+    never touched. Every other set is flushed and refilled: the bucket maps are interval
+    maps of runs (a few elements per member at any bucket count), so this stays small.
     """
     ref = table.ref
     cmds = [f"add table {ref}"]
@@ -379,19 +358,9 @@ def transaction(table: NftTable, observed: Observed, previous: NftTable | None =
     for name in sorted(observed.chains | wanted_chains):
         if name in observed.chains:
             cmds.append(f"flush chain {ref} {name}")
-    known = {s.name: s for s in previous.sets} if previous is not None else {}
     live_sets = observed.sets | observed.maps
     for s in table.sets:
         if s.dynamic:
-            continue
-        old = known.get(s.name)
-        ranged = "flags interval" in s.decl  # few elements: replacing them all is cheap
-        if old is not None and old.decl == s.decl and s.name in live_sets and not ranged:
-            delete, add = _element_delta(old, s)
-            if delete:
-                cmds.append(f"delete element {ref} {s.name} {{ {', '.join(delete)} }}")
-            if add:
-                cmds.append(f"add element {ref} {s.name} {{ {', '.join(add)} }}")
             continue
         if s.name in live_sets:
             cmds.append(f"flush {s.kind} {ref} {s.name}")
