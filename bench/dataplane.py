@@ -193,8 +193,12 @@ def _stats(lab: labmod.Lab) -> dict[str, tuple[int, int]]:
     return out
 
 
-def measure_pps(lab: labmod.Lab, conf: Path, seconds: float, warmup: float) -> dict[str, float]:
-    """Offered (router uplink rx) and delivered (sum of member-port tx) packets/s."""
+def measure_pps(
+    lab: labmod.Lab, conf: Path, seconds: float, warmup: float, extra: Sequence[str] = ()
+) -> dict[str, float]:
+    """Offered (router uplink rx) and delivered (sum of member-port tx) packets/s.
+
+    ``extra``: more trafgen arguments (``-b RATE`` selects its sendto path: linear frames)."""
     proc = subprocess.Popen(
         [
             "ip",
@@ -210,6 +214,7 @@ def measure_pps(lab: labmod.Lab, conf: Path, seconds: float, warmup: float) -> d
             "1",
             "--no-sock-mem",  # never tune the machine-wide socket memory sysctls
             "--notouch-irq",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

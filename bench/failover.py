@@ -3,16 +3,16 @@
 A 4-member lab (echo servers answer the TCP probes) runs ``vipctl daemon`` in the router
 namespace. Each trial fails one member (rotating) and measures, from the instant the
 failure is in place to the instant the daemon's new table is live (the member's port
-ifindex has left the table's ``alive`` set, which is committed in the same transaction as
+ifindex has left the table's ``deliver4`` map, which is committed in the same transaction as
 the owner map):
 
 * probe failure: a table of our own in the router namespace drops the probes (TCP to the
   echo port) at the member port's egress; the member stays reachable otherwise;
 * link loss: the router's member port is set down.
 
-Then the failure is undone and the trial waits until the member is back in ``alive``.
+Then the failure is undone and the trial waits until the member is back in ``deliver4``.
 The trials run in one process inside the router namespace (``inner``), polling the live
-``alive`` set every 2 ms through libnftables.
+``deliver4`` map every 2 ms through libnftables.
 """
 
 from __future__ import annotations
@@ -48,13 +48,13 @@ def inner(members: list[str], trials: int, echo_port: int, timeout: float) -> di
     nft.set_json_output(True)
 
     def alive() -> set[int]:
-        rc, out, _ = nft.cmd(f"list set netdev vipctl_{CLUSTER} alive")
+        rc, out, _ = nft.cmd(f"list map netdev vipctl_{CLUSTER} deliver4")
         if rc != 0:
             return set()
         found: set[int] = set()
         for item in json.loads(out).get("nftables", []):
-            if "set" in item:
-                found |= {int(e) for e in item["set"].get("elem", []) if isinstance(e, int)}
+            if "map" in item:  # elements are [mark, {"goto": {"target": chain}}]
+                found |= {int(e[0]) for e in item["map"].get("elem", []) if isinstance(e, list)}
         return found
 
     def wait(ifindex: int, present: bool) -> float | None:

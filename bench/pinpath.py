@@ -1,13 +1,21 @@
-"""Where the pinning cost goes: variants of the steer pin path, ratio to plain routing.
+"""Where the pinning cost goes: the shipped steer ruleset with pinning off and on, and the
+pin map sized for different `max_flows`, ratio to plain routing.
 
-Run as root from the repository root: `.venv/bin/python -m bench.pinpath` (about 2 min).
-Builds its own 4-member lab (prefix `pinpath`), applies vipctl (steer, mask, 2**8), then
-replaces the vip4 chain's rules with each variant and measures delivered packets/s with
-trafgen (4096 flows), interleaved over 3 rounds. Prints median (min-max) ratios.
+Run as root from the repository root: `.venv/bin/python -m bench.pinpath` (about 3 min).
+Builds its own 4-member lab (prefix `pinpath`), applies vipctl (steer, mask, 2**8) with each
+variant's spec and measures delivered packets/s with trafgen (4096 flows), interleaved over
+`--rounds` rounds. Prints median (min-max) ratios per frame layout:
+
+- ring: trafgen's default TX_RING path. Its frames reach the router with only the
+  Ethernet header in the skb's linear area and the rest in page fragments, so every rule
+  that reads the transport header pays `skb_copy_bits` (plain routing never reads it).
+- linear: trafgen's sendto path (`-b RATE`, rate above what the CPU can send), whose frames
+  are linear like those a NIC driver builds. Same packets, same flows.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
@@ -18,34 +26,23 @@ from bench import dataplane as dp
 from bench.common import PY, netns, nft
 from vipctl import lab as labmod
 
-PIN = "pin4_t600_n1048576"
-FLOW = "ip saddr . th sport . ip daddr . th dport"
-BUCKET = "meta mark set ip saddr & 0.0.0.255 map @buckets4_m8"
-DELIVER = "fwd to meta mark map @ports"
-VARIANTS: dict[str, list[str] | str | None] = {
+# name -> pinning settings (None: plain routing)
+VARIANTS: dict[str, dict[str, object] | None] = {
     "plain routing": None,
-    "vipctl, pinning off": "nopin",
-    "vipctl, pinning on (as shipped)": [],
-    "pin lookup + alive, no refresh": [
-        "meta mark set 0",
-        f"meta mark set {FLOW} map @{PIN}",
-        f"meta mark @alive {DELIVER}",
-        "meta mark set 0",
-        BUCKET,
-        f"meta l4proto {{ tcp, udp }} update @{PIN} {{ {FLOW} : meta mark }}",
-        f"meta mark != 0 {DELIVER}",
-        "drop",
-    ],
-    "pin lookup only (always misses)": [
-        f"meta mark set {FLOW} map @{PIN}",
-        BUCKET,
-        f"meta mark != 0 {DELIVER}",
-        "drop",
-    ],
+    "pinning off": {"enabled": False},
+    "pinning on, max_flows 1048576 (default)": {"enabled": True},
+    "pinning on, max_flows 65536": {"enabled": True, "max_flows": 65536},
+    "pinning on, max_flows 4096 (= flows sent)": {"enabled": True, "max_flows": 4096},
 }
+FRAMES: dict[str, list[str]] = {"ring": [], "linear": ["-b", "5000000pps"]}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--frames", choices=["ring", "linear", "both"], default="both")
+    args = ap.parse_args()
+    frames = list(FRAMES) if args.frames == "both" else [args.frames]
     work = Path("/tmp/vipctl-bench-pinpath")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -56,54 +53,41 @@ def main() -> None:
         conf.write_text(dp.trafgen_conf(lab))
         router = lab.router_ns
         m1 = lab.member(1)
-        results: dict[str, list[float]] = {name: [] for name in VARIANTS}
-        for rnd in range(3):
+        results: dict[tuple[str, str], list[float]] = {(f, n): [] for f in frames for n in VARIANTS}
+        for rnd in range(args.rounds):
             names = list(VARIANTS)
             for name in names[rnd:] + names[:rnd]:
-                variant = VARIANTS[name]
-                if variant is None:
+                pinning = VARIANTS[name]
+                if pinning is None:
                     route = [f"{lab.vip4}/32", "via", m1.address, "dev", m1.port]
                     subprocess.run(["ip", "-n", router, "route", "add", *route], check=True)
                 else:
                     spec = lab.spec("bench", mode="steer", key="mask", bits=8, vips=[lab.vip4])
-                    spec["pinning"] = {"enabled": variant != "nopin"}
+                    spec["pinning"] = pinning
                     (work / "spec.json").write_text(json.dumps(spec))
-                    netns(
-                        router,
-                        [
-                            PY,
-                            "-m",
-                            "vipctl.cli",
-                            "apply",
-                            str(work / "spec.json"),
-                            "--state-dir",
-                            str(work / "state"),
-                            "--skip-checks",
-                        ],
-                    )
-                    if isinstance(variant, list) and variant:
-                        nft(
-                            router,
-                            "flush chain netdev vipctl_bench vip4\n"
-                            + "".join(
-                                f"add rule netdev vipctl_bench vip4 {rule}\n" for rule in variant
-                            ),
-                        )
-                pps = dp.measure_pps(lab, conf, 2.0, 1.0)["delivered_pps"]
-                results[name].append(pps)
-                if variant is None:
+                    argv = [PY, "-m", "vipctl.cli", "apply", str(work / "spec.json")]
+                    netns(router, [*argv, "--state-dir", str(work / "state"), "--skip-checks"])
+                for f in frames:
+                    pps = dp.measure_pps(lab, conf, 2.0, 1.0, FRAMES[f])["delivered_pps"]
+                    results[(f, name)].append(pps)
+                if pinning is None:
                     subprocess.run(
                         ["ip", "-n", router, "route", "del", f"{lab.vip4}/32"], check=True
                     )
                 else:
                     nft(router, "delete table netdev vipctl_bench\n")
                     shutil.rmtree(work / "state", ignore_errors=True)
-        base = results["plain routing"]
-        for name, values in results.items():
-            ratios = [v / b for v, b in zip(values, base, strict=True)]
-            print(
-                f"{name:36s} {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"
-            )
+        for f in frames:
+            print(f"frames: {f}")
+            base = results[(f, "plain routing")]
+            for name in VARIANTS:
+                values = results[(f, name)]
+                ratios = [v / b for v, b in zip(values, base, strict=True)]
+                kpps = statistics.median(values) / 1e3
+                print(
+                    f"  {name:42s} {statistics.median(ratios):.3f}x "
+                    f"({min(ratios):.3f}-{max(ratios):.3f})  {kpps:.0f} kpps"
+                )
     finally:
         labmod.destroy("pinpath")
 

@@ -111,8 +111,9 @@ _FEATURES: dict[str, tuple[str, str]] = {
 
 
 def needed_features(spec: Spec) -> list[str]:
-    out = ["netdev ingress hook", "netdev egress hook"]
-    out.append("dup" if spec.mode == "broadcast" else "fwd")
+    out = ["netdev ingress hook"]
+    # steer rewrites the MAC at ingress; broadcast filters its copies on each port's egress
+    out += ["netdev egress hook", "dup"] if spec.mode == "broadcast" else ["fwd"]
     if spec.partition.key == "hash":
         out.append("jhash")
     if spec.pinning.enabled:

@@ -184,6 +184,41 @@ def test_connections_of_a_removed_member_get_a_reset_within_a_second(
         assert elapsed < 1.0, f"clients waited {elapsed:.2f}s"
 
 
+@pytest.mark.parametrize("mode", ["steer", "broadcast"])
+def test_a_dead_members_flows_are_released_and_pinned_to_the_new_owner(
+    topo: Lab, tmp_path: Path, mode: str
+) -> None:
+    """A UDP flow (fixed 5-tuple) of a member declared down is answered by its bucket's new
+    owner from the next packet, is pinned there, and stays there when the member returns
+    (the stale pin was deleted, not revived). A flow that never sent during the outage
+    finds its original member again. A fresh flow follows the restored table."""
+    c = Cluster(topo, tmp_path, mode=mode)
+    try:
+        c.apply()
+        sources = sources_of(c, "web2", 24)
+
+        def udp(sport: int, srcs: list[str] = sources) -> dict[str, str | None]:
+            got = traffic.probe(topo, topo.vip4, srcs, sport=sport)
+            assert all(len(v) == 1 for v in got.values()), got
+            return {s: v[0] for s, v in got.items()}
+
+        assert set(udp(42000).values()) == {"web2"}  # pinned to web2
+        assert set(udp(42001).values()) == {"web2"}  # pinned to web2, idle during the outage
+        c.apply("--down", "web2")
+        takeover = c.owners(sources)
+        assert set(takeover.values()) <= {"web1", "web3"}
+        assert udp(42000) == takeover  # released: the new owner answers ...
+        pinned = sum(m["pinned"] for m in c.status()["members"] if m["name"] != "web2")
+        assert pinned >= len(sources)  # ... and the flows are pinned to it
+        c.apply("--down", "")
+        assert set(c.owners(sources).values()) == {"web2"}  # the table is back
+        assert udp(42000) == takeover  # the re-pinned flows stay where they live now
+        assert set(udp(42001).values()) == {"web2"}  # the idle flows' pins were kept
+        assert set(udp(42002).values()) == {"web2"}  # new flows follow the table
+    finally:
+        c.down()
+
+
 def test_drain_takes_no_new_flows_and_keeps_existing_ones(cluster: Cluster, topo: Lab) -> None:
     cluster.apply()
     mine = sources_of(cluster, "web1", 16)

@@ -68,31 +68,37 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
     )
     for family in (4, 6):
         chain = next(c for c in table.chains if c.name == f"vip{family}")
-        # exactly one bucket-table lookup per packet, in one rule
         lookups = [r for r in chain.rules if "map @buckets" in r]
-        assert len(lookups) == 1  # exactly one bucket-table decision per packet
+        assert len(lookups) == 1  # exactly one bucket-table decision per packet, in one rule
         if key == "mask":
             ip, mask = ("ip", "0.0.0.7") if family == 4 else ("ip6", "::7")
-            assert lookups[0] == f"meta mark set {ip} saddr & {mask} map @buckets{family}_m3"
-        deliver = chain.rules[-2]
-        if mode == "broadcast":
-            assert deliver == 'meta mark != 0 dup to "m1" dup to "m2" drop'
-        else:
-            assert deliver == "meta mark != 0 fwd to meta mark map @ports"
+            assert lookups[0] == (
+                f"meta mark set {ip} saddr & {mask} map @buckets{family}_m3 "
+                f"meta mark vmap @deliver{family}"
+            )
         # a bucket with no owner is dropped, never routed
         assert chain.rules[-1] == "drop"
+        assert chain.rules[-2] == lookups[0]
         pins = [r for r in chain.rules if "@pin" in r]
-        assert len(pins) == (3 if pinning else 0)
+        assert len(pins) == (2 if pinning else 0)
         if pinning:
-            # fast path: a pin of a live member refreshes and delivers in one rule
-            fast = next(r for r in chain.rules if r.startswith("meta mark @alive update @pin"))
-            assert fast.endswith(deliver.removeprefix("meta mark != 0 "))
-            # the mark is cleared before the bucket lookup: a stale pin never delivers
-            i = chain.rules.index(lookups[0])
-            assert chain.rules[i - 1] == "meta mark set 0"
-            # the new-flow pin update is its own rule: a full pin map cannot stop delivery
-            update = chain.rules[i + 1]
-            assert " update @pin" in update and "fwd" not in update and "dup" not in update
+            # fast path first: a pin of a member in the deliver map goes straight to it
+            assert chain.rules[0].startswith("meta mark set ") and " map @pin" in chain.rules[0]
+            assert chain.rules[0].endswith(f"meta mark vmap @deliver{family}")
+            # a pin of a member that is not alive is deleted before the bucket decision
+            assert chain.rules[1].startswith("meta mark != 0 delete @pin")
+        for member, port in (("a", "m1"), ("b", "m2")):
+            to = next(c for c in table.chains if c.name == f"to{family}_{member}")
+            updates = [r for r in to.rules if " update @pin" in r]
+            assert len(updates) == (1 if pinning else 0)
+            if pinning:
+                # the refresh is its own rule: a full pin map cannot stop delivery
+                assert "fwd" not in updates[0] and "dup" not in updates[0]
+            if mode == "broadcast":
+                assert to.rules[-1] == 'dup to "m1" dup to "m2" drop'
+            else:
+                assert to.rules[-1].endswith(f'fwd to "{port}"')
+                assert 'counter name "c_' in to.rules[-1] and "ether daddr set" in to.rules[-1]
     owners = [s for s in table.sets if s.name.startswith("buckets")]
     # interval maps of runs: a (2 buckets) and b (6 buckets) are one run each
     assert [len(s.elements) for s in owners] == [2, 2]
@@ -100,31 +106,53 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
     pin_maps = [s for s in table.sets if s.name.startswith("pin")]
     assert len(pin_maps) == (2 if pinning else 0)
     assert all(s.dynamic and not s.elements for s in pin_maps)
+    # steer needs no egress hook; broadcast filters its copies there
+    egress = [c for c in table.chains if c.hook and "hook egress" in c.hook]
+    assert len(egress) == (2 if mode == "broadcast" else 0)
 
 
-def test_alive_set_holds_ports_of_members_up() -> None:
+def test_deliver_maps_hold_members_up_only() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     table = build_table(spec, desired(spec, None, down={"a"}), fake_wiring(spec), 1)
-    alive = next(s for s in table.sets if s.name == "alive")
-    assert alive.elements == ("11",)
-    ports = next(s for s in table.sets if s.name == "ports")
-    assert ports.elements == ('10 : "m1"', '11 : "m2"')
+    for family in (4, 6):
+        deliver = next(s for s in table.sets if s.name == f"deliver{family}")
+        assert deliver.elements == (f"11 : goto to{family}_b",)
+    # the member that is down keeps its chain (its pins stay until they are met)
+    assert {c.name for c in table.chains} >= {"to4_a", "to4_b", "to6_a", "to6_b"}
 
 
 def test_pin_maps_are_never_flushed_by_a_swap() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
+    pin4, pin6 = "pin4_t600_n1048576_k12", "pin6_t600_n1048576_k12"
     observed = Observed(
-        sets=frozenset({"vips4", "vips6", "alive"}),
-        maps=frozenset(
-            {"buckets4_m3", "buckets6_m3", "ports", "pin4_t600_n1048576", "pin6_t600_n1048576"}
-        ),
-        chains=frozenset({"in_up0", "vip4", "vip6", "out_m1", "out_m2"}),
+        sets=frozenset({"vips4", "vips6"}),
+        maps=frozenset({"buckets4_m3", "buckets6_m3", "deliver4", "deliver6", pin4, pin6}),
+        chains=frozenset({"in_up0", "vip4", "vip6", "to4_a", "to4_b", "to6_a", "to6_b"}),
         exists=True,
     )
     batch = transaction(table, observed)
-    assert "pin4" in batch and "flush map netdev vipctl_t pin4" not in batch
+    assert pin4 in batch and f"flush map netdev vipctl_t {pin4}" not in batch
     assert "delete map netdev vipctl_t pin" not in batch
+
+
+def test_upgrade_from_the_mark_map_layout_deletes_the_old_objects() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask"))
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
+    observed = Observed(
+        sets=frozenset({"vips4", "vips6", "alive"}),
+        maps=frozenset({"buckets4_m3", "ports", "pin4_t600_n1048576"}),
+        chains=frozenset({"in_up0", "vip4", "vip6", "out_m1", "out_m2"}),
+        exists=True,
+    )
+    batch = transaction(table, observed).splitlines()
+    for line in (
+        "delete set netdev vipctl_t alive",
+        "delete map netdev vipctl_t ports",
+        "delete map netdev vipctl_t pin4_t600_n1048576",
+        "delete chain netdev vipctl_t out_m1",
+    ):
+        assert line in batch
 
 
 def test_egress_filters_by_port_ifindex_and_rewrites_mac() -> None:
@@ -139,7 +167,7 @@ def test_nobody_up_means_empty_maps_and_drop() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     layout = desired(spec, None, down={"a", "b"})
     table = build_table(spec, layout, fake_wiring(spec), 1)
-    assert all(not s.elements for s in table.sets if s.name.startswith(("buckets", "alive")))
+    assert all(not s.elements for s in table.sets if s.name.startswith(("buckets", "deliver")))
 
 
 def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:

@@ -9,7 +9,9 @@ Design (KERNEL-NOTES.md, kernel 6.18 / nft 1.0.6):
   MAC (a `dup` copy keeps the uplink's MAC and the member would drop it as OTHERHOST).
   The mark is the port's ifindex, so it means the same port in every generation: a copy
   stamped under generation N and judged by egress rules of N+1 still gets the right verdict.
-- steer: the ingress rule looks the owner's port up and `fwd`s one copy there.
+- steer: the owner's chain (reached by `goto` from a mark -> chain verdict map) rewrites
+  the destination MAC and `fwd`s one copy to its port, all at ingress: no egress chain.
+- pinning: a dynamic map flow -> mark, looked up before the bucket map; see build_table.
 - Buckets nobody owns (no member up) fall through to an explicit drop.
 - Object names encode their definition (buckets4_m8 = IPv4, mask key, 8 bits), so a change of
   key type is a new object and the old one is deleted in the same transaction.
@@ -128,41 +130,55 @@ def counter_name(member: str) -> str:
 
 
 def _flow_key(ip: str) -> str:
-    """The pin key of a flow.
+    """The pin key of a flow: 12 bytes, one transport-header load.
 
-    IPv4: source address and port, VIP and destination port (16 bytes, exact).
+    IPv4: source address, VIP, then both ports as one 32-bit load (`@th,0,32` = sport and
+    dport). Fewer and shorter loads than `th sport . th dport` (two loads, each padded to
+    4 bytes): every pinned packet computes this key twice (lookup and refresh).
     IPv6: nft 1.0.6 cannot generate a dynset whose key is longer than 16 bytes when the
     element carries data (netlink_linearize.c assertion `dreg < ctx->reg_low`), and a typeof
     of jhash over a concatenation makes `nft list ruleset` segfault. So the IPv6 key is the
     low 64 bits of the source (the interface ID, raw payload @nh,128,64) and both ports.
-    Two flows that share a key share one pin: both stay on one member for their whole life,
-    which keeps every flow consistent; only the initial member choice of the later flow
-    differs from its bucket's owner.
+    Two flows that share a key share one pin: both stay on one member for their whole life
+    (every member serves every VIP of its cluster), which keeps every flow consistent; only
+    the initial member choice of the later flow differs from its bucket's owner.
     """
     if ip == "ip":
-        return "ip saddr . th sport . ip daddr . th dport"
-    return "@nh,128,64 . th sport . th dport"
+        return "ip saddr . ip daddr . @th,0,32"
+    return "@nh,128,64 . @th,0,32"
 
 
 def pin_name(family: int, spec: Spec) -> str:
+    """`_k12`: the 12-byte key of `_flow_key` (a new key layout is a new map)."""
     pin = spec.pinning
-    return f"pin{family}_t{pin.idle_timeout_s}_n{pin.max_flows}"
+    return f"pin{family}_t{pin.idle_timeout_s}_n{pin.max_flows}_k12"
+
+
+def member_chain(family: int, member: str) -> str:
+    return f"to{family}_{member}"
 
 
 def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> NftTable:
     """The cluster's whole table as data (no kernel access).
 
     Per address family, the uplink's ingress jumps VIP packets to chain vip4/vip6:
-      0. mark := 0
-      1. mark := pin[saddr . sport . daddr . dport]            (a pinned TCP/UDP flow)
-      2. mark in @alive: refresh the pin and deliver (one rule: the fast path)
-      3. mark := owner[bucket(saddr)]   <- the one table decision (new flow, or a flow
-         pinned to a member that is not alive: released at once, the new owner answers
-         its next packet and a TCP client gets a reset instead of a black hole)
-      4. remember the flow: update pin { flow : mark } (its own rule: a full pin map
-         fails this rule only, so the flow still follows the bucket table)
-      5. deliver: broadcast = dup to every port + drop the original; steer = fwd to port[mark]
-      6. drop (no owner: nobody is up; never let a VIP packet be routed)
+      1. a pinned TCP/UDP flow: mark := pin[flow], then `meta mark vmap @deliverN` goes to
+         the member's chain when the member is alive (one rule: the fast path)
+      2. pinned to a member that is not alive any more: delete the pin (released: the
+         bucket's owner answers its next packet, a TCP client gets a reset, not a black
+         hole; the flow is pinned again to that owner)
+      3. mark := owner[bucket(saddr)], then the same vmap: the one table decision
+      4. drop (no owner: nobody is up; never let a VIP packet be routed)
+    Each member has a chain per family (`to4_<member>`), reached by `goto`:
+      - remember the flow: update pin { flow : mark } (refreshes the timeout of a pinned
+        flow; its own rule: a full pin map fails this rule only, the flow still follows
+        the bucket table)
+      - steer: count, rewrite the destination MAC and `fwd` to the port, all at ingress
+        (no egress chain: an egress hook costs every packet on the port)
+      - broadcast: `dup` to every port and drop the original; each port's egress chain
+        drops copies whose mark is not its own ifindex, counts and rewrites the MAC.
+    The mark is the owner's port ifindex, so it means the same port in every generation: a
+    copy stamped under generation N and judged by egress rules of N+1 gets the right verdict.
     """
     p = spec.partition
     pinning = spec.pinning.enabled
@@ -173,7 +189,9 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
     families = spec.vip_families
     # a member whose port is gone (allowed only while it is down) has no chain and no copy
     present = [m for m in spec.members if m.port in wiring.ifindex]
-    alive = sorted({wiring.ifindex[m.port] for m in present if m.name not in layout.down})
+    mark = {m.name: wiring.ifindex[m.port] for m in present}
+    alive = sorted((m for m in present if m.name not in layout.down), key=lambda m: mark[m.name])
+    broadcast = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
     for family in families:
         ip = "ip" if family == 4 else "ip6"
         vips_name, owner_name = object_names(family, spec)
@@ -188,7 +206,6 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         )
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         literals = _bucket_literals(family, p.key, p.bits)
-        mark = {m.name: wiring.ifindex[m.port] for m in present}
         # An interval map of runs of buckets: a few elements per member instead of one per
         # bucket, so a 65536-bucket table installs and swaps as fast as a 16-bucket one.
         elements = tuple(
@@ -206,10 +223,21 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 elements=elements,
             )
         )
+        deliver = f"deliver{family}"
+        sets.append(
+            NftSet(
+                name=deliver,
+                kind="map",
+                decl=("type mark : verdict",),
+                elements=tuple(
+                    f"{mark[m.name]} : goto {member_chain(family, m.name)}" for m in alive
+                ),
+            )
+        )
         rules: list[str] = []
         flow = _flow_key(ip)
+        pin = pin_name(family, spec)
         if pinning:
-            pin = pin_name(family, spec)
             sets.append(
                 NftSet(
                     name=pin,
@@ -224,49 +252,31 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                     dynamic=True,
                 )
             )
-        if spec.mode == "broadcast":
-            deliver = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
-        else:
-            deliver = "fwd to meta mark map @ports"
-        if pinning:
             rules += [
-                "meta mark set 0",
-                # a pinned flow of a live member: refresh its pin and deliver, in one rule
-                # (only TCP/UDP flows are ever pinned, so no protocol check is needed here;
-                # an ICMP packet's bytes at the port offsets simply find no pin)
-                f"meta mark set {flow} map @{pin}",
-                f"meta mark @alive update @{pin} {{ {flow} : meta mark }} {deliver}",
-                # not pinned, or pinned to a member that is not alive any more (its flows
-                # are released at once: the bucket's owner answers, TCP gets a reset);
-                # mark := 0 first, so a bucket without owner never delivers a stale pin
-                "meta mark set 0",
-                f"meta mark set {expr} map @{owner_name}",
-                # remember the flow in its own rule: a full pin map fails this rule only
-                f"meta l4proto {{ tcp, udp }} update @{pin} {{ {flow} : meta mark }}",
-                f"meta mark != 0 {deliver}",
+                # only TCP/UDP flows are ever pinned, so no protocol check is needed here:
+                # an ICMP packet's bytes at the port offsets simply find no pin
+                f"meta mark set {flow} map @{pin} meta mark vmap @{deliver}",
+                # reached with a mark only by a pin of a member that is not alive
+                f"meta mark != 0 delete @{pin} {{ {flow} : 0 }}",
             ]
-        else:
-            rules.append(f"meta mark set {expr} map @{owner_name}")
-            rules.append(f"meta mark != 0 {deliver}")
-        rules.append("drop")
+        rules += [f"meta mark set {expr} map @{owner_name} meta mark vmap @{deliver}", "drop"]
         chains.append(NftChain(name=f"vip{family}", hook=None, rules=tuple(rules)))
+        for m in present:
+            body: list[str] = []
+            if pinning:
+                body.append(
+                    f"meta l4proto {{ tcp, udp }} update @{pin} {{ {flow} : {mark[m.name]} }}"
+                )
+            if spec.mode == "broadcast":
+                body.append(broadcast)
+            else:
+                body.append(
+                    f'counter name "{counter_name(m.name)}" '
+                    f'ether daddr set {wiring.macs[m.name].lower()} fwd to "{m.port}"'
+                )
+            chains.append(NftChain(name=member_chain(family, m.name), hook=None, rules=tuple(body)))
         comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
         ingress.append(f"{ip} daddr @{vips_name} jump vip{family}{comment}")
-    sets.append(
-        NftSet(name="alive", kind="set", decl=("type mark",), elements=tuple(str(i) for i in alive))
-    )
-    if spec.mode == "steer":
-        sets.append(
-            NftSet(
-                name="ports",
-                kind="map",
-                decl=("type mark : iface_index",),
-                elements=tuple(
-                    f'{wiring.ifindex[m.port]} : "{m.port}"'
-                    for m in sorted(present, key=lambda m: wiring.ifindex[m.port])
-                ),
-            )
-        )
     chains.insert(
         0,
         NftChain(
@@ -275,26 +285,26 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
             rules=tuple(ingress),
         ),
     )
-    for m in present:
-        out: list[str] = []
-        mac = wiring.macs[m.name]
-        if spec.mode == "broadcast":
+    if spec.mode == "broadcast":
+        for m in present:
+            out: list[str] = []
+            mac = wiring.macs[m.name]
             for family in families:
                 ip = "ip" if family == 4 else "ip6"
-                out.append(f"{ip} daddr @vips{family} meta mark != {wiring.ifindex[m.port]} drop")
-        for family in families:
-            ip = "ip" if family == 4 else "ip6"
-            out.append(
-                f'{ip} daddr @vips{family} counter name "{counter_name(m.name)}" '
-                f"ether daddr set {mac.lower()}"
+                out.append(f"{ip} daddr @vips{family} meta mark != {mark[m.name]} drop")
+            for family in families:
+                ip = "ip" if family == 4 else "ip6"
+                out.append(
+                    f'{ip} daddr @vips{family} counter name "{counter_name(m.name)}" '
+                    f"ether daddr set {mac.lower()}"
+                )
+            chains.append(
+                NftChain(
+                    name=f"out_{m.port}",
+                    hook=f'type filter hook egress device "{m.port}" priority 0; policy accept;',
+                    rules=tuple(out),
+                )
             )
-        chains.append(
-            NftChain(
-                name=f"out_{m.port}",
-                hook=f'type filter hook egress device "{m.port}" priority 0; policy accept;',
-                rules=tuple(out),
-            )
-        )
     return NftTable(
         family="netdev",
         name=table_name(spec.cluster),
