@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,7 @@ def goals(res: dict[str, Any]) -> list[tuple[str, str, str]]:
     for name, goal, what in (
         ("steer-mask-pin-b8", 1.0, "steer with pinning >= 1.0x plain forwarding (4 members)"),
         ("steer-hash-pin-b8", 1.0, "  same, hash key"),
+        ("broadcast-mask-pin-b8", 0.6, "broadcast with pinning >= 0.6x (4 members, issue 4)"),
         ("broadcast-mask-pin-b8", 0.75, "broadcast, 4 members >= 0.75x (pinning on, default)"),
         ("broadcast-mask-nopin-b8", 0.75, "  same, pinning off"),
     ):
@@ -312,6 +314,23 @@ def markdown(res: dict[str, Any], images: list[str]) -> str:
             for v, row in dp["tcp_gbps"].items():
                 a(f"| {label(v)} | {_fmt(row['raw'])} | {_fmt(row['ratio'], 'x')} |")
             a("")
+    pin = _pinpath()
+    if pin:
+        a("### Where the pinning cost goes (steer, 4 members, 4096 flows)\n")
+        a(
+            f"`{pin['command']}`, {pin['date']}, {pin['rounds']} interleaved rounds. "
+            "`ring` = trafgen's TX_RING frames (headers past Ethernet in page fragments: every "
+            "transport-header read at netdev ingress copies); `linear` = its sendto path "
+            "(linear frames, as NIC drivers build them). The lean rows are KERNEL-NOTES' "
+            "hand-written rulesets, measured here for reference.\n"
+        )
+        frames = list(pin["frames"])
+        a("| variant | " + " | ".join(f"{f}: ratio to plain" for f in frames) + " |")
+        a("|---|" + "---|" * len(frames))
+        for name in pin["frames"][frames[0]]:
+            cells = [_fmt(pin["frames"][f][name]["ratio"], "x") for f in frames]
+            a(f"| {name} | " + " | ".join(cells) + " |")
+        a("")
     cp = res.get("controlplane")
     if cp:
         a("## Control plane\n")
@@ -412,6 +431,15 @@ def markdown(res: dict[str, Any], images: list[str]) -> str:
             a(f"- {n}")
         a("")
     return "\n".join(L)
+
+
+def _pinpath() -> dict[str, Any] | None:
+    """bench/pinpath.py's last results, if it was run."""
+    path = Path(__file__).resolve().parent / "results" / "pinpath.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def write(res: dict[str, Any], json_path: Path) -> list[Path]:
