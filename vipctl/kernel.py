@@ -28,7 +28,7 @@ from vipctl.render.nft import (
     NftTable,
     Observed,
     Wiring,
-    object_names,
+    owner_map_name,
     table_name,
 )
 from vipctl.spec import Spec
@@ -314,7 +314,7 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
     index_owner = {ifindex[p]: n for p, n in port_owner.items() if p in ifindex}
     size = spec.partition.buckets
     for family in spec.vip_families:
-        _, owner_map = object_names(family, spec)
+        owner_map = owner_map_name(family, spec)
         if owner_map not in live.maps:
             return None
         table: list[Owner] = [None] * size

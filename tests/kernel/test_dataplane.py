@@ -63,6 +63,31 @@ def test_exactly_once_for_4096_sources_v4_and_v6(
         down(topo, state, "web")
 
 
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+def test_several_vips_of_one_family_each_exactly_once(
+    topo: Lab, tmp_path: Path, state: str, mode: str
+) -> None:
+    """Two IPv4 VIPs (an anonymous set in the rules): both served exactly once by the
+    bucket owner."""
+    extra = "198.51.100.252"
+    for m in topo.members:
+        sh(m.ns, f"ip addr add {extra}/32 dev lo")
+    spec = topo.spec("web", mode=mode, key="mask", bits=8, vips=[topo.vip4, extra])
+    apply(topo, tmp_path, state, spec)
+    try:
+        assert f"{{ {extra}, {topo.vip4} }}" in ruleset(topo.router_ns)
+        sources = traffic.expand(topo.sources4, 1024)
+        want = expected_owners(topo, spec, sources)
+        for vip in (topo.vip4, extra):
+            got = traffic.probe(topo, vip, sources)
+            bad = {s: (got[s], want[s]) for s in sources if got[s] != [want[s]]}
+            assert not bad, f"{vip}: {len(bad)} wrong, e.g. {list(bad.items())[:5]}"
+    finally:
+        down(topo, state, "web")
+        for m in topo.members:
+            sh(m.ns, f"ip addr del {extra}/32 dev lo")
+
+
 def test_shares_match_weights_within_one_bucket(topo: Lab, tmp_path: Path, state: str) -> None:
     spec = topo.spec("web", mode="steer", key="mask", bits=8)
     for m, w in zip(spec["members"], (1, 2, 4), strict=True):

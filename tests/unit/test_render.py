@@ -63,8 +63,8 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
     ingress = table.chains[0]
     assert ingress.hook is not None and 'hook ingress device "up0"' in ingress.hook
     assert ingress.rules == (
-        'ip daddr @vips4 jump vip4 comment "vipctl generation 7"',
-        "ip6 daddr @vips6 jump vip6",
+        'ip daddr 198.51.100.253 jump vip4 comment "vipctl generation 7"',
+        "ip6 daddr 2001:db8:f::253 jump vip6",
     )
     for family in (4, 6):
         chain = next(c for c in table.chains if c.name == f"vip{family}")
@@ -126,7 +126,6 @@ def test_pin_maps_are_never_flushed_by_a_swap() -> None:
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
     pin4, pin6 = "pin4_t600_n1048576_k12", "pin6_t600_n1048576_k12"
     observed = Observed(
-        sets=frozenset({"vips4", "vips6"}),
         maps=frozenset({"buckets4_m3", "buckets6_m3", "deliver4", "deliver6", pin4, pin6}),
         chains=frozenset({"in_up0", "vip4", "vip6", "to4_a", "to4_b", "to6_a", "to6_b"}),
         exists=True,
@@ -148,6 +147,7 @@ def test_upgrade_from_the_mark_map_layout_deletes_the_old_objects() -> None:
     batch = transaction(table, observed).splitlines()
     for line in (
         "delete set netdev vipctl_t alive",
+        "delete set netdev vipctl_t vips4",
         "delete map netdev vipctl_t ports",
         "delete map netdev vipctl_t pin4_t600_n1048576",
         "delete chain netdev vipctl_t out_m1",
@@ -159,8 +159,24 @@ def test_egress_filters_by_port_ifindex_and_rewrites_mac() -> None:
     spec = load_text(SPEC.format(mode="broadcast", key="mask"))
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 1)
     out_m2 = next(c for c in table.chains if c.name == "out_m2")
-    assert "ip daddr @vips4 meta mark != 11 drop" in out_m2.rules
-    assert 'ip daddr @vips4 counter name "c_b" ether daddr set 02:00:00:00:02:02' in out_m2.rules
+    assert "ip daddr 198.51.100.253 meta mark != 11 drop" in out_m2.rules
+    assert (
+        'ip daddr 198.51.100.253 counter name "c_b" ether daddr set 02:00:00:00:02:02'
+        in out_m2.rules
+    )
+
+
+def test_several_vips_make_an_anonymous_set() -> None:
+    spec = load_text(
+        SPEC.format(mode="steer", key="mask").replace(
+            "vips: [198.51.100.253,", "vips: [198.51.100.254, 198.51.100.253,"
+        )
+    )
+    table = build_table(spec, desired(spec, None), fake_wiring(spec), 1)
+    assert (
+        table.chains[0].rules[0].startswith("ip daddr { 198.51.100.253, 198.51.100.254 } jump vip4")
+    )
+    assert not [s for s in table.sets if s.kind == "set"]  # no named VIP sets any more
 
 
 def test_nobody_up_means_empty_maps_and_drop() -> None:

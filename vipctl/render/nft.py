@@ -118,11 +118,19 @@ def runs(table: Layout | tuple[str | None, ...]) -> list[tuple[int, int, str]]:
     return out
 
 
-def object_names(family: int, spec: Spec) -> tuple[str, str]:
-    """Names of the (vips set, owner map) for one address family."""
+def vip_match(family: int, spec: Spec) -> str:
+    """The VIPs of one family as a literal: one address compares in place, several make an
+    anonymous constant set. Cheaper per packet than a named set (a resizable hash lookup),
+    and the rules are rewritten by every transaction anyway."""
+    vips = [str(v) for v in sorted((v for v in spec.vips if v.version == family), key=int)]
+    return vips[0] if len(vips) == 1 else "{ " + ", ".join(vips) + " }"
+
+
+def owner_map_name(family: int, spec: Spec) -> str:
+    """Name of the bucket -> owner map of one address family."""
     p = spec.partition
     suffix = f"m{p.bits}" if p.key == "mask" else f"h{p.bits}_{p.seed:x}"
-    return f"vips{family}", f"buckets{family}_{suffix}"
+    return f"buckets{family}_{suffix}"
 
 
 def counter_name(member: str) -> str:
@@ -194,16 +202,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
     broadcast = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
     for family in families:
         ip = "ip" if family == 4 else "ip6"
-        vips_name, owner_name = object_names(family, spec)
-        vips = sorted((v for v in spec.vips if v.version == family), key=int)
-        sets.append(
-            NftSet(
-                name=vips_name,
-                kind="set",
-                decl=(f"type {'ipv4_addr' if family == 4 else 'ipv6_addr'}",),
-                elements=tuple(str(v) for v in vips),
-            )
-        )
+        owner_name = owner_map_name(family, spec)
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         literals = _bucket_literals(family, p.key, p.bits)
         # An interval map of runs of buckets: a few elements per member instead of one per
@@ -276,7 +275,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 )
             chains.append(NftChain(name=member_chain(family, m.name), hook=None, rules=tuple(body)))
         comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
-        ingress.append(f"{ip} daddr @{vips_name} jump vip{family}{comment}")
+        ingress.append(f"{ip} daddr {vip_match(family, spec)} jump vip{family}{comment}")
     chains.insert(
         0,
         NftChain(
@@ -291,11 +290,11 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
             mac = wiring.macs[m.name]
             for family in families:
                 ip = "ip" if family == 4 else "ip6"
-                out.append(f"{ip} daddr @vips{family} meta mark != {mark[m.name]} drop")
+                out.append(f"{ip} daddr {vip_match(family, spec)} meta mark != {mark[m.name]} drop")
             for family in families:
                 ip = "ip" if family == 4 else "ip6"
                 out.append(
-                    f'{ip} daddr @vips{family} counter name "{counter_name(m.name)}" '
+                    f'{ip} daddr {vip_match(family, spec)} counter name "{counter_name(m.name)}" '
                     f"ether daddr set {mac.lower()}"
                 )
             chains.append(
