@@ -13,6 +13,7 @@ Figures are printed (`pytest -s`) as `MEASURED ...` lines.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -294,6 +295,11 @@ def _kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float:
     return time.time()
 
 
+# Every Stream sends from its own source port: its flows are new to the pin maps, never
+# one of an earlier trial's (which may have been pinned to a takeover member).
+_STREAM_PORTS = itertools.count(45000)
+
+
 class Stream:
     """From each source, one UDP datagram to the VIP every `period`; every reply recorded
     as (receive time, sequence number, member)."""
@@ -309,7 +315,7 @@ class Stream:
         # the kernel stamps each reply on arrival: a thread slowed down by the busy CPUs
         # reads late, but the stamp is still right (times are CLOCK_REALTIME, time.time())
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sock.bind(("0.0.0.0", 0))
+        self.sock.bind(("0.0.0.0", next(_STREAM_PORTS)))
         self.sock.setblocking(False)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
