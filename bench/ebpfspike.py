@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 from pathlib import Path
 
 from bench import dataplane as dp
 from bench.common import PY, ROOT, netns, nft, run
+from bench.report import _fmt
 from vipctl import lab as labmod
 
 SRC = ROOT / "bench" / "ebpf" / "steer.c"
@@ -89,12 +89,8 @@ def main() -> None:
                     shutil.rmtree(work / "state", ignore_errors=True)
                 else:
                     netns(r, ["tc", "qdisc", "del", "dev", up, "clsact"])
-        base = results["plain routing"]
-        for name, values in results.items():
-            ratios = [v / b for v, b in zip(values, base, strict=True)]
-            print(
-                f"{name:40s} {statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"
-            )
+        for name, row in dp.ratios(results, "plain routing").items():
+            print(f"{name:40s} {_fmt(row['ratio'], 'x')}")
     finally:
         labmod.destroy("ebpfspike")
 

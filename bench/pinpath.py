@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench import dataplane as dp
-from bench.common import PY, ROOT, netns, nft, summary
+from bench.common import PY, ROOT, netns, nft
+from bench.report import _fmt
 from vipctl import lab as labmod
 
 RESULT = ROOT / "bench" / "results" / "pinpath.json"
@@ -139,17 +139,9 @@ def main() -> None:
         }
         for f in frames:
             print(f"frames: {f}")
-            rows: dict[str, object] = {}
-            base = results[(f, "plain routing")]
-            for name in VARIANTS:
-                values = results[(f, name)]
-                ratios = [v / b for v, b in zip(values, base, strict=True)]
-                kpps = statistics.median(values) / 1e3
-                rows[name] = {"ratio": summary(ratios, 3), "kpps": round(kpps)}
-                print(
-                    f"  {name:42s} {statistics.median(ratios):.3f}x "
-                    f"({min(ratios):.3f}-{max(ratios):.3f})  {kpps:.0f} kpps"
-                )
+            rows = dp.ratios({n: results[(f, n)] for n in VARIANTS}, "plain routing")
+            for name, row in rows.items():
+                print(f"  {name:48s} {_fmt(row['ratio'], 'x')}  pps {_fmt(row['raw'])}")
             out["frames"][f] = rows  # type: ignore[index]
         RESULT.parent.mkdir(parents=True, exist_ok=True)
         RESULT.write_text(json.dumps(out, indent=1) + "\n")

@@ -200,6 +200,8 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
     mark = {m.name: wiring.ifindex[m.port] for m in present}
     alive = sorted((m for m in present if m.name not in layout.down), key=lambda m: mark[m.name])
     broadcast = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
+    # `ip daddr <VIPs>` per family: the match of the uplink's jump and of each egress rule
+    is_vip = {f: f"{'ip' if f == 4 else 'ip6'} daddr {vip_match(f, spec)}" for f in families}
     for family in families:
         ip = "ip" if family == 4 else "ip6"
         owner_name = owner_map_name(family, spec)
@@ -255,7 +257,8 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 # only TCP/UDP flows are ever pinned, so no protocol check is needed here:
                 # an ICMP packet's bytes at the port offsets simply find no pin
                 f"meta mark set {flow} map @{pin} meta mark vmap @{deliver}",
-                # reached with a mark only by a pin of a member that is not alive
+                # packets arrive unmarked, so a mark here is the pin of a member that is not
+                # alive (an unexpected foreign mark only costs a delete of a missing key)
                 f"meta mark != 0 delete @{pin} {{ {flow} : 0 }}",
             ]
         rules += [f"meta mark set {expr} map @{owner_name} meta mark vmap @{deliver}", "drop"]
@@ -275,7 +278,7 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 )
             chains.append(NftChain(name=member_chain(family, m.name), hook=None, rules=tuple(body)))
         comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
-        ingress.append(f"{ip} daddr {vip_match(family, spec)} jump vip{family}{comment}")
+        ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
     chains.insert(
         0,
         NftChain(
@@ -288,15 +291,11 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         for m in present:
             out: list[str] = []
             mac = wiring.macs[m.name]
-            for family in families:
-                ip = "ip" if family == 4 else "ip6"
-                out.append(f"{ip} daddr {vip_match(family, spec)} meta mark != {mark[m.name]} drop")
-            for family in families:
-                ip = "ip" if family == 4 else "ip6"
-                out.append(
-                    f'{ip} daddr {vip_match(family, spec)} counter name "{counter_name(m.name)}" '
-                    f"ether daddr set {mac.lower()}"
-                )
+            out += [f"{is_vip[f]} meta mark != {mark[m.name]} drop" for f in families]
+            out += [
+                f'{is_vip[f]} counter name "{counter_name(m.name)}" ether daddr set {mac.lower()}'
+                for f in families
+            ]
             chains.append(
                 NftChain(
                     name=f"out_{m.port}",
