@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PY, ROOT, netns, run, summary
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 CLUSTER = "bench"
 
@@ -118,9 +118,11 @@ def swap(lab: labmod.Lab, work: Path, repeats: int) -> dict[str, Any]:
 
 
 def inner_swap(spec_paths: list[str], state_dir: Path, repeats: int) -> dict[str, Any]:
-    from vipctl import controller, kernel
+    from vipctl import controller
+    from vipctl.backends import nft as kernel
+    from vipctl.core.spec import load_spec
+    from vipctl.host import links
     from vipctl.render.nft import build_table, transaction
-    from vipctl.spec import load_spec
 
     specs = [load_spec(p) for p in spec_paths]
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -139,7 +141,7 @@ def inner_swap(spec_paths: list[str], state_dir: Path, repeats: int) -> dict[str
         k: [] for k in ("observe", "build_render", "commit", "verify")
     }
     layouts = [controller.apply(s, state_dir, dry_run=True).layout for s in specs]
-    wiring = kernel.wiring(specs[0])
+    wiring = links.wiring(specs[0])
     for r in range(repeats):
         i = r % 2
         t0 = time.perf_counter()
@@ -213,9 +215,10 @@ def inner_grid(members: list[int], bits_list: list[int], repeats: int) -> list[d
     from pyroute2 import IPRoute
 
     from bench.partition import fake_wiring, observed_for, spec_for, weights
-    from vipctl import kernel
-    from vipctl.partition import compute
-    from vipctl.render.nft import Observed, Wiring, build_table, transaction
+    from vipctl.backends import nft as kernel
+    from vipctl.core.partition import compute
+    from vipctl.render.nft import Observed, build_table, transaction
+    from vipctl.render.wiring import Wiring
 
     with IPRoute() as ipr:
         index = {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}

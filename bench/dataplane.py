@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PY, netns, nft, run, summary
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 CLUSTER = "bench"
 UDP_PORT = 9

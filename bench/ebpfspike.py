@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import dataplane as dp
 from bench.common import PY, ROOT, netns, nft, run
 from bench.report import _fmt
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 SRC = ROOT / "bench" / "ebpf" / "steer.c"
 # name -> clang defines (None: plain routing; "vipctl": vipctl steer with pinning)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import PY, ROOT, netns, summary
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 CLUSTER = "bench"
 GOALS = {"goal_probe_p95_ms": 400, "goal_link_p95_ms": 100, "goal_trials": 20}

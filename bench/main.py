@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import controlplane, dataplane, failover, partition, report
 from bench.common import ROOT, machine
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 RESULTS = ROOT / "bench" / "results"
 PARTS = ("partition", "control", "data", "failover")

@@ -17,9 +17,10 @@ from fractions import Fraction
 from typing import Any
 
 from bench.common import summary, timed
-from vipctl.partition import Layout, Weights, compute, shares
-from vipctl.render.nft import Observed, Wiring, build_table, transaction
-from vipctl.spec import Spec, parse_spec
+from vipctl.core.partition import Layout, Weights, compute, shares
+from vipctl.core.spec import Spec, parse_spec
+from vipctl.render.nft import Observed, build_table, transaction
+from vipctl.render.wiring import Wiring
 
 VIP = "198.51.100.253"
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import dataplane as dp
 from bench.common import PY, ROOT, netns, nft
 from bench.report import _fmt
-from vipctl import lab as labmod
+from vipctl.lab import topology as labmod
 
 RESULT = ROOT / "bench" / "results" / "pinpath.json"
 # name -> pinning settings (None: plain routing; a str: a hand-written ruleset below)

@@ -1,32 +1,31 @@
-"""Orchestration shell: spec -> layout -> ruleset -> kernel -> state. No printing here."""
+"""Orchestration: spec -> layout -> ruleset -> kernel -> state, for every backend.
+
+One `apply` runs for nftables and tc alike: the backend (backends/base.py, chosen by
+`backend_for`) renders, commits and reads back; the host (`Box`: links, preflight checks,
+ARP/ND announcement) is the box around the rules. Both are arguments, so the decisions
+here (adopting the kernel's table, the digest shortcut, the write order, the restore on a
+refusal) are unit-tested over fakes. No printing here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from vipctl import announce, doctor, kernel
-from vipctl import plan as planning
-from vipctl import state as statefile
+from vipctl import statefile
+from vipctl.backends.base import Backend, Live, Plan
+from vipctl.core import plan as planning
+from vipctl.core.partition import Layout, Table, count, shares
+from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
-from vipctl.partition import Layout, bucket_of, count, shares
-from vipctl.render.nft import (
-    Observed,
-    Wiring,
-    build_table,
-    counter_name,
-    digest,
-    render_table,
-    table_name,
-    transaction,
-)
-from vipctl.spec import Spec, parse_spec
+from vipctl.host.doctor import Finding
+from vipctl.render.wiring import Wiring
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,75 @@ class ApplyResult:
     lower_bound: int
     seconds: float
     layout: Layout
+    backend: str = "nftables"
+
+
+# --------------------------------------------------------------------------------------
+# What apply needs from outside: a backend and the host
+# --------------------------------------------------------------------------------------
+
+
+def backend_for(spec: Spec | str) -> Backend:
+    """The one place that maps `spec.backend` to its implementation."""
+    name = spec if isinstance(spec, str) else spec.backend
+    if name == "tc":
+        from vipctl.backends.tc import TcBackend
+
+        return TcBackend()
+    from vipctl.backends.nft import NftBackend
+
+    return NftBackend()
+
+
+class Box(Protocol):
+    """The host around the rules."""
+
+    def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring: ...
+
+    def preflight(self, spec: Spec, down: Collection[str]) -> list[Finding]: ...
+
+    def announce(self, spec: Spec, enabled: bool | None = None) -> list[str]: ...
+
+
+class LiveBox:
+    """This network namespace."""
+
+    def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
+        from vipctl.host import links
+
+        return links.wiring(spec, optional=set(optional))
+
+    def preflight(self, spec: Spec, down: Collection[str]) -> list[Finding]:
+        return preflight(spec, down)
+
+    def announce(self, spec: Spec, enabled: bool | None = None) -> list[str]:
+        from vipctl.host import announce
+
+        return announce.sync(spec, enabled)
+
+
+def preflight(spec: Spec, down: Collection[str] = ()) -> list[Finding]:
+    """The doctor's checks against this network namespace."""
+    from vipctl.host import doctor
+
+    check_batch = None
+    if spec.backend == "nftables":
+        try:
+            from vipctl.backends import nft
+        except ImportError:  # the bindings are missing: the kernel check says so
+            pass
+        else:
+            check_batch = nft.check
+    return doctor.run_checks(spec, doctor.LiveHost(check_batch=check_batch), down)
+
+
+# --------------------------------------------------------------------------------------
+# apply
+# --------------------------------------------------------------------------------------
 
 
 def _previous(
-    spec: Spec, st: statefile.ClusterState | None, live: kernel.LiveTable | None
+    spec: Spec, st: statefile.ClusterState | None, live: Live | None, backend: Backend
 ) -> tuple[Layout | None, int]:
     """What was live: the state file's layout, else the kernel's own table (adopt)."""
     live_gen = live.generation if live is not None else None
@@ -53,13 +117,30 @@ def _previous(
         # state holds what was meant to be live, so converge to it)
         return st.layout, max(st.generation, live_gen or 0)
     if live is not None:
-        found = kernel.live_table(spec)  # reads the owner maps' elements (slow path)
+        found = backend.live_table(spec, live)
         if found is not None:
             table, _ = found
             weights = planning.spec_weights(spec)
             adopted = Layout(bits=spec.partition.bits, weights=weights, base=table, table=table)
             return adopted, live_gen or 0
     return None, (st.generation if st else live_gen or 0)
+
+
+def _recorded(st: statefile.ClusterState | None) -> Spec | None:
+    if st is None or not st.spec:
+        return None
+    try:
+        return parse_spec(st.spec, "state")
+    except Exception:  # a state written by another version: not trusted, re-derived
+        return None
+
+
+def _diff(old: str, new: str) -> str:
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), "live", "new", n=1
+        )
+    )
 
 
 def apply(
@@ -72,199 +153,140 @@ def apply(
     preflight: bool = False,
     host: bool = True,
     reasons: Mapping[str, str] | None = None,
+    backend: Backend | None = None,
+    box: Box | None = None,
 ) -> ApplyResult:
-    """Compute and install the cluster's table in one transaction (idempotent).
+    """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
     `preflight` runs the doctor's checks first (the CLI does; the daemon's failovers do
     not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
     converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
-    only on the spec, so a failover can skip it."""
+    only on the spec, so a failover can skip it. `down=None` keeps the health the state
+    recorded."""
     started = time.perf_counter()
-    if spec.backend == "tc":
-        return _apply_tc(spec, directory, dry_run=dry_run, down=down, started=started)
+    be = backend if backend is not None else backend_for(spec)
+    bx = box if box is not None else LiveBox()
+    be.refuse(spec)
     with statefile.locked(directory, spec.cluster):
-        live = kernel.observe_structure(spec.cluster)
         st = statefile.load(directory, spec.cluster)
-        if live is not None and (st is None or live.generation != st.generation):
-            # the state does not describe the kernel: read the table the slow, full way
-            live = kernel.observe(spec.cluster, with_elements=False)
-        previous, generation = _previous(spec, st, live)
+        recorded = _recorded(st)
+        live = be.observe(spec)
+        if (
+            live is not None
+            and not live.complete
+            and (st is None or live.generation != st.generation)
+        ):
+            # the state does not describe the kernel: read the table the full way
+            live = be.observe(spec, complete=True)
+        previous, generation = _previous(spec, st, live, be)
         layout = planning.desired(spec, previous, down=down)
-        wiring = kernel.wiring(spec, optional=set(layout.down))
+        wiring = bx.wiring(spec, set(layout.down))
         if preflight and not dry_run:
-            _preflight(spec, layout.down)
-        new_table = build_table(spec, layout, wiring, generation + 1)
-        # The state describes the kernel exactly when the live generation is the one we
-        # recorded, on the same ports (ifindex) as now: then nothing needs reading back.
+            _preflight(bx, spec, layout.down)
+        # The state describes the kernel exactly when the live generation is the one it
+        # recorded, by this backend, on the same ports (ifindex) as now: then nothing
+        # needs reading back.
         trusted = (
             previous is not None
             and live is not None
             and st is not None
-            and st.spec is not None
+            and recorded is not None
+            and recorded.backend == spec.backend
             and live.generation == st.generation
             and st.ifindex == dict(wiring.ifindex)
         )
-        old_table = None
-        observed = live.observed if live is not None else Observed()
-        if trusted and st is not None and st.spec is not None and previous is not None:
-            old_spec = parse_spec(st.spec)
-            # netlink gives no counter names: the last committed spec says which exist
-            observed = dataclasses.replace(
-                observed, counters=frozenset(counter_name(m.name) for m in old_spec.members)
-            )
-            if want_diff or dry_run:
-                old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
-                try:
-                    old_table = build_table(old_spec, previous, old_wiring, generation)
-                except KeyError:
-                    old_table = None
-        elif live is not None and not observed.counters:
-            full = kernel.observe(spec.cluster, with_elements=False)
-            observed = full.observed if full is not None else observed
+        plan = be.plan(spec, layout, wiring, generation + 1, live, recorded if trusted else None)
         change = planning.Change(previous, layout)
-        if trusted and st is not None and st.digest == digest(new_table):
-            if host and not dry_run:
-                announce.sync(spec)  # not part of the ruleset digest
+
+        def result(changed: bool, text: str = "", diff: str = "") -> ApplyResult:
             return ApplyResult(
-                generation=generation,
-                changed=False,
+                generation=generation + (1 if changed and not dry_run else 0),
+                changed=changed,
                 dry_run=dry_run,
-                ruleset=render_table(new_table) if want_diff or dry_run else "",
-                diff="",
-                moved=0,
-                lower_bound=0,
+                ruleset=text,
+                diff=diff,
+                moved=len(change.moved) if changed else 0,
+                lower_bound=change.lower_bound if changed else 0,
                 seconds=time.perf_counter() - started,
                 layout=layout,
+                backend=be.name,
             )
-        text = render_table(new_table) if (want_diff or dry_run) else ""
+
+        new_state = statefile.ClusterState(
+            cluster=spec.cluster,
+            generation=generation + 1,
+            layout=layout,
+            digest=plan.digest,
+            spec=spec.model_dump(mode="json"),
+            ifindex=dict(wiring.ifindex),
+            macs=dict(wiring.macs),
+            reasons={**(st.reasons if st else {}), **(reasons or {})},
+        )
+        if trusted and st is not None and st.digest == plan.digest:
+            if not dry_run:
+                if new_state.spec != st.spec or new_state.reasons != st.reasons:
+                    # the kernel is right; the state learns the spec (addresses, health
+                    # settings) and the reasons, keeping its generation
+                    statefile.save(
+                        directory, dataclasses.replace(new_state, generation=st.generation)
+                    )
+                if host:
+                    bx.announce(spec)  # not part of the ruleset digest
+            return result(False, plan.text if want_diff or dry_run else "")
         diff = ""
         if want_diff:
-            old_text = render_table(old_table) if old_table is not None else ""
-            diff = "".join(
-                difflib.unified_diff(
-                    old_text.splitlines(keepends=True),
-                    text.splitlines(keepends=True),
-                    "live",
-                    "new",
-                    n=1,
-                )
+            diff = _diff(
+                _old_text(be, recorded, previous, wiring, st, generation, trusted), plan.text
             )
-        batch = transaction(new_table, observed)
         if dry_run:
-            kernel.check(batch)
-        else:
-            # The state is written first: a crash between the two leaves a state that is
-            # ahead of the kernel, which the next apply converges to. The other order would
-            # leave the kernel ahead with stale health in the state.
-            saved = statefile.read_raw(directory, spec.cluster)
-            statefile.save(
-                directory,
-                statefile.ClusterState(
-                    cluster=spec.cluster,
-                    generation=generation + 1,
-                    layout=layout,
-                    digest=digest(new_table),
-                    spec=spec.model_dump(mode="json"),
-                    ifindex=dict(wiring.ifindex),
-                    macs=dict(wiring.macs),
-                    reasons={**(st.reasons if st else {}), **(reasons or {})},
-                ),
-            )
-            try:
-                kernel.commit(batch)
-            except BaseException:
-                statefile.restore_raw(directory, spec.cluster, saved)
-                raise
-            kernel.verify(new_table, generation + 1, whole=not trusted)
-            if host:
-                announce.sync(spec)
-        return ApplyResult(
-            generation=generation + (0 if dry_run else 1),
-            changed=True,
-            dry_run=dry_run,
-            ruleset=text,
-            diff=diff,
-            moved=len(change.moved),
-            lower_bound=change.lower_bound,
-            seconds=time.perf_counter() - started,
-            layout=layout,
-        )
+            be.check(plan)
+            return result(True, plan.text, diff)
+        _commit(be, plan, directory, new_state, whole=not trusted)
+        if recorded is not None and recorded.backend != spec.backend:
+            # the cluster moved to another backend: the new rules are live, remove the old
+            backend_for(recorded).down(recorded, spec.cluster)
+        if host:
+            bx.announce(spec)
+        return result(True, plan.text if want_diff else "", diff)
 
 
-def _apply_tc(
-    spec: Spec, directory: Path, *, dry_run: bool, down: set[str] | None, started: float
-) -> ApplyResult:
-    """The tc backend (flower, or u32 where it can say the same): make-before-break chain
-    flip, see vipctl/tc_backend.py. No pinning there (tc has no dynamic sets)."""
-    from vipctl import tc_backend
-    from vipctl.render.tc import build_ruleset, render_text
-
-    with statefile.locked(directory, spec.cluster):
-        st = statefile.load(directory, spec.cluster)
-        previous = st.layout if st is not None and st.layout.bits == spec.partition.bits else None
-        live = tc_backend.observe(spec)
-        generation = max(st.generation if st else 0, live.generation if live else 0)
-        layout = planning.desired(spec, previous, down=down)
-        wiring = kernel.wiring(spec, optional=set(layout.down))
-        change = planning.Change(previous, layout)
-        if dry_run:
-            text = render_text(build_ruleset(spec, layout, wiring, generation + 1, slot=1))
-            return ApplyResult(
-                generation=generation,
-                changed=True,
-                dry_run=True,
-                ruleset=text,
-                diff="",
-                moved=len(change.moved),
-                lower_bound=change.lower_bound,
-                seconds=time.perf_counter() - started,
-                layout=layout,
-            )
-        if (
-            live is not None
-            and st is not None
-            and previous == layout
-            and (live.generation == st.generation)
-        ):
-            return ApplyResult(
-                generation=generation,
-                changed=False,
-                dry_run=False,
-                ruleset="",
-                diff="",
-                moved=0,
-                lower_bound=0,
-                seconds=time.perf_counter() - started,
-                layout=layout,
-            )
-        result = tc_backend.apply(spec, layout, wiring, generation + 1)
-        statefile.save(
-            directory,
-            statefile.ClusterState(
-                cluster=spec.cluster,
-                generation=result.generation,
-                layout=layout,
-                digest="tc",
-                spec=spec.model_dump(mode="json"),
-                ifindex=dict(wiring.ifindex),
-                macs=dict(wiring.macs),
-            ),
-        )
-        return ApplyResult(
-            generation=result.generation,
-            changed=True,
-            dry_run=False,
-            ruleset=result.text,
-            diff="",
-            moved=len(change.moved),
-            lower_bound=change.lower_bound,
-            seconds=time.perf_counter() - started,
-            layout=layout,
-        )
+def _old_text(
+    be: Backend,
+    recorded: Spec | None,
+    previous: Layout | None,
+    wiring: Wiring,
+    st: statefile.ClusterState | None,
+    generation: int,
+    trusted: bool,
+) -> str:
+    """The live ruleset as text, re-rendered from the state (for --diff)."""
+    if not trusted or recorded is None or previous is None or st is None:
+        return ""
+    old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+    try:
+        return be.render(recorded, previous, old_wiring, generation).text
+    except KeyError:
+        return ""
 
 
-def _preflight(spec: Spec, down: tuple[str, ...]) -> None:
-    found = doctor.errors(doctor.preflight(spec, down=down))
+def _commit(
+    be: Backend, plan: Plan, directory: Path, state: statefile.ClusterState, *, whole: bool
+) -> None:
+    """The state is written first: a crash between the two leaves a state that is ahead of
+    the kernel, which the next apply converges to. The other order would leave the kernel
+    ahead with stale health in the state. A refused commit puts the old state back."""
+    saved = statefile.read_raw(directory, state.cluster)
+    statefile.save(directory, state)
+    try:
+        be.commit(plan)
+    except BaseException:
+        statefile.restore_raw(directory, state.cluster, saved)
+        raise
+    be.verify(plan, whole=whole)
+
+
+def _preflight(box: Box, spec: Spec, down: tuple[str, ...]) -> None:
+    found = [f for f in box.preflight(spec, down) if f.status == "error"]
     if found:
         raise KernelError(
             "preflight check failed, nothing changed: "
@@ -281,48 +303,75 @@ def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
     return parse_spec(data)
 
 
-def down(cluster: str, directory: Path) -> bool:
-    """Remove the cluster's table and state; touches nothing else."""
+# --------------------------------------------------------------------------------------
+# down, clusters, status, which
+# --------------------------------------------------------------------------------------
+
+
+def down(cluster: str, directory: Path, *, box: Box | None = None) -> bool:
+    """Remove the cluster's kernel objects (any backend) and state; touches nothing else."""
+    bx = box if box is not None else LiveBox()
     with statefile.locked(directory, cluster):
         st = statefile.load(directory, cluster)
+        spec = _recorded(st)
         removed = False
-        if st is not None and st.spec is not None:
-            spec = parse_spec(st.spec)
-            announce.sync(spec, False)  # stop answering ARP/ND for its VIPs
-            if spec.backend == "tc":
-                from vipctl import tc_backend
-
-                removed = tc_backend.delete(spec)
-        removed = kernel.delete_table(cluster) or removed
+        if spec is not None:
+            bx.announce(spec, False)  # stop answering ARP/ND for its VIPs
+            if spec.backend != "nftables":
+                removed = backend_for(spec).down(spec, cluster)
+        # the nftables table is found by name, with or without a state
+        removed = backend_for("nftables").down(spec, cluster) or removed
         statefile.remove(directory, cluster)
         return removed
 
 
+def _known_specs(directory: Path) -> list[Spec]:
+    out = []
+    for name in statefile.clusters(directory):
+        try:
+            spec = _recorded(statefile.load(directory, name))
+        except StateError:
+            continue
+        if spec is not None:
+            out.append(spec)
+    return out
+
+
 def clusters(directory: Path) -> list[str]:
-    names = {n.removeprefix("vipctl_").replace("_", "-") for n in kernel.list_tables()}
+    """Every cluster installed here, whatever its backend."""
+    known = _known_specs(directory)
+    names: set[str] = set()
+    for backend in ("nftables", "tc"):
+        if backend == "tc" and not any(s.backend == "tc" for s in known):
+            continue
+        names.update(backend_for(backend).clusters(known))
     return sorted(names)
 
 
 def status(cluster: str, directory: Path) -> dict[str, Any]:
     """What the kernel says is live, joined with the state (weights, health)."""
-    live = kernel.observe(cluster)
     st = statefile.load(directory, cluster)
-    if live is None:
-        raise KernelError(f"cluster {cluster} is not installed (no table {table_name(cluster)})")
-    if st is None or not st.spec:
+    spec = _recorded(st)
+    if st is None or spec is None:
+        if cluster not in backend_for("nftables").clusters([]):
+            raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
         raise StateError(
             f"cluster {cluster} is live but has no state in {directory}; run vipctl apply"
         )
-    spec = parse_spec(st.spec)
-    found = kernel.live_table(spec, live)
+    be = backend_for(spec)
+    live = be.observe(spec, complete=True)
+    if live is None:
+        raise KernelError(f"cluster {cluster} is not installed ({be.name} backend)")
+    found = be.live_table(spec, live)
     live_counts = count(found[0]) if found else {}
     layout = st.layout
     targets = {s.name: s for s in shares(layout, with_entries=False)}
-    pinned, _ = pinned_flows(spec) if spec.pinning.enabled else ({}, [])
+    counters = be.counters(spec, live)
+    pinned, _ = be.pinned(spec)
     members = []
     total = spec.partition.buckets
     for m in spec.members:
-        packets, nbytes = live.counters.get(counter_name(m.name), (0, 0))
+        packets, nbytes = counters.get(m.name, (0, 0))
         share = targets.get(m.name)
         members.append(
             {
@@ -340,8 +389,9 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
                 "pinned": pinned.get(m.name, 0),
             }
         )
-    return {
+    report: dict[str, Any] = {
         "cluster": cluster,
+        "backend": be.name,
         "generation": live.generation,
         "mode": spec.mode,
         "key": spec.partition.key,
@@ -353,37 +403,37 @@ def status(cluster: str, directory: Path) -> dict[str, Any]:
         and found[0] == layout.table,
         "members": members,
     }
+    offload = be.offload(live)
+    if offload is not None:
+        report["offload"] = offload
+    return report
 
 
-def _pin_bucket(spec: Spec, pin: kernel.Pin) -> int | None:
-    """The bucket of a pinned flow's source, when the pin key carries enough of it."""
-    p = spec.partition
-    if pin.family == 4:
-        return bucket_of(str(pin.key[0]), p.key, p.bits, p.seed)
-    if p.key == "mask":  # the IPv6 key keeps the low 64 source bits: enough for <= 16 bits
-        return int(pin.key[0]) & ((1 << p.bits) - 1)
-    return None
+def live_table(spec: Spec) -> tuple[Table, dict[int, Table]] | None:
+    """The bucket table packets meet now, read from the kernel (None: not installed)."""
+    be = backend_for(spec)
+    live = be.observe(spec, complete=True)
+    return be.live_table(spec, live) if live is not None else None
 
 
-def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
-    """Pinned flows per member, and (bucket, member) of each pin (bucket None: unknown)."""
-    found = kernel.pins(spec.cluster)
-    ifindex = kernel.port_ifindex(spec)
-    by_index = {ifindex[m.port]: m.name for m in spec.members if m.port in ifindex}
-    per: dict[str, int] = {m.name: 0 for m in spec.members}
-    flows: list[tuple[int | None, str | None]] = []
-    for pin in found:
-        owner = by_index.get(pin.mark)
-        if owner is not None:
-            per[owner] += 1
-        flows.append((_pin_bucket(spec, pin), owner))
-    return per, flows
+def live_layout(spec: Spec) -> Layout | None:
+    """For `which`: the live table as a Layout (None when not installed)."""
+    try:
+        found = live_table(spec)
+    except KernelError:
+        return None
+    if found is None:
+        return None
+    table, _ = found
+    return Layout(
+        bits=spec.partition.bits, weights=tuple(spec.weights.items()), base=table, table=table
+    )
 
 
 def pins_in_moved_buckets(spec: Spec, moved_buckets: list[int]) -> tuple[int, int]:
     """(pinned flows whose source bucket moves, pinned flows whose bucket is unknown)."""
     moving = set(moved_buckets)
-    _, flows = pinned_flows(spec)
+    _, flows = backend_for(spec).pinned(spec)
     inside = sum(1 for b, _ in flows if b is not None and b in moving)
     unknown = sum(1 for b, _ in flows if b is None)
     return inside, unknown

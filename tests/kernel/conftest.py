@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vipctl import lab as labmod
-from vipctl.lab import Lab
+from vipctl.lab import topology as labmod
+from vipctl.lab.topology import Lab
 
 HERE = Path(__file__).parent
 PREFIX_RE = re.compile(r"^vt(\d+)x\d+-")

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vipctl import kernel
-from vipctl.lab import Lab
-from vipctl.partition import bucket_of
-from vipctl.spec import parse_spec
+from vipctl.backends import nft as kernel
+from vipctl.core.partition import bucket_of
+from vipctl.core.spec import parse_spec
+from vipctl.host import links
+from vipctl.lab.topology import Lab
 
 
 def vipctl(ns: str, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -61,7 +62,7 @@ def ruleset(ns: str) -> str:
 def expected_owners(lab: Lab, spec: dict[str, Any], sources: list[str]) -> dict[str, str | None]:
     """Owner of each source according to the live table read from the router's kernel."""
     model = parse_spec(spec)
-    with kernel.in_netns(lab.router_ns):
+    with links.in_netns(lab.router_ns):
         found = kernel.live_table(model)
     assert found is not None, "cluster not installed"
     p = model.partition

@@ -12,7 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from vipctl import controller
-from vipctl.spec import load_spec
+from vipctl.core.spec import load_spec
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from tests.kernel.helpers import sh, vipctl, write_spec
-from vipctl import traffic
-from vipctl.lab import Lab
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 
 def test_rebalance_of_one_cluster_leaves_the_other_intact(topo: Lab, tmp_path: Path) -> None:

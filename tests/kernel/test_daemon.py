@@ -35,12 +35,14 @@ import pytest
 
 from tests.kernel.conftest import unique_prefix
 from tests.kernel.helpers import sh, vipctl, write_spec
-from vipctl import kernel, traffic
-from vipctl import lab as labmod
+from vipctl.backends import nft as kernel
+from vipctl.core.partition import Table, bucket_of
+from vipctl.core.spec import parse_spec
 from vipctl.errors import KernelError
-from vipctl.lab import Lab
-from vipctl.partition import Table, bucket_of
-from vipctl.spec import parse_spec
+from vipctl.host import links
+from vipctl.lab import topology as labmod
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 INTERVAL_MS = 100
 FALL = 3
@@ -103,7 +105,7 @@ def start_echo(topo: Lab, name: str) -> None:
             "-f",
             sys.executable,
             "-m",
-            "vipctl.echo",
+            "vipctl.lab.echo",
             "--name",
             m.name,
             "--port",
@@ -134,7 +136,7 @@ REFUSE_TCP = "tcp dport 7000 reject with tcp reset"
 def block_tcp(topo: Lab, name: str, on: bool, rule: str = REFUSE_TCP) -> None:
     """Make the member refuse TCP on the echo port (probes fail) while its UDP echo still
     answers: any datagram the router sent it would be answered and seen."""
-    with kernel.in_netns(topo.by_name(name).ns):
+    with links.in_netns(topo.by_name(name).ns):
         kernel.commit(BLOCK.format(rule=rule) if on else UNBLOCK)
 
 
@@ -167,7 +169,7 @@ class Cluster:
     def live(self) -> tuple[int | None, Table]:
         """Generation and bucket table as the router's kernel has them now."""
         model = parse_spec(self.spec)
-        with kernel.in_netns(self.topo.router_ns):
+        with links.in_netns(self.topo.router_ns):
             observed = kernel.observe(model.cluster)
             assert observed is not None, "cluster not installed"
             found = kernel.live_table(model, observed)
@@ -309,7 +311,7 @@ class Stream:
         self.sources = sources
         self.period = period
         self.replies: dict[str, list[tuple[float, int, str]]] = {s: [] for s in sources}
-        with kernel.in_netns(topo.client_ns):
+        with links.in_netns(topo.client_ns):
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
         # the kernel stamps each reply on arrival: a thread slowed down by the busy CPUs

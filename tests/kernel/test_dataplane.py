@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.kernel.helpers import expected_owners, ruleset, sh, vipctl, vipctl_spawn, write_spec
-from vipctl import traffic
-from vipctl.lab import Lab
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 HERE = Path(__file__).parent
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from tests.kernel.helpers import vipctl, write_spec
-from vipctl import lab as labmod
-from vipctl import traffic
-from vipctl.lab import Lab
+from vipctl.lab import topology as labmod
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 LabFactory = Callable[..., Lab]
 
@@ -166,8 +166,9 @@ def test_doctor_kernel_check_names_missing_features(lab: LabFactory) -> None:
     assert rc == 1 and "CONFIG_NET_CLS_FLOWER" in c["fix"] and "backend: nftables" in c["fix"]
 
     code = (
-        "from vipctl.doctor import LiveHost, probe_batch\n"
-        "h = LiveHost()\n"
+        "from vipctl.backends.nft import check\n"
+        "from vipctl.host.doctor import LiveHost, probe_batch\n"
+        "h = LiveHost(check_batch=check)\n"
         "print(h.nft_check(probe_batch('dup')))\n"
         "print(h.nft_check(probe_batch('fwd').replace('fwd to \"lo\"', 'fwd to \"nope0\"')))\n"
     )
@@ -238,7 +239,7 @@ def sync_announce(lb: Lab, spec_path: Path, enabled: bool) -> None:
     import sys
 
     code = (
-        "import sys\nfrom vipctl import announce\nfrom vipctl.spec import load_spec\n"
+        "import sys\nfrom vipctl.host import announce\nfrom vipctl.core.spec import load_spec\n"
         f"print(announce.sync(load_spec(sys.argv[1]), {enabled}))\n"
     )
     labmod.run_in(lb.router_ns, [sys.executable, "-c", code, str(spec_path)])

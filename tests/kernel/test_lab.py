@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from vipctl import lab as labmod
-from vipctl import traffic
-from vipctl.lab import Lab
+from vipctl.lab import topology as labmod
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 LabFactory = Callable[..., Lab]
 

@@ -9,8 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from tests.kernel.helpers import expected_owners, vipctl, vipctl_spawn, write_spec
-from vipctl import traffic
-from vipctl.lab import Lab
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 
 def scrape(ns: str, url: str) -> dict[tuple[str, str], float]:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tests.kernel.helpers import expected_owners, vipctl, vipctl_spawn, write_spec
-from vipctl import traffic
-from vipctl.lab import Lab
-from vipctl.partition import bucket_of
-from vipctl.plan import desired, parse_weights
-from vipctl.spec import parse_spec
+from vipctl.core.partition import bucket_of
+from vipctl.core.plan import desired, parse_weights
+from vipctl.core.spec import parse_spec
+from vipctl.lab import traffic
+from vipctl.lab.topology import Lab
 
 
 class Cluster:

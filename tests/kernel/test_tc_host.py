@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.kernel.helpers import ruleset, sh, vipctl, write_spec
-from vipctl.lab import Lab
+from vipctl.lab.topology import Lab
 
 
 def snapshot(ns: str) -> tuple[str, str]:

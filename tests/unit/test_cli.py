@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vipctl.cli import app
+from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()

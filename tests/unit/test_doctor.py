@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from vipctl import announce
-from vipctl.doctor import (
+from vipctl.core.spec import Spec, load_text
+from vipctl.host import announce
+from vipctl.host.doctor import (
     Finding,
     LinkInfo,
     Neighbour,
@@ -17,7 +18,6 @@ from vipctl.doctor import (
     probe_batch,
     run_checks,
 )
-from vipctl.spec import Spec, load_text
 
 SPEC = """
 cluster: web

@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vipctl import health, sdnotify
-from vipctl.daemon import describe_moves, status_line
-from vipctl.health import (
+from vipctl.core.partition import Layout
+from vipctl.core.spec import Member, Spec, parse_spec
+from vipctl.service import health, sdnotify
+from vipctl.service.daemon import describe_moves, status_line
+from vipctl.service.health import (
     MemberHealth,
     Thresholds,
     Transition,
@@ -27,8 +29,6 @@ from vipctl.health import (
     observe,
     required_rise,
 )
-from vipctl.partition import Layout
-from vipctl.spec import Member, Spec, parse_spec
 
 TH = Thresholds(rise=2, fall=3)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from vipctl.core.spec import load_text
 from vipctl.errors import UsageError
-from vipctl.member import build_setup, render, sysctl
-from vipctl.spec import load_text
+from vipctl.host.member import build_setup, render
+from vipctl.host.sysctl import sysctl
 
 SPEC = """
 cluster: web

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from vipctl.plan import desired
-from vipctl.render.nft import Observed, Wiring, build_table, render_table, transaction
-from vipctl.spec import Spec, load_spec, load_text
+from vipctl.core.plan import desired
+from vipctl.core.spec import Spec, load_spec, load_text
+from vipctl.render.nft import Observed, build_table, render_table, transaction
+from vipctl.render.wiring import Wiring
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))

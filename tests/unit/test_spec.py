@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from vipctl.core.spec import load_spec, load_text
 from vipctl.errors import SpecError
-from vipctl.spec import load_spec, load_text
 
 GOOD = """
 cluster: web

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from vipctl import tcnl
+from vipctl.backends import tcnl
+from vipctl.core.partition import Layout, compute, shares
+from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import SpecError
-from vipctl.partition import Layout, compute, shares
-from vipctl.render.nft import Wiring
 from vipctl.render.tc import (
     DISPATCH_PRIO,
     SLOT_CHAINS,
@@ -33,7 +33,7 @@ from vipctl.render.tc import (
     render_text,
     rules_per_port,
 )
-from vipctl.spec import Spec, parse_spec
+from vipctl.render.wiring import Wiring
 
 ROOT = Path(__file__).resolve().parents[2]
 

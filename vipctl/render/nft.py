@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
-from vipctl.partition import Layout
-from vipctl.spec import Spec
+from vipctl.core.partition import Layout
+from vipctl.core.spec import Spec
+from vipctl.render.wiring import Wiring
 
 TABLE_PREFIX = "vipctl_"
 GENERATION_TAG = "vipctl generation"
@@ -64,14 +64,6 @@ class NftTable:
     @property
     def ref(self) -> str:
         return f"{self.family} {self.name}"
-
-
-@dataclass(frozen=True)
-class Wiring:
-    """Kernel facts the rules embed: each port's ifindex and each member's MAC."""
-
-    ifindex: Mapping[str, int]  # port name -> ifindex
-    macs: Mapping[str, str]  # member name -> MAC
 
 
 def _key_expr(family: int, key: str, bits: int, seed: int) -> tuple[str, str]:
@@ -388,8 +380,9 @@ def transaction(table: NftTable, observed: Observed) -> str:
     return "\n".join(cmds) + "\n"
 
 
-def digest(table: NftTable) -> str:
-    """Identifies a ruleset independent of its generation comment."""
-    text = render_table(table)
+def digest(table: NftTable, text: str | None = None) -> str:
+    """Identifies a ruleset independent of its generation comment (`text`: the table
+    rendered already)."""
+    text = render_table(table) if text is None else text
     lines = [ln.split(' comment "')[0] for ln in text.splitlines()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]

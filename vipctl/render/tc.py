@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
+from vipctl.core.partition import Entry, Layout, shares
+from vipctl.core.spec import Spec
 from vipctl.errors import SpecError
-from vipctl.partition import Entry, Layout, shares
-from vipctl.render.nft import Wiring
-from vipctl.spec import Spec
+from vipctl.render.wiring import Wiring
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800

@@ -22,13 +22,15 @@ from typing import Any
 
 import pytest
 
-from vipctl import echo, partition, tc_backend, traffic
-from vipctl import lab as labmod
-from vipctl.lab import Lab
-from vipctl.partition import Layout, bucket_of
-from vipctl.render.nft import Wiring
+from vipctl.backends import tc as tc_backend
+from vipctl.core import partition
+from vipctl.core.partition import Layout, bucket_of
+from vipctl.core.spec import Spec, parse_spec
+from vipctl.lab import echo, traffic
+from vipctl.lab import topology as labmod
+from vipctl.lab.topology import Lab
 from vipctl.render.tc import rules_per_port
-from vipctl.spec import Spec, parse_spec
+from vipctl.render.wiring import Wiring
 
 _libc = ctypes.CDLL(None, use_errno=True)
 CLONE_NEWNET = 0x40000000

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from vipctl.errors import UsageError, VipctlError
-from vipctl.stats import DaemonStats
+from vipctl.service.stats import DaemonStats
 
 
 class ClusterCollector(Collector):

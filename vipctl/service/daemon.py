@@ -29,21 +29,18 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import typer
-
-from vipctl import sdnotify
-from vipctl import state as statefile
+from vipctl import statefile
+from vipctl.core.spec import Spec, load_spec
 from vipctl.errors import SpecError, VipctlError
-from vipctl.options import SpecArg, StateDirOpt
-from vipctl.spec import Spec, load_spec
-from vipctl.stats import DaemonStats
+from vipctl.service import sdnotify
+from vipctl.service.stats import DaemonStats
 
 if TYPE_CHECKING:
     from vipctl.controller import ApplyResult
-    from vipctl.health import Monitor, Transition
-    from vipctl.partition import Layout
+    from vipctl.core.partition import Layout
+    from vipctl.service.health import Monitor, Transition
 
 log = logging.getLogger("vipctl.daemon")
 
@@ -292,7 +289,7 @@ class Daemon:
 
     # -- main ---------------------------------------------------------------------------
     async def run(self) -> int:
-        from vipctl import health
+        from vipctl.service import health
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -353,37 +350,25 @@ class Daemon:
         return 0
 
 
-# --------------------------------------------------------------------------------------
-# The command (registered in cli.py)
-# --------------------------------------------------------------------------------------
-
-
-def command(
-    spec_path: SpecArg,
-    state_dir: StateDirOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every probe")] = False,
-    metrics: Annotated[
-        str | None,
-        typer.Option("--metrics", help="serve Prometheus metrics on ADDR:PORT (off by default)"),
-    ] = None,
-) -> None:
-    """The service: apply, probe members, fail over and restore, reload on SIGHUP, notify
-    systemd. SIGTERM leaves the rules in place."""
+def main(
+    spec_path: Path, state_dir: Path, *, verbose: bool = False, metrics: str | None = None
+) -> int:
+    """Run the service until SIGTERM; returns the process's exit code (78: bad spec)."""
     setup_logging(verbose)
     try:
         spec = load_spec(spec_path)
     except SpecError as exc:
         for line in exc.problems:
             log.error("%s: %s", exc.source, line)
-        raise typer.Exit(EX_CONFIG) from None
-    daemon = Daemon(spec_path, statefile.state_dir(state_dir), spec)
+        return EX_CONFIG
+    daemon = Daemon(spec_path, state_dir, spec)
     if metrics:
-        from vipctl import metrics as exporter
+        from vipctl.service import metrics as exporter
 
         try:
             exporter.serve(metrics, daemon.state_dir, [spec.cluster], {spec.cluster: daemon.stats})
         except (VipctlError, OSError) as exc:
             log.error("cannot serve metrics on %s: %s", metrics, exc)
-            raise typer.Exit(2) from None
+            return 2
         log.info("serving metrics on http://%s/metrics", metrics)
-    raise typer.Exit(asyncio.run(daemon.run()))
+    return asyncio.run(daemon.run())

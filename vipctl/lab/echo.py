@@ -1,4 +1,4 @@
-"""Member-side echo service for the lab: ``python -m vipctl.echo --name web1 --port 7000``.
+"""Member-side echo service for the lab: ``python -m vipctl.lab.echo --name web1 --port 7000``.
 
 UDP: every datagram to the port (any local address: VIPs or the member's own) is answered
 with ``b"<name> " + payload``, sent FROM the address the datagram was sent TO (IP_PKTINFO /
@@ -193,7 +193,7 @@ def _loop(sel: selectors.BaseSelector, conns: dict[int, _Conn], prefix: bytes) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vipctl.echo", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m vipctl.lab.echo", description=__doc__)
     ap.add_argument("--name", required=True, help="member name put in front of every reply")
     ap.add_argument("--port", type=int, default=7000)
     ap.add_argument("--ready", action="store_true", help="print 'ready' once listening")

@@ -30,9 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 
+from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.member import ip, ip_json, read_sysctl, sysctl, write_sysctl
-from vipctl.spec import Spec
+from vipctl.host.iproute import ip, ip_json
+from vipctl.host.sysctl import read_sysctl, sysctl, write_sysctl
 
 PROTO = "211"  # rt_protos number tagging vipctl's routes and proxy entries
 METRIC = "4211"  # a metric of its own, so `replace` never overwrites an operator's route

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from vipctl.core.partition import Layout, Weights, compute, count, moved, shares
+from vipctl.core.spec import Spec
 from vipctl.errors import UsageError
-from vipctl.partition import Layout, Weights, compute, count, moved, shares
-from vipctl.spec import Spec
 
 
 def parse_weights(text: str, spec: Spec) -> dict[str, Fraction]:

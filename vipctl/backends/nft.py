@@ -1,4 +1,4 @@
-"""The kernel shell: the only module that imports the nftables bindings or pyroute2.
+"""The nftables backend: the only module that imports the nftables bindings.
 
 Everything here works in the network namespace the process runs in (run vipctl under
 `ip netns exec NS` for another one). One libnftables call is one kernel transaction.
@@ -6,36 +6,36 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Any
 
 import nftables
-from pyroute2 import IPRoute
 
+from vipctl.backends.base import Live, Plan
+from vipctl.core.partition import Layout, Owner, Table, bucket_of
+from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.netutil import poke_neighbour
-from vipctl.partition import Layout, Owner, Table
+from vipctl.host import links
 from vipctl.render.nft import (
     GENERATION_TAG,
     TABLE_PREFIX,
     NftTable,
     Observed,
-    Wiring,
+    build_table,
+    counter_name,
+    digest,
     owner_map_name,
+    render_table,
     table_name,
+    transaction,
 )
-from vipctl.spec import Spec
-
-# REACHABLE STALE DELAY PROBE NOARP PERMANENT
-NUD_RESOLVED = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
-
+from vipctl.render.wiring import Wiring
 
 _CONTEXTS: dict[tuple[int, bool], Any] = {}
 
@@ -43,9 +43,8 @@ _CONTEXTS: dict[tuple[int, bool], Any] = {}
 def _context(json_output: bool) -> Any:
     """One libnftables context per network namespace (a context binds to the namespace
     that is current when it is created; creating and freeing one costs ~20 ms)."""
-    import os
 
-    key = (os.stat("/proc/self/ns/net").st_ino, json_output)
+    key = (links.netns_inode(), json_output)
     if os.environ.get("VIPCTL_NO_CTX_CACHE"):
         nft = nftables.Nftables()
         if json_output:
@@ -70,7 +69,6 @@ def _nft() -> Any:
 def _quiet_stderr() -> Iterator[None]:
     """libnftables 1.0.6 fprintf()s "stmt ops map have no json callback" to fd 2 for every
     `update @map { k : v }` it lists as JSON; errors we need come back in the buffer."""
-    import os
 
     saved = os.dup(2)
     try:
@@ -265,7 +263,7 @@ def _nftables_netlink() -> Iterator[Any]:
     threads)."""
     from pyroute2.nftables.main import NFTables
 
-    key = (os.stat("/proc/self/ns/net").st_ino, threading.get_ident())
+    key = (links.netns_inode(), threading.get_ident())
     with _NFNL_LOCK:
         nft = _NFNL.get(key)
         if nft is None:
@@ -309,7 +307,7 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
     if live is None:
         return None
     by_family: dict[int, Table] = {}
-    ifindex = _ifindex_by_port(spec)
+    ifindex = links.port_ifindex(spec)
     port_owner = {m.port: m.name for m in spec.members}
     index_owner = {ifindex[p]: n for p, n in port_owner.items() if p in ifindex}
     size = spec.partition.buckets
@@ -351,114 +349,6 @@ def live_layout(spec: Spec) -> Layout | None:
     return Layout(
         bits=spec.partition.bits, weights=tuple(spec.weights.items()), base=table, table=table
     )
-
-
-# --------------------------------------------------------------------------------------
-# Links and neighbours
-# --------------------------------------------------------------------------------------
-
-
-def port_ifindex(spec: Spec) -> dict[str, int]:
-    """ifindex of the uplink and of every member port that exists."""
-    return _ifindex_by_port(spec)
-
-
-def _ifindex_by_port(spec: Spec) -> dict[str, int]:
-    wanted = {spec.uplink, *(m.port for m in spec.members)}
-    with _iproute() as ipr:  # one dump of every link, not one lookup per name
-        names = {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
-    return {name: names[name] for name in wanted if name in names}
-
-
-NO_MAC = "00:00:00:00:00:00"
-
-
-_IPR: dict[tuple[int, int], Any] = {}
-_IPR_LOCK = threading.Lock()
-
-
-@contextmanager
-def _iproute() -> Iterator[Any]:
-    """One rtnetlink socket per network namespace, reused (a new one costs 5-25 ms under
-    load, which a failover would wait for), per thread (pyroute2 sockets drive an asyncio
-    loop of their own). Calls are serialized by a lock."""
-    key = (os.stat("/proc/self/ns/net").st_ino, threading.get_ident())
-    with _IPR_LOCK:
-        ipr = _IPR.get(key)
-        if ipr is None:
-            ipr = _IPR[key] = IPRoute()
-        try:
-            yield ipr
-        except (OSError, RuntimeError):
-            _IPR.pop(key, None)
-            ipr.close()
-            raise
-
-
-def wiring(
-    spec: Spec,
-    resolve_timeout: float = 1.5,
-    optional: frozenset[str] | set[str] = frozenset(),
-) -> Wiring:
-    """Each port's ifindex and each member's MAC; KernelError naming what is missing.
-
-    Members in `optional` (known to be down) are not waited for: a down member gets no
-    packet (it owns no bucket and its pins are released), so its MAC may be unknown
-    (00:00:00:00:00:00) until it comes back, and its port may even be gone (then the
-    ruleset leaves that port out).
-    """
-    ifindex = _ifindex_by_port(spec)
-    missing = []
-    if spec.uplink not in ifindex:
-        missing.append(f"uplink '{spec.uplink}' does not exist")
-    for m in spec.members:
-        if m.port not in ifindex and m.name not in optional:
-            missing.append(f"port '{m.port}' of member {m.name} does not exist")
-    if missing:
-        raise KernelError("; ".join(missing) + " (nothing changed)")
-    macs: dict[str, str] = {}
-    pending = []
-    with _iproute() as ipr:
-        for m in spec.members:
-            if m.port not in ifindex:
-                continue
-            if m.mac:
-                macs[m.name] = m.mac.lower()
-            elif m.name in optional:
-                macs[m.name] = _neighbour(ipr, ifindex[m.port], m.address) or NO_MAC
-            else:
-                mac = _neighbour(ipr, ifindex[m.port], m.address)
-                if mac is None:
-                    poke_neighbour(m.address, m.port)
-                    pending.append(m)
-                else:
-                    macs[m.name] = mac
-        deadline = time.monotonic() + resolve_timeout
-        for m in pending:
-            mac = _neighbour(ipr, ifindex[m.port], m.address)
-            while mac is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-                mac = _neighbour(ipr, ifindex[m.port], m.address)
-            if mac is None:
-                raise KernelError(
-                    f"cannot resolve the MAC of member {m.name} ({m.address}) on port "
-                    f"{m.port}: no neighbour answer within {resolve_timeout:g}s. Is the "
-                    f"member up and on that port? (or set members[].mac) (nothing changed)"
-                )
-            macs[m.name] = mac
-    return Wiring(ifindex=ifindex, macs=macs)
-
-
-def _neighbour(ipr: Any, ifindex: int, address: IPv4Address | IPv6Address) -> str | None:
-    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    # filtered by the kernel (NDA_DST + ifindex): no dump of the whole neighbour table
-    for msg in ipr.get_neighbours(family=family, ifindex=ifindex, dst=str(address)):
-        if msg.get_attr("NDA_DST") != str(address):
-            continue
-        mac = msg.get_attr("NDA_LLADDR")
-        if mac and msg["state"] & NUD_RESOLVED and mac != "00:00:00:00:00:00":
-            return str(mac).lower()
-    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -530,18 +420,119 @@ def pins(cluster: str) -> list[Pin]:
     return out
 
 
-@contextmanager
-def in_netns(name: str | None) -> Iterator[None]:
-    """Run the block inside network namespace `name` (libnftables binds at creation)."""
-    if not name:
-        yield
-        return
-    from pyroute2 import netns
+# --------------------------------------------------------------------------------------
+# Pinned flows
+# --------------------------------------------------------------------------------------
 
-    fd = open("/proc/self/ns/net")  # noqa: SIM115
-    try:
-        netns.setns(name)
-        yield
-    finally:
-        netns.setns(fd)
-        fd.close()
+
+def _pin_bucket(spec: Spec, pin: Pin) -> int | None:
+    """The bucket of a pinned flow's source, when the pin key carries enough of it."""
+    p = spec.partition
+    if pin.family == 4:
+        return bucket_of(str(pin.key[0]), p.key, p.bits, p.seed)
+    if p.key == "mask":  # the IPv6 key keeps the low 64 source bits: enough for <= 16 bits
+        return int(pin.key[0]) & ((1 << p.bits) - 1)
+    return None
+
+
+def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
+    """Pinned flows per member, and (bucket, member) of each pin (bucket None: unknown)."""
+    found = pins(spec.cluster)
+    ifindex = links.port_ifindex(spec)
+    by_index = {ifindex[m.port]: m.name for m in spec.members if m.port in ifindex}
+    per: dict[str, int] = {m.name: 0 for m in spec.members}
+    flows: list[tuple[int | None, str | None]] = []
+    for pin in found:
+        owner = by_index.get(pin.mark)
+        if owner is not None:
+            per[owner] += 1
+        flows.append((_pin_bucket(spec, pin), owner))
+    return per, flows
+
+
+# --------------------------------------------------------------------------------------
+# The Backend (backends/base.py) for nftables
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Payload:
+    table: NftTable
+    batch: str
+
+
+class NftBackend:
+    """One netdev table per cluster, replaced by one libnftables transaction."""
+
+    name = "nftables"
+
+    def refuse(self, spec: Spec) -> None:
+        return None  # every valid spec renders
+
+    def observe(self, spec: Spec, *, complete: bool = False) -> Live | None:
+        # structure over netlink (~5 ms), or the full libnftables read (counters, owner maps)
+        live = observe(spec.cluster) if complete else observe_structure(spec.cluster)
+        if live is None:
+            return None
+        return Live(self.name, live.generation, live, complete=complete)
+
+    def live_table(
+        self, spec: Spec, live: Live | None = None
+    ) -> tuple[Table, dict[int, Table]] | None:
+        table = live.detail if live is not None and live.complete else None
+        return live_table(spec, table)
+
+    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
+        table = build_table(spec, layout, wiring, generation)
+        text = render_table(table)
+        return Plan(spec, layout, wiring, generation, digest(table, text), text, table)
+
+    def plan(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        live: Live | None,
+        recorded: Spec | None = None,
+    ) -> Plan:
+        rendered = self.render(spec, layout, wiring, generation)
+        table: NftTable = rendered.payload
+        observed = live.detail.observed if live is not None else Observed()
+        if recorded is not None:
+            # netlink gives no counter names: the last committed spec says which exist
+            observed = dataclasses.replace(
+                observed, counters=frozenset(counter_name(m.name) for m in recorded.members)
+            )
+        elif live is not None and not live.complete:
+            full = observe(spec.cluster, with_elements=False)
+            observed = full.observed if full is not None else observed
+        return dataclasses.replace(rendered, payload=_Payload(table, transaction(table, observed)))
+
+    def check(self, plan: Plan) -> None:
+        check(plan.payload.batch)
+
+    def commit(self, plan: Plan) -> None:
+        commit(plan.payload.batch)
+
+    def verify(self, plan: Plan, *, whole: bool) -> None:
+        verify(plan.payload.table, plan.generation, whole=whole)
+
+    def down(self, spec: Spec | None, cluster: str) -> bool:
+        return delete_table(cluster)
+
+    def clusters(self, known: list[Spec]) -> list[str]:
+        return [n.removeprefix(TABLE_PREFIX).replace("_", "-") for n in list_tables()]
+
+    def counters(self, spec: Spec, live: Live) -> dict[str, tuple[int, int]]:
+        table = live.detail if live.complete else observe(spec.cluster)
+        found = table.counters if table is not None else {}
+        return {m.name: found.get(counter_name(m.name), (0, 0)) for m in spec.members}
+
+    def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
+        if not spec.pinning.enabled:
+            return {}, []
+        return pinned_flows(spec)
+
+    def offload(self, live: Live) -> dict[str, int] | None:
+        return None  # nftables runs in software (netdev hooks are not offloaded here)

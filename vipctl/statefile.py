@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vipctl.core.partition import Layout
 from vipctl.errors import StateError
-from vipctl.partition import Layout
 
 DEFAULT_STATE_DIR = "/var/lib/vipctl"
 
@@ -68,6 +68,15 @@ def _path(directory: Path, cluster: str) -> Path:
     return directory / f"{cluster}.json"
 
 
+def clusters(directory: Path) -> list[str]:
+    """The clusters that have a state file in `directory`."""
+    try:
+        names = sorted(p.stem for p in directory.glob("*.json"))
+    except OSError:
+        return []
+    return [n for n in names if not n.startswith(("member-", "."))]
+
+
 def load(directory: Path, cluster: str) -> ClusterState | None:
     path = _path(directory, cluster)
     try:
@@ -92,11 +101,16 @@ def remove(directory: Path, cluster: str) -> None:
 
 
 def write_json(path: Path, data: object) -> None:
+    write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in one rename: a reader sees the old or the new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -134,10 +148,4 @@ def restore_raw(directory: Path, cluster: str, data: bytes | None) -> None:
     if data is None:
         remove(directory, cluster)
         return
-    path = _path(directory, cluster)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(_path(directory, cluster), data)

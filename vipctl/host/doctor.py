@@ -5,28 +5,25 @@ error) and, when not ok, the exact fix. ``vipctl doctor SPEC`` prints them; ``ap
 ``preflight(spec)`` first and refuses on errors.
 
 The checks are pure functions of a ``Host`` (what the kernel says), so unit tests hand
-them a fake one; ``LiveHost`` asks the kernel of the current network namespace: iproute2
-(``ip -j``), ``/proc/sys``, and libnftables in check mode through ``kernel.check``
-(the batch goes to the kernel, which validates it, and is never committed).
+them a fake one; ``LiveHost`` asks the kernel of the current network namespace: rtnetlink,
+``/proc/sys``, and the nftables backend's check mode, handed in as ``nft_check`` (the
+batch goes to the kernel, which validates it, and is never committed).
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Literal, Protocol
 
-import typer
-
+from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.member import ip, ip_json, read_sysctl, sysctl
-from vipctl.netutil import poke_neighbour
-from vipctl.spec import Spec
+from vipctl.host.iproute import ip, ip_json
+from vipctl.host.links import poke_neighbour
+from vipctl.host.sysctl import read_sysctl, sysctl
 
 Status = Literal["ok", "warning", "error"]
 PROBE_TABLE = "vipctl_doctor"
@@ -399,7 +396,7 @@ def _covers(dst: str, vip: IPv4Address | IPv6Address) -> bool:
 
 
 def check_vip_claims(spec: Spec, host: Host) -> list[Finding]:
-    from vipctl.announce import PROTO
+    from vipctl.host.announce import PROTO
 
     addrs = host.addresses()
     routes = {f: host.routes(f) for f in spec.vip_families}
@@ -447,7 +444,7 @@ def check_vip_claims(spec: Spec, host: Host) -> list[Finding]:
 
 
 def check_announce(spec: Spec, host: Host) -> list[Finding]:
-    from vipctl.announce import commands
+    from vipctl.host.announce import commands
 
     present = set(host.proxies(spec.uplink))
     vips = [str(v) for v in spec.vips]
@@ -517,11 +514,6 @@ def run_checks(spec: Spec, host: Host, down: Collection[str] = ()) -> list[Findi
     return out
 
 
-def preflight(spec: Spec, host: Host | None = None, down: Collection[str] = ()) -> list[Finding]:
-    """All checks against this network namespace (for `apply`: refuse on any error)."""
-    return run_checks(spec, host if host is not None else LiveHost(), down)
-
-
 def errors(findings: Sequence[Finding]) -> list[Finding]:
     return [f for f in findings if f.status == "error"]
 
@@ -533,6 +525,7 @@ def errors(findings: Sequence[Finding]) -> list[Finding]:
 
 @dataclass
 class LiveHost:
+    check_batch: Callable[[str], None] | None = None  # raises KernelError when refused
     resolve_timeout: float = 1.5
     _links: dict[str, LinkInfo] | None = field(default=None, repr=False)
 
@@ -615,12 +608,10 @@ class LiveHost:
         return None  # another reason (forwarding off, no route): other checks name it
 
     def nft_check(self, batch: str) -> str | None:
+        if self.check_batch is None:
+            return "no nftables check available (the nftables bindings are not installed)"
         try:
-            from vipctl import kernel
-        except ImportError as exc:
-            return f"python nftables bindings missing ({exc}): apt-get install python3-nftables"
-        try:
-            kernel.check(batch)
+            self.check_batch(batch)
         except KernelError as exc:
             return str(exc).removeprefix("the kernel would refuse the ruleset: ").split("\n")[0]
         return None
@@ -692,32 +683,3 @@ def format_findings(findings: Sequence[Finding], *, verbose: bool = True) -> str
     n_warn = sum(f.status == "warning" for f in findings)
     lines.append(f"{len(findings)} checks: {n_err} error(s), {n_warn} warning(s)")
     return "\n".join(lines) + "\n"
-
-
-def command(
-    spec_path: Annotated[
-        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="show problems only")] = False,
-) -> None:
-    """Check that this box can serve the spec: kernel, links, neighbours, forwarding,
-    rp_filter, MTUs, VIP claims, ARP/ND announcement. Exit 1 on any error."""
-    from vipctl.cli import _load, fail
-    from vipctl.errors import VipctlError
-
-    spec = _load(spec_path)
-    try:
-        findings = preflight(spec)
-    except VipctlError as exc:
-        fail(exc)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {"cluster": spec.cluster, "checks": [f.to_json() for f in findings]}, indent=2
-            )
-        )
-    else:
-        typer.echo(format_findings(findings, verbose=not quiet), nl=False)
-    if errors(findings):
-        raise typer.Exit(1)

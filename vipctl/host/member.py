@@ -19,9 +19,6 @@ persistent configuration; ``apply_setup``/``remove_setup`` change the host they 
 (run them inside the member, e.g. ``ip netns exec``) and record what they changed, so that
 ``--remove`` restores the previous sysctl values.
 
-This module also holds the few helpers the deployment modules share to read the host:
-``ip -j`` (iproute2, already a dependency of the lab and the operator's toolbox) and
-``/proc/sys``. Both follow the network namespace of the calling thread.
 """
 
 from __future__ import annotations
@@ -29,95 +26,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import typer
-
-from vipctl.errors import KernelError, UsageError, VipctlError
-from vipctl.spec import Spec
+from vipctl.core.spec import Spec
+from vipctl.errors import KernelError, UsageError
+from vipctl.host.iproute import ip, ip_json
+from vipctl.host.sysctl import Sysctl, read_sysctl, sysctl, write_sysctl
+from vipctl.statefile import write_json
 
 Format = Literal["commands", "networkd", "ifupdown", "netplan"]
 FORMATS: tuple[Format, ...] = ("commands", "networkd", "ifupdown", "netplan")
-
-# --------------------------------------------------------------------------------------
-# Host helpers (shared by member, announce and doctor)
-# --------------------------------------------------------------------------------------
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``ip ARGS`` in the current network namespace."""
-    try:
-        proc = subprocess.run(
-            ["ip", *args], capture_output=True, text=True, timeout=30, check=False
-        )
-    except FileNotFoundError:
-        raise KernelError("iproute2 ('ip') is not installed") from None
-    if check and proc.returncode != 0:
-        raise KernelError(f"ip {' '.join(args)}: {proc.stderr.strip() or 'failed'}")
-    return proc
-
-
-def ip_json(*args: str) -> list[dict[str, Any]]:
-    """``ip -j ARGS`` parsed; an empty list when iproute2 prints nothing."""
-    proc = ip("-j", *args)
-    data = json.loads(proc.stdout or "[]")
-    return data if isinstance(data, list) else []
-
-
-@dataclass(frozen=True)
-class Sysctl:
-    """One ``/proc/sys`` entry. ``path`` keeps the segments apart because interface names
-    may contain dots (eth0.100), which the dotted ``sysctl`` form cannot express.
-
-    ``ok`` lists the values that already satisfy the requirement (``--apply`` leaves
-    those alone); otherwise ``value`` is written.
-    """
-
-    path: tuple[str, ...]
-    value: int
-    ok: frozenset[int]
-    why: str = ""
-
-    @property
-    def key(self) -> str:
-        """The name ``sysctl`` accepts: dotted, or slashed when a segment has a dot."""
-        if any("." in part for part in self.path):
-            return "/".join(self.path)
-        return ".".join(self.path)
-
-    @property
-    def proc(self) -> Path:
-        return Path("/proc/sys", *self.path)
-
-
-def sysctl(key: str, value: int, ok: set[int] | None = None, why: str = "") -> Sysctl:
-    """A Sysctl from a dotted key whose 4th segment may be an interface name (net.ipv4.
-    conf.IFACE.x): the last segment is the leaf, the first three fixed, the rest the name."""
-    parts = key.split(".")
-    if len(parts) > 5 and parts[2] in ("conf", "neigh"):
-        parts = [*parts[:3], ".".join(parts[3:-1]), parts[-1]]
-    return Sysctl(tuple(parts), value, frozenset(ok if ok is not None else {value}), why)
-
-
-def read_sysctl(path: tuple[str, ...] | str) -> str | None:
-    """The value of a sysctl (dotted key or path segments); None if it does not exist."""
-    p = sysctl(path, 0).proc if isinstance(path, str) else Path("/proc/sys", *path)
-    try:
-        return p.read_text().strip()
-    except OSError:
-        return None
-
-
-def write_sysctl(path: tuple[str, ...], value: int | str) -> None:
-    p = Path("/proc/sys", *path)
-    try:
-        p.write_text(f"{value}\n")
-    except OSError as exc:
-        raise KernelError(f"cannot set {'/'.join(path)} = {value}: {exc.strerror}") from None
-
 
 # --------------------------------------------------------------------------------------
 # The pure part
@@ -306,8 +226,6 @@ def apply_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
         write_sysctl(s.path, s.value)
         changes.append(f"sysctl -w {s.key}={s.value} (was {current})")
     if changes:
-        from vipctl.state import write_json
-
         write_json(record_path, record)
     return changes
 
@@ -334,90 +252,3 @@ def remove_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(record_path)
     return changes
-
-
-# --------------------------------------------------------------------------------------
-# `vipctl member` (registered in cli.py)
-# --------------------------------------------------------------------------------------
-
-
-def command(
-    spec_path: Annotated[
-        Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)
-    ],
-    name: Annotated[str, typer.Argument(help="member name in the spec", show_default=False)],
-    apply: Annotated[
-        bool, typer.Option("--apply", help="configure this host now (idempotent)")
-    ] = False,
-    remove: Annotated[bool, typer.Option("--remove", help="undo --apply on this host")] = False,
-    fmt: Annotated[
-        str,
-        typer.Option("--format", help="commands | networkd | ifupdown | netplan"),
-    ] = "commands",
-    interface: Annotated[
-        str | None,
-        typer.Option(
-            "--interface",
-            help="this member's interface towards the router "
-            "[default: the one holding the member's address]",
-            show_default=False,
-        ),
-    ] = None,
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            envvar="VIPCTL_STATE_DIR",
-            help="where --apply records what it changed [default: /var/lib/vipctl]",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
-    """Member-side setup: VIPs on lo, no ARP/ND for them, loose rp_filter.
-
-    Prints the setup as commands or persistent configuration, or applies it to this host
-    (run it on the member) with --apply; --remove undoes it.
-    """
-    from vipctl.cli import _load, fail
-    from vipctl.state import state_dir as resolve_state_dir
-
-    if apply and remove:
-        typer.echo("vipctl: --apply and --remove exclude each other", err=True)
-        raise typer.Exit(2)
-    if fmt not in FORMATS:  # narrows str to Format for mypy
-        typer.echo(f"vipctl: --format is one of {', '.join(FORMATS)}", err=True)
-        raise typer.Exit(2)
-    spec = _load(spec_path)
-    try:
-        if name not in spec.member_names:
-            raise UsageError(
-                f"no member '{name}' in {spec_path} (members: {', '.join(spec.member_names)})"
-            )
-        iface = interface or (detect_interface(spec, name) if (apply or remove) else None)
-        if iface is None:
-            if apply or remove:
-                raise UsageError(
-                    f"member {name}'s address {spec.member(name).address} is not on this "
-                    f"host: run this on the member, or pass --interface"
-                )
-            with contextlib.suppress(VipctlError):
-                iface = detect_interface(spec, name)
-        if iface is None:
-            iface = "eth0"
-            typer.echo(
-                f"# note: {spec.member(name).address} is not on this host; assuming the "
-                f"member's router link is eth0 (use --interface)",
-                err=True,
-            )
-        setup = build_setup(spec, name, iface)
-        if not (apply or remove):
-            typer.echo(render(setup, fmt), nl=False)
-            return
-        directory = resolve_state_dir(state_dir)
-        changes = apply_setup(setup, directory) if apply else remove_setup(setup, directory)
-    except VipctlError as exc:
-        fail(exc)
-    for line in changes:
-        typer.echo(line)
-    verb = "configured" if apply else "removed"
-    typer.echo(f"{spec.cluster}/{name}: {verb}" + ("" if changes else " (nothing to change)"))

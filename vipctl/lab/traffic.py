@@ -3,7 +3,7 @@
 Two layers:
 
 * ``*_here`` functions do the socket work in the CURRENT network namespace (the lab's
-  client namespace when run as ``ip netns exec {prefix}-client python -m vipctl.traffic``).
+  client namespace when run as ``ip netns exec {prefix}-client python -m vipctl.lab.traffic``).
 * ``probe``, ``numbered``, ``numbered_spawn``, ``capture_start``/``capture_stop`` take a
   ``Lab`` and do the ``ip netns exec`` for the caller.
 
@@ -18,8 +18,8 @@ the client's own stack and is several times faster.
 
 CLI (inside the client namespace, or anywhere with ``--lab PREFIX``)::
 
-    python -m vipctl.traffic probe --vip 198.51.100.253 --sources 10.99.0.0/20 [--json]
-    python -m vipctl.traffic numbered --vip V --sources CIDR --count N --rate PPS \
+    python -m vipctl.lab.traffic probe --vip 198.51.100.253 --sources 10.99.0.0/20 [--json]
+    python -m vipctl.lab.traffic numbered --vip V --sources CIDR --count N --rate PPS \
         --dst-mac MAC [--json]
 """
 
@@ -46,8 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from vipctl import lab as labmod
-from vipctl.lab import Lab
+from vipctl.lab import topology as labmod
+from vipctl.lab.topology import Lab
 
 IP_PKTINFO = 8
 IP_FREEBIND = 15
@@ -218,7 +218,7 @@ def _wait_readable(s: socket.socket, timeout: float) -> bool:
 
 
 def _python_argv(*args: str) -> list[str]:
-    return [_PY, "-m", "vipctl.traffic", *args]
+    return [_PY, "-m", "vipctl.lab.traffic", *args]
 
 
 def probe(
@@ -879,7 +879,7 @@ def _read_sources(args: argparse.Namespace, stdin: IO[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vipctl.traffic")
+    ap = argparse.ArgumentParser(prog="python -m vipctl.lab.traffic")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("probe", "numbered", "hold"):
         p = sub.add_parser(name)

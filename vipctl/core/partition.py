@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
-from vipctl.jhash import nft_jhash
+from vipctl.core.jhash import nft_jhash
 
 Owner = str | None
 Table = tuple[Owner, ...]

@@ -371,7 +371,7 @@ def build(prefix: str, members: int = 3, *, echo: bool = True) -> Lab:
     """Create the lab's namespaces, links, addresses, routes and sysctls.
 
     Any earlier lab with the same prefix is destroyed first. With ``echo`` every member
-    runs ``python -m vipctl.echo`` (UDP and TCP echo on port 7000); build returns once all
+    runs ``python -m vipctl.lab.echo`` (UDP and TCP echo on port 7000); build returns once all
     of them listen. On failure the half-built lab is destroyed and the error re-raised.
     """
     lab = describe(prefix, members)
@@ -476,8 +476,8 @@ def _setup_members(lab: Lab) -> None:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
     arp_ignore=1, arp_announce=2, rp_filter at most loose (the lab's 0 is kept)."""
-    from vipctl import member as membermod
-    from vipctl.spec import parse_spec
+    from vipctl.core.spec import parse_spec
+    from vipctl.host import member as membermod
 
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
@@ -503,7 +503,7 @@ def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> N
                     "-f",
                     sys.executable,
                     "-m",
-                    "vipctl.echo",
+                    "vipctl.lab.echo",
                     "--name",
                     m.name,
                     "--port",

@@ -17,17 +17,29 @@ the process runs in.
 from __future__ import annotations
 
 import errno
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from vipctl.backends.base import Live, Plan, text_digest
+from vipctl.backends.tcnl import (
+    OFFLOAD_FLAGS,
+    Classifier,
+    LiveFilter,
+    TcError,
+    TcSocket,
+    decode_filter,
+    filter_bytes,
+    filter_message,
+)
+from vipctl.core.partition import Layout, Owner, Table
+from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.partition import Layout
-from vipctl.render.nft import Wiring
+from vipctl.host import links
 from vipctl.render.tc import (
     DISPATCH_PRIO,
     ETH_P_ALL,
+    ETH_P_IP,
     SELECT_PRIO,
     SLOT_CHAINS,
     Gact,
@@ -40,17 +52,7 @@ from vipctl.render.tc import (
     parse_cookie,
     render_text,
 )
-from vipctl.spec import Spec
-from vipctl.tcnl import (
-    OFFLOAD_FLAGS,
-    Classifier,
-    LiveFilter,
-    TcError,
-    TcSocket,
-    decode_filter,
-    filter_bytes,
-    filter_message,
-)
+from vipctl.render.wiring import Wiring
 
 MISSING_HINT = (
     "this kernel lacks what the tc backend needs (cls_flower or cls_u32, act_mirred, "
@@ -85,15 +87,11 @@ class TcApplyResult:
     flip_seconds: float
 
 
-def _ifindex(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        raise KernelError(f"interface {name} does not exist") from None
+_ifindex = links.ifindex
 
 
 def _names() -> dict[int, str]:
-    return dict(socket.if_nameindex())
+    return {index: name for name, index in links.names().items()}
 
 
 def _kernel_error(exc: TcError, what: str) -> KernelError:
@@ -375,3 +373,121 @@ def delete(spec: Spec) -> bool:
         for slot in SLOT_CHAINS:
             _clear_slot(nl, [(uplink, "ingress")] + [(i, "egress") for i in ports], slot)
     return True
+
+
+# --------------------------------------------------------------------------------------
+# The Backend (backends/base.py) for tc
+# --------------------------------------------------------------------------------------
+
+
+Rule = tuple[int, int, str]  # (value, mask, member) of one source rule
+
+
+def _owner_entries(spec: Spec, live: TcLive, names: dict[int, str]) -> dict[int, list[Rule]]:
+    """Per address family, the live generation's source rules in the order the kernel
+    applies them (by device, then prio)."""
+    port_owner = {m.port: m.name for m in spec.members}
+    chain = SLOT_CHAINS[live.slot]
+    found: dict[int, list[tuple[tuple[int, int], Rule]]] = {}
+    for f in live.filters:
+        if f.chain != chain or f.match is None or f.match.src is None:
+            continue
+        family = 4 if f.match.eth_type == ETH_P_IP else 6
+        if spec.mode == "steer":
+            port = next((a.port for a in f.actions if isinstance(a, Mirred)), "")
+        else:
+            port = names.get(f.ifindex, "")
+        owner = port_owner.get(port)
+        if owner is not None:
+            value, mask = f.match.src
+            found.setdefault(family, []).append(((f.ifindex, f.prio), (value, mask, owner)))
+    return {fam: [rule for _, rule in sorted(rules)] for fam, rules in found.items()}
+
+
+class TcBackend:
+    """flower (or u32) filters with make-before-break chain flips (see the module doc)."""
+
+    name = "tc"
+
+    def refuse(self, spec: Spec) -> None:
+        check_spec(spec)
+
+    def observe(self, spec: Spec, *, complete: bool = False) -> Live | None:
+        live = observe(spec)
+        if live is None:
+            return None
+        return Live(self.name, live.generation, live, complete=True)
+
+    def live_table(
+        self, spec: Spec, live: Live | None = None
+    ) -> tuple[Table, dict[int, Table]] | None:
+        """The bucket table, decoded from the live chain's source rules: a bucket belongs
+        to the first rule (lowest prio) whose value/mask matches its low bits."""
+        live = live if live is not None else self.observe(spec)
+        if live is None:
+            return None
+        rules = _owner_entries(spec, live.detail, _names())
+        size = spec.partition.buckets
+        by_family: dict[int, Table] = {}
+        for family in spec.vip_families:
+            table: list[Owner] = [None] * size
+            for bucket in range(size):
+                for value, mask, owner in rules.get(family, []):
+                    if bucket & mask == value & mask:
+                        table[bucket] = owner
+                        break
+            by_family[family] = tuple(table)
+        return by_family[spec.vip_families[0]], by_family
+
+    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
+        # rendered in slot 1: the text and digest do not depend on the slot it lands in
+        ruleset = build_ruleset(spec, layout, wiring, generation, slot=1)
+        text = render_text(ruleset)
+        digest = text_digest(ln for ln in text.splitlines() if not ln.startswith("#"))
+        return Plan(spec, layout, wiring, generation, digest, text, ruleset)
+
+    def plan(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        live: Live | None,
+        recorded: Spec | None = None,
+    ) -> Plan:
+        return self.render(spec, layout, wiring, generation)
+
+    def check(self, plan: Plan) -> None:
+        # tc has no check mode: rendering (done) is what can be checked without a commit
+        return None
+
+    def commit(self, plan: Plan) -> None:
+        apply(plan.spec, plan.layout, plan.wiring, plan.generation)
+
+    def verify(self, plan: Plan, *, whole: bool) -> None:
+        live = observe(plan.spec)
+        if live is None or live.generation != plan.generation:
+            raise KernelError(
+                f"read-back: cluster {plan.spec.cluster} shows tc generation "
+                f"{live.generation if live else None}, {plan.generation} was committed"
+            )
+        ruleset = build_ruleset(plan.spec, plan.layout, plan.wiring, plan.generation, live.slot)
+        problems = verify(ruleset)
+        if problems:
+            raise KernelError("read-back after the flip: " + "; ".join(problems))
+
+    def down(self, spec: Spec | None, cluster: str) -> bool:
+        return delete(spec) if spec is not None else False
+
+    def clusters(self, known: list[Spec]) -> list[str]:
+        return [s.cluster for s in known if s.backend == "tc" and observe(s) is not None]
+
+    def counters(self, spec: Spec, live: Live) -> dict[str, tuple[int, int]]:
+        return {}  # tc action statistics are not read yet
+
+    def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
+        return {}, []  # no pinning in tc (no dynamic sets)
+
+    def offload(self, live: Live) -> dict[str, int] | None:
+        tc: TcLive = live.detail
+        return {"rules": 1 + len(tc.filters), "in_hw": tc.in_hw_count}

@@ -10,18 +10,16 @@ import contextlib
 import json
 import sys
 from ipaddress import ip_address
-from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from vipctl import __version__
-from vipctl import plan as planning
-from vipctl import state as statefile
-from vipctl.errors import KernelError, SpecError, StateError, VipctlError
-from vipctl.options import JsonOpt, SpecArg, StateDirOpt
-from vipctl.partition import Layout, bucket_of
-from vipctl.spec import Spec, json_schema, load_spec
+from vipctl import __version__, statefile
+from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
+from vipctl.core import plan as planning
+from vipctl.core.partition import Layout, bucket_of
+from vipctl.core.spec import Spec, json_schema
+from vipctl.errors import KernelError, StateError, VipctlError
 
 app = typer.Typer(
     name="vipctl",
@@ -30,22 +28,6 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-
-
-def fail(exc: VipctlError) -> NoReturn:
-    if isinstance(exc, SpecError):
-        for line in exc.problems:
-            typer.echo(f"{exc.source}: {line}", err=True)
-    else:
-        typer.echo(f"vipctl: {exc}", err=True)
-    raise typer.Exit(exc.exit_code)
-
-
-def _load(path: Path) -> Spec:
-    try:
-        return load_spec(path)
-    except VipctlError as exc:
-        fail(exc)
 
 
 def _previous(spec: Spec, state_dir: str | None) -> Layout | None:
@@ -71,7 +53,7 @@ def _main(
 @app.command()
 def validate(spec_path: SpecArg) -> None:
     """Check a spec: exit 0, or 78 with one `field.path: message` line per problem."""
-    spec = _load(spec_path)
+    spec = load(spec_path)
     typer.echo(f"{spec_path}: ok (cluster {spec.cluster}, {len(spec.members)} members)")
 
 
@@ -94,7 +76,7 @@ def plan(
     state_dir: StateDirOpt = None,
 ) -> None:
     """The partition vipctl would apply, and what moves compared with what is live."""
-    spec = _load(spec_path)
+    spec = load(spec_path)
     try:
         overrides = planning.parse_weights(weights, spec) if weights is not None else None
         down_set = planning.parse_names(down, spec) if down is not None else None
@@ -130,7 +112,7 @@ def which(
     ] = "auto",
 ) -> None:
     """The member that packets from SOURCE reach (live table if any, else the spec's)."""
-    spec = _load(spec_path)
+    spec = load(spec_path)
     try:
         addr = ip_address(source)
     except ValueError:
@@ -162,9 +144,9 @@ def _pins_moving(spec: Spec, moved: list[int]) -> tuple[int, int] | None:
     if not spec.pinning.enabled:
         return None
     try:
-        from vipctl import controller, kernel
+        from vipctl import controller
 
-        if kernel.observe(spec.cluster) is None:
+        if controller.backend_for(spec).observe(spec) is None:
             return None
         return controller.pins_in_moved_buckets(spec, moved)
     except (ImportError, VipctlError, OSError):
@@ -198,10 +180,10 @@ def _live_layout(spec: Spec, state_dir: str | None, source: str = "auto") -> tup
 
 def _kernel_table(spec: Spec) -> Layout | None:
     try:
-        from vipctl import kernel
+        from vipctl import controller
     except ImportError:  # bindings absent: only the spec can answer
         return None
-    return kernel.live_layout(spec)
+    return controller.live_layout(spec)
 
 
 def main() -> None:
@@ -240,7 +222,7 @@ def apply(
     """Compute and install the cluster's rules in one atomic step (idempotent)."""
     from vipctl import controller
 
-    spec = _load(spec_path)
+    spec = load(spec_path)
     try:
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
@@ -292,7 +274,7 @@ def rebalance(
     """Change weights moving the fewest possible buckets, in one transaction."""
     from vipctl import controller
 
-    spec = _load(spec_path)
+    spec = load(spec_path)
     try:
         new_weights = planning.parse_weights(weights, spec)
         planning.spec_weights(spec, new_weights)
@@ -435,7 +417,7 @@ def metrics(
     import signal
     import threading
 
-    from vipctl import metrics as exporter
+    from vipctl.service import metrics as exporter
 
     try:
         server = exporter.serve(listen, statefile.state_dir(state_dir), clusters or None)
@@ -453,135 +435,15 @@ def metrics(
 
 
 # --------------------------------------------------------------------------------------
-# The demo lab
+# Commands that live in their own modules
 # --------------------------------------------------------------------------------------
 
-lab_app = typer.Typer(help="A demo cluster (router, members, client) in network namespaces.")
-app.add_typer(lab_app, name="lab")
+from vipctl.cli import daemon as _daemon  # noqa: E402
+from vipctl.cli import doctor as _doctor  # noqa: E402
+from vipctl.cli import lab as _lab  # noqa: E402
+from vipctl.cli import member as _member  # noqa: E402
 
-LabPrefix = Annotated[
-    str, typer.Option("--prefix", help="namespace name prefix", show_default=True)
-]
-
-
-def _vipctl_in(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", *args]
-
-
-@lab_app.command("up")
-def lab_up(
-    members: Annotated[int, typer.Option("--members", min=1, max=29, help="member count")] = 3,
-    mode: Annotated[str, typer.Option("--mode", help="broadcast | steer")] = "broadcast",
-    key: Annotated[str, typer.Option("--key", help="mask | hash")] = "mask",
-    bits: Annotated[int, typer.Option("--bits", min=1, max=16)] = 8,
-    prefix: LabPrefix = "vlab",
-) -> None:
-    """Build the draft's topology and apply a cluster spec in its router."""
-    import subprocess
-
-    import yaml
-
-    from vipctl import lab
-
-    if mode not in ("broadcast", "steer") or key not in ("mask", "hash"):
-        typer.echo("vipctl: --mode is broadcast|steer and --key is mask|hash", err=True)
-        raise typer.Exit(2)
-    typer.echo(f"building lab {prefix}: client, router, {members} members ...")
-    topo = lab.build(prefix, members)
-    spec_path = topo.workdir / "lab.yaml"
-    spec_path.write_text(yaml.safe_dump(topo.spec("lab", mode=mode, key=key, bits=bits)))
-    typer.echo(f"spec: {spec_path}")
-    done = subprocess.run(
-        _vipctl_in(
-            topo.router_ns, "apply", str(spec_path), "--state-dir", str(topo.workdir / "state")
-        ),
-        check=False,
-    )
-    if done.returncode != 0:
-        raise typer.Exit(done.returncode)
-    typer.echo(
-        f"lab {prefix} is up. Try: vipctl lab probe --prefix {prefix}; "
-        f"ip netns exec {topo.router_ns} vipctl status --state-dir {topo.workdir / 'state'}"
-    )
-
-
-@lab_app.command("probe")
-def lab_probe(
-    sources: Annotated[int, typer.Option("--sources", min=1, max=16384)] = 4096,
-    ipv6: Annotated[bool, typer.Option("--ipv6", help="probe the IPv6 VIP")] = False,
-    prefix: LabPrefix = "vlab",
-) -> None:
-    """Send one UDP datagram from each of many sources; show who answered each share."""
-    from vipctl import kernel, lab, traffic
-
-    topo = lab.discover(prefix)
-    if topo is None:
-        typer.echo(f"vipctl: no lab '{prefix}' (run vipctl lab up)", err=True)
-        raise typer.Exit(1)
-    spec = _load(topo.workdir / "lab.yaml")
-    addrs = traffic.expand(topo.sources6 if ipv6 else topo.sources4, sources)
-    with kernel.in_netns(topo.router_ns):
-        found = kernel.live_table(spec)
-    if found is None:
-        typer.echo("vipctl: the lab's cluster is not applied", err=True)
-        raise typer.Exit(1)
-    table = found[1][6 if ipv6 else 4]
-    p = spec.partition
-    expected = {a: table[bucket_of(a, p.key, p.bits, p.seed)] for a in addrs}
-    replies = traffic.probe(topo, topo.vip6 if ipv6 else topo.vip4, addrs)
-    per: dict[str, list[int]] = {m.name: [0, 0, 0] for m in spec.members}
-    none = dup = wrong = 0
-    for a in addrs:
-        got = replies.get(a, [])
-        owner = expected[a]
-        if owner is not None:
-            per[owner][0] += 1
-        if not got:
-            none += 1
-        elif len(got) > 1:
-            dup += 1
-        elif got[0] != owner:
-            wrong += 1
-        else:
-            per[got[0]][1] += 1
-    typer.echo(
-        f"{len(addrs)} sources -> {topo.vip6 if ipv6 else topo.vip4} "
-        f"(mode {spec.mode}, key {p.key}, {p.buckets} buckets)"
-    )
-    typer.echo(f"{'member':8} {'expected':>8} {'answered':>8}  share")
-    for name, (exp, ok, _) in per.items():
-        bar = "#" * round(40 * ok / len(addrs))
-        typer.echo(f"{name:8} {exp:8d} {ok:8d}  {bar}")
-    typer.echo(f"no reply: {none}  two or more replies: {dup}  wrong member: {wrong}")
-    if none or dup or wrong:
-        raise typer.Exit(1)
-
-
-@lab_app.command("down")
-def lab_down(prefix: LabPrefix = "vlab") -> None:
-    """Remove the lab's namespaces and processes."""
-    from vipctl import lab
-
-    lab.destroy(prefix)
-    typer.echo(f"lab {prefix} removed")
-
-
-# The service; its code lives in daemon.py (imported last: it needs `app` defined above).
-from vipctl.daemon import command as _daemon_command  # noqa: E402
-
-app.command("daemon")(_daemon_command)
-
-
-# --------------------------------------------------------------------------------------
-# Deployment: preflight checks and member-side setup (commands live in their modules)
-# --------------------------------------------------------------------------------------
-
-from vipctl import doctor as _doctor  # noqa: E402
-from vipctl import member as _member  # noqa: E402
-
+app.command("daemon")(_daemon.command)
 app.command("doctor")(_doctor.command)
 app.command("member")(_member.command)
-
-
-if __name__ == "__main__":
-    main()
+app.add_typer(_lab.app, name="lab")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from vipctl.spec import HttpProbe, IcmpProbe, Member, NoProbe, Spec, TcpProbe
+from vipctl.core.spec import HttpProbe, IcmpProbe, Member, NoProbe, Spec, TcpProbe
 
 log = logging.getLogger("vipctl.health")
 
