@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -45,6 +45,9 @@ class ApplyResult:
 # --------------------------------------------------------------------------------------
 # What apply needs from outside: a backend and the host
 # --------------------------------------------------------------------------------------
+
+
+Backends = Callable[[Spec | str], Backend]  # spec (or backend name) -> its backend
 
 
 def backend_for(spec: Spec | str) -> Backend:
@@ -153,7 +156,7 @@ def apply(
     preflight: bool = False,
     host: bool = True,
     reasons: Mapping[str, str] | None = None,
-    backend: Backend | None = None,
+    backends: Backends | None = None,
     box: Box | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
@@ -164,7 +167,8 @@ def apply(
     only on the spec, so a failover can skip it. `down=None` keeps the health the state
     recorded."""
     started = time.perf_counter()
-    be = backend if backend is not None else backend_for(spec)
+    pick = backends if backends is not None else backend_for
+    be = pick(spec)
     bx = box if box is not None else LiveBox()
     be.refuse(spec)
     with statefile.locked(directory, spec.cluster):
@@ -244,7 +248,7 @@ def apply(
         _commit(be, plan, directory, new_state, whole=not trusted)
         if recorded is not None and recorded.backend != spec.backend:
             # the cluster moved to another backend: the new rules are live, remove the old
-            backend_for(recorded).down(recorded, spec.cluster)
+            pick(recorded).down(recorded, spec.cluster)
         if host:
             bx.announce(spec)
         return result(True, plan.text if want_diff else "", diff)
@@ -308,9 +312,12 @@ def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
 # --------------------------------------------------------------------------------------
 
 
-def down(cluster: str, directory: Path, *, box: Box | None = None) -> bool:
+def down(
+    cluster: str, directory: Path, *, box: Box | None = None, backends: Backends | None = None
+) -> bool:
     """Remove the cluster's kernel objects (any backend) and state; touches nothing else."""
     bx = box if box is not None else LiveBox()
+    pick = backends if backends is not None else backend_for
     with statefile.locked(directory, cluster):
         st = statefile.load(directory, cluster)
         spec = _recorded(st)
@@ -318,9 +325,15 @@ def down(cluster: str, directory: Path, *, box: Box | None = None) -> bool:
         if spec is not None:
             bx.announce(spec, False)  # stop answering ARP/ND for its VIPs
             if spec.backend != "nftables":
-                removed = backend_for(spec).down(spec, cluster)
+                removed = pick(spec).down(spec, cluster)
         # the nftables table is found by name, with or without a state
-        removed = backend_for("nftables").down(spec, cluster) or removed
+        try:
+            removed = pick("nftables").down(spec, cluster) or removed
+        except KernelError:
+            if spec is None or spec.backend == "nftables":
+                raise
+            # a tc cluster on a box whose nftables cannot be read: there is no table
+
         statefile.remove(directory, cluster)
         return removed
 
@@ -337,28 +350,36 @@ def _known_specs(directory: Path) -> list[Spec]:
     return out
 
 
-def clusters(directory: Path) -> list[str]:
+def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
     """Every cluster installed here, whatever its backend."""
+    pick = backends if backends is not None else backend_for
     known = _known_specs(directory)
     names: set[str] = set()
     for backend in ("nftables", "tc"):
-        if backend == "tc" and not any(s.backend == "tc" for s in known):
+        users = [s for s in known if s.backend == backend]
+        if backend == "tc" and not users:
             continue
-        names.update(backend_for(backend).clusters(known))
+        try:
+            names.update(pick(backend).clusters(known))
+        except KernelError:
+            if backend == "nftables" and not any(s.backend != "nftables" for s in known):
+                raise  # only nftables clusters here: its error is the answer
+            # nftables unreadable on a box that runs tc clusters: list those
     return sorted(names)
 
 
-def status(cluster: str, directory: Path) -> dict[str, Any]:
+def status(cluster: str, directory: Path, *, backends: Backends | None = None) -> dict[str, Any]:
     """What the kernel says is live, joined with the state (weights, health)."""
+    pick = backends if backends is not None else backend_for
     st = statefile.load(directory, cluster)
     spec = _recorded(st)
     if st is None or spec is None:
-        if cluster not in backend_for("nftables").clusters([]):
+        if cluster not in pick("nftables").clusters([]):
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
         raise StateError(
             f"cluster {cluster} is live but has no state in {directory}; run vipctl apply"
         )
-    be = backend_for(spec)
+    be = pick(spec)
     live = be.observe(spec, complete=True)
     if live is None:
         raise KernelError(f"cluster {cluster} is not installed ({be.name} backend)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,26 +39,40 @@ from vipctl.render.nft import (
 from vipctl.render.wiring import Wiring
 
 _CONTEXTS: dict[tuple[int, bool], Any] = {}
+NETLINK_NETFILTER = 12
+
+
+def _require_nfnetlink() -> None:
+    """libnftables (1.0.6, through libmnl) calls exit() when it cannot open its netlink
+    socket, as on a kernel without nf_tables: ask the kernel first, so that is an error
+    vipctl can report (a tc-only box must still answer `status` and `down`)."""
+    try:
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER).close()
+    except OSError as exc:
+        raise KernelError(
+            f"nftables is not available in this kernel (netlink netfilter: {exc.strerror}); "
+            "load nf_tables or use backend: tc"
+        ) from None
+
+
+def _new_context(json_output: bool) -> Any:
+    _require_nfnetlink()
+    nft = nftables.Nftables()
+    if json_output:
+        nft.set_json_output(True)
+        nft.set_handle_output(False)
+    return nft
 
 
 def _context(json_output: bool) -> Any:
     """One libnftables context per network namespace (a context binds to the namespace
     that is current when it is created; creating and freeing one costs ~20 ms)."""
-
-    key = (links.netns_inode(), json_output)
     if os.environ.get("VIPCTL_NO_CTX_CACHE"):
-        nft = nftables.Nftables()
-        if json_output:
-            nft.set_json_output(True)
-            nft.set_handle_output(False)
-        return nft
+        return _new_context(json_output)
+    key = (links.netns_inode(), json_output)
     nft = _CONTEXTS.get(key)
     if nft is None:
-        nft = nftables.Nftables()
-        if json_output:
-            nft.set_json_output(True)
-            nft.set_handle_output(False)
-        _CONTEXTS[key] = nft
+        nft = _CONTEXTS[key] = _new_context(json_output)
     return nft
 
 
@@ -106,7 +121,7 @@ def commit(batch: str) -> None:
 
 def check(batch: str) -> None:
     """Validate a batch in the kernel without committing (libnftables dry-run)."""
-    nft = nftables.Nftables()
+    nft = _new_context(False)
     _set_dry_run(nft)
     rc, _out, err = nft.cmd(batch)
     if rc != 0:
@@ -267,6 +282,7 @@ def _nftables_netlink() -> Iterator[Any]:
     with _NFNL_LOCK:
         nft = _NFNL.get(key)
         if nft is None:
+            _require_nfnetlink()
             nft = _NFNL[key] = NFTables(nfgen_family=NFPROTO_NETDEV)
         try:
             yield nft

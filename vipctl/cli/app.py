@@ -345,10 +345,15 @@ def status(
 def _status_text(r: dict[str, object]) -> str:
     members = r["members"]
     assert isinstance(members, list)
+    offload = r.get("offload")
+    hw = ""
+    if isinstance(offload, dict):
+        hw = f"  offload {offload['in_hw']}/{offload['rules']} rules in hardware"
     lines = [
-        f"cluster {r['cluster']}  generation {r['generation']}  mode {r['mode']}  "
+        f"cluster {r['cluster']}  backend {r.get('backend', 'nftables')}  "
+        f"generation {r['generation']}  mode {r['mode']}  "
         f"key {r['key']}/{r['bits']}  vips {', '.join(r['vips'])}  "  # type: ignore[arg-type]
-        f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}"
+        f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}{hw}"
     ]
     rows = [
         (

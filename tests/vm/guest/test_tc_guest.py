@@ -195,3 +195,77 @@ def test_flip_under_traffic_is_exactly_once(topo: Lab, mode: str) -> None:
     finally:
         with netns(topo.router_ns):
             tc_backend.delete(spec)
+
+
+def _proxies(topo: Lab) -> str:
+    return str(
+        labmod.run_in(topo.router_ns, ["ip", "neigh", "show", "proxy", "dev", topo.uplink]).stdout
+    )
+
+
+def _probe_exactly_once(topo: Lab, spec: Spec, table: tuple[str | None, ...], ipv6: bool) -> None:
+    vip, cidr = (topo.vip6, topo.sources6) if ipv6 else (topo.vip4, topo.sources4)
+    sources = traffic.expand(cidr, 512)
+    with netns(topo.client_ns):
+        got = traffic.probe_here(vip, sources, topo.echo_port, timeout=3.0)
+    p = spec.partition
+    want = {s: table[bucket_of(s, p.key, p.bits, p.seed)] for s in sources}
+    bad = {s: (got[s], want[s]) for s in sources if got[s] != [want[s]]}
+    assert not bad, f"{len(bad)} of {len(sources)} wrong, e.g. {list(bad.items())[:5]}"
+
+
+def test_one_apply_path_for_tc(topo: Lab, tmp_path: Any) -> None:
+    """controller.apply with `backend: tc`, as `vipctl apply` runs it: preflight, the
+    ARP/ND announcement, a change of VIP set and of mode reaching the kernel, status,
+    clusters and metrics listing the tc cluster, and down removing all of it."""
+    from vipctl import controller
+    from vipctl.service.metrics import ClusterCollector
+
+    state = tmp_path / "state"
+    base = tc_spec(topo, "broadcast").model_dump(mode="json")
+    base["vips"] = [topo.vip4]
+    base["announce_vips"] = True
+    one = parse_spec(base)
+    two = parse_spec(base | {"vips": [topo.vip4, topo.vip6], "mode": "steer"})
+    try:
+        with netns(topo.router_ns):
+            first = controller.apply(one, state, preflight=True)
+            again = controller.apply(one, state, preflight=True)
+        assert first.changed and first.backend == "tc" and first.generation == 1
+        assert not again.changed and again.generation == 1
+        assert topo.vip4 in _proxies(topo)  # the announcement is installed
+        _probe_exactly_once(topo, one, first.layout.table, ipv6=False)
+
+        with netns(topo.router_ns):
+            second = controller.apply(two, state, preflight=True)
+            live = tc_backend.observe(two)
+            table = controller.live_table(two)
+        assert second.changed and second.generation == 2
+        assert live is not None and live.generation == 2
+        assert table is not None and table[0] == second.layout.table
+        assert "redirect" in tc_show(topo, topo.uplink, "ingress") or live.filters
+        assert topo.vip6 in _proxies(topo)
+        for ipv6 in (False, True):
+            _probe_exactly_once(topo, two, second.layout.table, ipv6=ipv6)
+
+        with netns(topo.router_ns):
+            names = controller.clusters(state)
+            report = controller.status("web", state)
+            collector = ClusterCollector(
+                lambda: controller.clusters(state), lambda n: controller.status(n, state)
+            )
+            families = {f.name: f for f in collector.collect()}
+        assert names == ["web"]
+        assert report["backend"] == "tc" and report["mode"] == "steer" and report["in_sync"]
+        assert sum(m["buckets"] for m in report["members"]) == 256
+        assert report["offload"]["rules"] > 0 and report["offload"]["in_hw"] == 0
+        buckets = {s.labels["member"]: s.value for s in families["vipctl_member_buckets"].samples}
+        assert sum(buckets.values()) == 256 and set(buckets) == set(topo.member_names)
+    finally:
+        with netns(topo.router_ns):
+            removed = controller.down("web", state)
+    assert removed
+    assert topo.vip4 not in _proxies(topo) and topo.vip6 not in _proxies(topo)
+    for dev in (topo.uplink, *topo.ports):
+        for hook in ("ingress", "egress"):
+            assert tc_show(topo, dev, hook) == "", (dev, hook)

@@ -1,0 +1,369 @@
+"""The controller's decisions over a fake backend and a fake host (no root, no kernel).
+
+The fake backend renders with the real, pure renderers (render/nft.py or render/tc.py) and
+keeps "the kernel" in memory: what is committed, in which generation, and the table. So
+these tests check what apply decides (adopt, the digest shortcut, the write order, the
+restore on a refusal, a backend switch), the same for nftables and tc.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vipctl import controller, statefile
+from vipctl.backends.base import Live, Plan, text_digest
+from vipctl.core.partition import Layout, Table
+from vipctl.core.spec import Spec, parse_spec
+from vipctl.errors import KernelError, SpecError
+from vipctl.host.doctor import Finding
+from vipctl.render import nft as render_nft
+from vipctl.render import tc as render_tc
+from vipctl.render.wiring import Wiring
+
+PORTS = {"up0": 1, "m1": 11, "m2": 12, "m3": 13}
+MACS = {"web1": "02:00:00:00:01:02", "web2": "02:00:00:00:02:02", "web3": "02:00:00:00:03:02"}
+
+
+def make_spec(backend: str = "nftables", **over: Any) -> Spec:
+    data: dict[str, Any] = {
+        "cluster": "web",
+        "backend": backend,
+        "vips": ["198.51.100.253"],
+        "uplink": "up0",
+        "mode": "broadcast",
+        "partition": {"key": "mask", "bits": 4},
+        "members": [
+            {"name": f"web{i}", "port": f"m{i}", "address": f"198.51.100.{8 * i + 2}"}
+            for i in (1, 2, 3)
+        ],
+    }
+    data.update(over)
+    return parse_spec(data)
+
+
+@dataclasses.dataclass
+class Installed:
+    generation: int
+    digest: str
+    table: Table
+    spec: Spec
+
+
+class FakeKernel:
+    """What the fake backends share: the tables installed, by backend name."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, Installed] = {}
+        self.calls: list[str] = []
+
+
+class FakeBackend:
+    def __init__(self, name: str, kernel: FakeKernel, state_dir: Path) -> None:
+        self.name = name
+        self.kernel = kernel
+        self.state_dir = state_dir
+        self.refuse_commit = False
+        self.state_at_commit: dict[str, Any] | None = None
+
+    def refuse(self, spec: Spec) -> None:
+        if self.name == "tc":
+            render_tc.check_spec(spec)
+
+    def observe(self, spec: Spec, *, complete: bool = False) -> Live | None:
+        self.kernel.calls.append(f"{self.name}.observe(complete={complete})")
+        got = self.kernel.tables.get(self.name)
+        return Live(self.name, got.generation, got, complete=complete) if got else None
+
+    def live_table(self, spec: Spec, live: Live | None = None) -> tuple[Table, dict[int, Table]]:
+        got = self.kernel.tables[self.name]
+        return got.table, {4: got.table}
+
+    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
+        if self.name == "tc":
+            ruleset = render_tc.build_ruleset(spec, layout, wiring, generation, slot=1)
+            text = render_tc.render_text(ruleset)
+            digest = text_digest(ln for ln in text.splitlines() if not ln.startswith("#"))
+        else:
+            table = render_nft.build_table(spec, layout, wiring, generation)
+            text = render_nft.render_table(table)
+            digest = render_nft.digest(table, text)
+        return Plan(spec, layout, wiring, generation, digest, text)
+
+    def plan(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        live: Live | None,
+        recorded: Spec | None = None,
+    ) -> Plan:
+        return self.render(spec, layout, wiring, generation)
+
+    def check(self, plan: Plan) -> None:
+        self.kernel.calls.append(f"{self.name}.check")
+
+    def commit(self, plan: Plan) -> None:
+        self.kernel.calls.append(f"{self.name}.commit({plan.generation})")
+        path = self.state_dir / f"{plan.spec.cluster}.json"
+        self.state_at_commit = json.loads(path.read_text()) if path.exists() else None
+        if self.refuse_commit:
+            raise KernelError("the kernel refused the ruleset, nothing changed: EINVAL")
+        self.kernel.tables[self.name] = Installed(
+            plan.generation, plan.digest, plan.layout.table, plan.spec
+        )
+
+    def verify(self, plan: Plan, *, whole: bool) -> None:
+        self.kernel.calls.append(f"{self.name}.verify(whole={whole})")
+        assert self.kernel.tables[self.name].generation == plan.generation
+
+    def down(self, spec: Spec | None, cluster: str) -> bool:
+        self.kernel.calls.append(f"{self.name}.down")
+        return self.kernel.tables.pop(self.name, None) is not None
+
+    def clusters(self, known: list[Spec]) -> list[str]:
+        return ["web"] if self.name in self.kernel.tables else []
+
+    def counters(self, spec: Spec, live: Live) -> dict[str, tuple[int, int]]:
+        return {m.name: (7, 700) for m in spec.members}
+
+    def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
+        return {}, []
+
+    def offload(self, live: Live) -> dict[str, int] | None:
+        return {"rules": 3, "in_hw": 0} if self.name == "tc" else None
+
+
+class FakeBox:
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.announced: list[tuple[str, bool | None]] = []
+        self.ifindex = dict(PORTS)
+
+    def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
+        return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS))
+
+    def preflight(self, spec: Spec, down: Collection[str]) -> list[Finding]:
+        return list(self.findings)
+
+    def announce(self, spec: Spec, enabled: bool | None = None) -> list[str]:
+        self.announced.append((spec.cluster, enabled))
+        return []
+
+
+class Rig:
+    def __init__(self, tmp_path: Path) -> None:
+        self.dir = tmp_path / "state"
+        self.kernel = FakeKernel()
+        self.box = FakeBox()
+        self.backends = {
+            n: FakeBackend(n, self.kernel, self.dir) for n in ("nftables", "tc")
+        }
+
+    def pick(self, spec: Spec | str) -> FakeBackend:
+        return self.backends[spec if isinstance(spec, str) else spec.backend]
+
+    def apply(self, spec: Spec, **kw: Any) -> controller.ApplyResult:
+        return controller.apply(spec, self.dir, backends=self.pick, box=self.box, **kw)
+
+    def state_bytes(self) -> bytes | None:
+        path = self.dir / "web.json"
+        return path.read_bytes() if path.exists() else None
+
+    def commits(self) -> list[str]:
+        return [c for c in self.kernel.calls if ".commit" in c]
+
+
+BACKENDS = ["nftables", "tc"]
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_apply_commits_writes_state_and_announces(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    result = rig.apply(spec)
+    assert result.changed and result.generation == 1 and result.backend == backend
+    assert rig.commits() == [f"{backend}.commit(1)"]
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.generation == 1
+    assert st.digest == rig.kernel.tables[backend].digest
+    assert rig.box.announced == [("web", None)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_state_is_written_before_the_commit(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    assert rig.pick(spec).state_at_commit is not None
+    assert rig.pick(spec).state_at_commit["generation"] == 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_spec_again_is_up_to_date_without_a_commit(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    before = rig.state_bytes()
+    result = rig.apply(spec)
+    assert not result.changed and result.generation == 1
+    assert rig.commits() == [f"{backend}.commit(1)"]
+    assert rig.state_bytes() == before
+    assert len(rig.box.announced) == 2  # the announcement converges on every apply
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_new_vip_and_a_new_mode_reach_the_kernel(rig: Rig, backend: str) -> None:
+    rig.apply(make_spec(backend))
+    spec = make_spec(backend, vips=["198.51.100.253", "198.51.100.254"], mode="steer")
+    result = rig.apply(spec)
+    assert result.changed and result.moved == 0
+    assert rig.commits() == [f"{backend}.commit(1)", f"{backend}.commit(2)"]
+    assert rig.kernel.tables[backend].spec.mode == "steer"
+    assert "198.51.100.254" in result.diff
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_commit_puts_the_old_state_back(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    before = rig.state_bytes()
+    rig.pick(spec).refuse_commit = True
+    with pytest.raises(KernelError):
+        rig.apply(make_spec(backend, mode="steer"))
+    assert rig.state_bytes() == before
+    assert rig.kernel.tables[backend].generation == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_refused_first_commit_leaves_no_state(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.pick(spec).refuse_commit = True
+    with pytest.raises(KernelError):
+        rig.apply(spec)
+    assert rig.state_bytes() is None and backend not in rig.kernel.tables
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_preflight_errors_change_nothing(rig: Rig, backend: str) -> None:
+    rig.box.findings = [Finding("link:m2", "error", "port 'm2' is down", "ip link set m2 up")]
+    with pytest.raises(KernelError, match="link:m2"):
+        rig.apply(make_spec(backend), preflight=True)
+    assert rig.commits() == [] and rig.state_bytes() is None
+    assert rig.box.announced == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dry_run_checks_and_changes_nothing(rig: Rig, backend: str) -> None:
+    rig.apply(make_spec(backend))
+    before = rig.state_bytes()
+    result = rig.apply(make_spec(backend, mode="steer"), dry_run=True)
+    assert result.dry_run and result.changed and result.generation == 1
+    assert f"{backend}.check" in rig.kernel.calls
+    assert rig.commits() == [f"{backend}.commit(1)"] and rig.state_bytes() == before
+    assert "fwd to" in result.ruleset or "redirect" in result.ruleset
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adopts_the_kernels_table_when_there_is_no_state(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    table = rig.kernel.tables[backend].table
+    (rig.dir / "web.json").unlink()
+    result = rig.apply(make_spec(backend, members=[*spec.model_dump(mode="json")["members"]]))
+    assert result.layout.table == table and result.moved == 0
+    assert result.generation == 2
+    assert f"{backend}.observe(complete=True)" in rig.kernel.calls
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_kernel_ahead_of_the_state_is_adopted(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    # another router's (or a lost) state: the kernel holds generation 9 with another table
+    live = rig.kernel.tables[backend]
+    other = tuple(reversed(live.table))
+    rig.kernel.tables[backend] = dataclasses.replace(live, generation=9, table=other)
+    result = rig.apply(spec)
+    assert result.generation == 10 and result.layout.table == other and result.moved == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_health_reasons_are_recorded(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec, down={"web2"}, reasons={"web2": "down since 10:00: refused"})
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.reasons == {"web2": "down since 10:00: refused"}
+    assert "web2" not in st.layout.table and st.layout.down == ("web2",)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_spec_change_outside_the_ruleset_is_recorded(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    changed = make_spec(backend, health={"interval_ms": 250})
+    result = rig.apply(changed)
+    assert not result.changed and rig.commits() == [f"{backend}.commit(1)"]
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.spec is not None and st.generation == 1
+    assert st.spec["health"]["interval_ms"] == 250
+
+
+def test_moved_ports_are_not_trusted(rig: Rig) -> None:
+    spec = make_spec("nftables")
+    rig.apply(spec)
+    rig.box.ifindex["m2"] = 99  # a port re-created: the ruleset embeds ifindexes
+    result = rig.apply(spec)
+    assert result.changed and rig.commits()[-1] == "nftables.commit(2)"
+    assert "nftables.verify(whole=True)" in rig.kernel.calls
+
+
+def test_switching_backend_installs_the_new_then_removes_the_old(rig: Rig) -> None:
+    rig.apply(make_spec("nftables"))
+    result = rig.apply(make_spec("tc"))
+    assert result.changed and result.backend == "tc"
+    calls = [c for c in rig.kernel.calls if "commit" in c or "down" in c]
+    assert calls == ["nftables.commit(1)", "tc.commit(2)", "nftables.down"]
+    assert set(rig.kernel.tables) == {"tc"}
+
+
+def test_tc_refuses_the_hash_key_before_anything(rig: Rig) -> None:
+    spec = make_spec("tc").model_dump(mode="json")
+    spec["backend"] = "nftables"
+    spec["partition"]["key"] = "hash"
+    hashed = parse_spec(spec)
+    tc_hashed = hashed.model_copy(update={"backend": "tc"})
+    with pytest.raises(SpecError):
+        rig.apply(tc_hashed)
+    assert rig.kernel.calls == [] and rig.state_bytes() is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_down_removes_rules_announcement_and_state(rig: Rig, backend: str) -> None:
+    rig.apply(make_spec(backend))
+    assert controller.down("web", rig.dir, box=rig.box, backends=rig.pick)
+    assert rig.kernel.tables == {} and rig.state_bytes() is None
+    assert rig.box.announced[-1] == ("web", False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_status_and_clusters_list_every_backend(rig: Rig, backend: str) -> None:
+    rig.apply(make_spec(backend))
+    assert controller.clusters(rig.dir, backends=rig.pick) == ["web"]
+    report = controller.status("web", rig.dir, backends=rig.pick)
+    assert report["backend"] == backend and report["in_sync"]
+    assert sum(m["buckets"] for m in report["members"]) == 16
+    assert ("offload" in report) == (backend == "tc")
+
+
+def test_status_of_an_unknown_cluster(rig: Rig) -> None:
+    with pytest.raises(KernelError, match="not installed"):
+        controller.status("nope", rig.dir, backends=rig.pick)
