@@ -224,7 +224,8 @@ def test_determinism_does_not_depend_on_hash_seed_or_process() -> None:
     import sys
 
     code = (
-        "import json; from fractions import Fraction as F; from vipctl.core.partition import compute;"
+        "import json; from fractions import Fraction as F;"
+        "from vipctl.core.partition import compute;"
         "w=tuple((f'n{i}',F(i%4+1)) for i in range(9));"
         "l=compute(9,w,{'n3','n7'},compute(9,w));print(json.dumps(l.to_json()))"
     )
