@@ -5,8 +5,12 @@ ARP/ND for the VIPs only when announce_vips is on, members never answer for the 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +25,7 @@ from vipctl.lab import traffic
 from vipctl.lab.topology import Lab
 
 LabFactory = Callable[..., Lab]
+CLI = (sys.executable, "-m", "vipctl.cli")
 
 
 def doctor(
@@ -180,6 +185,74 @@ def test_doctor_kernel_check_names_missing_features(lab: LabFactory) -> None:
     assert labmod.run_in(lb.router_ns, ["nft", "list", "tables"]).stdout.strip() == ""
 
 
+def german_locale(lb: Lab) -> dict[str, str]:
+    """LANG/LC_ALL=de_DE.UTF-8, compiled into the lab's workdir (LOCPATH) when the system
+    has no such locale; the variables alone when localedef cannot build it (then the
+    test still proves the check reads no text)."""
+    env = {"LANG": "de_DE.UTF-8", "LC_ALL": "de_DE.UTF-8", "LANGUAGE": "de"}
+    if shutil.which("localedef") is None:
+        return env
+    loc = lb.workdir / "locale"
+    loc.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(loc / "de_DE.UTF-8")],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    if (loc / "de_DE.UTF-8").is_dir():  # built (localedef warns, or fails on no sources)
+        env["LOCPATH"] = str(loc)
+    return env
+
+
+def test_doctor_rp_filter_judged_by_errno_under_a_german_locale(lab: LabFactory) -> None:
+    """A strict rp_filter on a member port is an error whatever language the box speaks:
+    LiveHost.reverse_path judges `route get` by its errno, not by its text."""
+    lb = lab(1, echo=False)
+    spec = lb.spec("dep")
+    path = write_spec(lb.workdir / "de.json", spec)
+    env = os.environ | german_locale(lb)
+    code = (
+        "import errno, json, locale, os, sys\n"
+        "locale.setlocale(locale.LC_ALL, '')\n"
+        "from vipctl.host.doctor import LiveHost\n"
+        f"got = LiveHost().reverse_path({lb.vip4!r}, 'm1', 'up0')\n"
+        "print(json.dumps({'got': got, 'einval': os.strerror(errno.EINVAL)}))\n"
+    )
+
+    def reverse_path() -> dict[str, str | None]:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", lb.router_ns, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        out: dict[str, str | None] = json.loads(proc.stdout)
+        return out
+
+    assert reverse_path()["got"] is None  # rp_filter 0: replies from the VIP pass
+    labmod.set_sysctls(lb.router_ns, {"net.ipv4.conf.m1.rp_filter": 1})
+    found = reverse_path()
+    if "LOCPATH" in env:  # the locale took effect: the error text is German
+        assert found["einval"] != "Invalid argument", found
+    got = found["got"]
+    assert got is not None and ("(EINVAL)" in got or "(EXDEV)" in got), found
+
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lb.router_ns, *CLI, "doctor", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    c = problem(json.loads(proc.stdout)["checks"], "rp_filter:m1")
+    assert proc.returncode == 1 and c["status"] == "error" and "rp_filter=1" in c["message"]
+
+
 # --------------------------------------------------------------------------- announce
 
 
@@ -304,6 +377,69 @@ def test_on_link_client_reaches_vips_only_when_announced(lab: LabFactory) -> Non
             assert not ("advertisement" in line and f"tgt is {lb.vip6}" in line), line
 
 
+def iproute2_naming_211(lb: Lab) -> Path:
+    """A copy of /etc/iproute2 whose rt_protos names protocol 211 (`211 vipctl`), for
+    `in_named_protos` to bind-mount over /etc/iproute2 in a private mount namespace."""
+    etc = lb.workdir / "etc-iproute2"
+    if Path("/etc/iproute2").is_dir():
+        shutil.copytree("/etc/iproute2", etc, symlinks=True)
+    else:  # iproute2 reads /usr/share/iproute2 then; /etc/iproute2 must exist to mount on
+        pytest.skip("no /etc/iproute2 to mount over")
+    with (etc / "rt_protos").open("a") as f:
+        f.write("211\tvipctl\n")
+    return etc
+
+
+def in_named_protos(etc: Path, ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`ARGV` in namespace `ns`, in a private mount namespace (unshare -m) where `etc`
+    is bind-mounted over /etc/iproute2; the real /etc/iproute2 is never touched."""
+    script = f'mount --bind {shlex.quote(str(etc))} /etc/iproute2 && exec ip netns exec "$@"'
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", ns, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{' '.join(argv)} -> {proc.returncode}: {proc.stderr}"
+    return proc
+
+
+def test_down_removes_vipctls_entries_when_rt_protos_names_211(lab: LabFactory) -> None:
+    """With /etc/iproute2/rt_protos naming 211, `ip` prints vipctl's protocol as a name;
+    vipctl still recognises its proxy entries and VIP route (apply is idempotent) and
+    `vipctl down` removes them all."""
+    lb = lab(2, echo=False)
+    etc = iproute2_naming_211(lb)
+    state = str(lb.workdir / "state")
+    on = write_spec(lb.workdir / "on.json", lb.spec("dep") | {"announce_vips": True})
+    in_named_protos(etc, lb.router_ns, *CLI, "apply", str(on), "--state-dir", state)
+
+    # the mount namespace works: `ip` there names vipctl's protocol
+    shown = in_named_protos(etc, lb.router_ns, "ip", "neigh", "show", "proxy").stdout
+    assert f"{lb.vip4} dev up0 proxy proto vipctl" in shown, shown
+    assert "proto 211" not in shown
+    outside = labmod.ip_json(lb.router_ns, ["neigh", "show", "proxy"])
+    assert {(p["dst"], str(p.get("protocol"))) for p in outside} == {(v, "211") for v in lb.vips}
+    assert [r["dst"] for r in labmod.ip_json(lb.router_ns, ["route", "show", "proto", "211"])] == [
+        lb.vip4
+    ]
+
+    sync = (
+        "import sys\nfrom vipctl.host import announce\nfrom vipctl.core.spec import load_spec\n"
+        "print(announce.sync(load_spec(sys.argv[1]), True))\n"
+    )
+    again = in_named_protos(etc, lb.router_ns, sys.executable, "-c", sync, str(on))
+    assert again.stdout.strip() == "[]", again.stdout  # its own entries, recognised
+
+    down = in_named_protos(etc, lb.router_ns, *CLI, "down", "dep", "--state-dir", state)
+    assert "dep: removed" in down.stdout
+    assert labmod.ip_json(lb.router_ns, ["neigh", "show", "proxy"]) == []
+    for family in ("-4", "-6"):
+        routes = labmod.ip_json(lb.router_ns, [family, "route", "show", "table", "all"])
+        assert [r for r in routes if str(r.get("protocol")) == "211"] == []
+
+
 # --------------------------------------------------------------------------- member
 
 
@@ -324,6 +460,13 @@ def test_member_apply_is_idempotent_and_remove_restores(lab: LabFactory) -> None
         for a in link["addr_info"]
     }
     assert {"192.0.2.77", "2001:db8:77::1", lb.vip4, lb.vip6} <= addrs
+    v6 = [
+        a
+        for link in labmod.ip_json(m.ns, ["addr", "show", "dev", "lo"])
+        for a in link["addr_info"]
+        if a["local"] == "2001:db8:77::1"
+    ]
+    assert [(a["prefixlen"], a.get("nodad")) for a in v6] == [(128, True)]  # no DAD on lo
     assert labmod.get_sysctl(m.ns, "net.ipv4.conf.eth0.rp_filter") == "2"
 
     vipctl(m.ns, "member", str(path), m.name, "--remove", "--state-dir", state, check=True)

@@ -218,8 +218,8 @@ def test_vip_claimed_by_local_address_or_routes() -> None:
     host = FakeHost(
         addrs=[("198.51.100.253", 32, "lo")],
         routes_=[
-            Route("local", "198.51.100.253", "lo", "local", "kernel"),
-            Route("local", "2001:db8:f::/64", "lo", "local", "boot"),
+            Route("local", "198.51.100.253", "lo", "local", 2),  # RTPROT_KERNEL
+            Route("local", "2001:db8:f::/64", "lo", "local", 3),  # RTPROT_BOOT
             Route("unicast", "198.51.100.253", "", "main", announce.PROTO),  # vipctl's own
             Route("unicast", "default", "up0"),
         ],
@@ -229,7 +229,7 @@ def test_vip_claimed_by_local_address_or_routes() -> None:
     assert the_problem(findings, "vip:2001:db8:f::253").fix == (
         "ip -6 route del local 2001:db8:f::/64 dev lo table local"
     )
-    host = FakeHost(routes_=[Route("blackhole", "198.51.100.0/24", "", "main", "boot")])
+    host = FakeHost(routes_=[Route("blackhole", "198.51.100.0/24", "", "main", 3)])
     f = the_problem(run_checks(spec(), host), "vip:198.51.100.253")
     assert f.status == "warning" and f.fix == "ip route del blackhole 198.51.100.0/24 table main"
 

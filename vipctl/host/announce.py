@@ -21,22 +21,24 @@ Measured on kernel 6.18 (tests/kernel/test_deploy.py repeats it with real ARP/ND
   multicast request by a random time up to 0.8 s; vipctl sets it to 0 on the uplink.
 
 Entries are tagged ``protocol 211`` so ``sync(spec, False)`` removes only what vipctl
-added. The uplink sysctls (proxy_ndp, proxy_delay) are left as set on removal: without
-proxy entries they change nothing.
+added. Everything is read and changed through rtnetlink (vipctl.host.rtnl), where the tag
+is the number 211 whatever /etc/iproute2/rt_protos calls it; ``commands`` is the same
+setup as shell text for operators. The uplink sysctls (proxy_ndp, proxy_delay) are left as
+set on removal: without proxy entries they change nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import ip_address, ip_network
+from ipaddress import ip_network
 
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.host.iproute import ip, ip_json
+from vipctl.host import rtnl
 from vipctl.host.sysctl import read_sysctl, sysctl, write_sysctl
 
-PROTO = "211"  # rt_protos number tagging vipctl's routes and proxy entries
-METRIC = "4211"  # a metric of its own, so `replace` never overwrites an operator's route
+PROTO = 211  # rt_protos number tagging vipctl's routes and proxy entries
+METRIC = 4211  # a metric of its own, so `replace` never overwrites an operator's route
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,15 @@ def commands(spec: Spec) -> list[str]:
     return out
 
 
+def _ours(routes: list[rtnl.Route]) -> list[rtnl.Route]:
+    """vipctl's routes among `routes`: protocol 211 in the main table."""
+    return [r for r in routes if r.protocol == PROTO and r.table == "main"]
+
+
 def installed(spec: Spec) -> dict[str, list[str]]:
     """vipctl's proxy entries and VIP routes that are live now, for the spec's uplink."""
-    proxies = [
-        str(e["dst"])
-        for e in ip_json("neigh", "show", "proxy", "dev", spec.uplink)
-        if str(e.get("protocol", "")) == PROTO
-    ]
-    routes: list[str] = []
-    for family in ("-4", "-6"):
-        for r in ip_json(family, "route", "show", "proto", PROTO):
-            routes.append(str(r["dst"]))
+    proxies = [n.dst for n in rtnl.proxies() if n.dev == spec.uplink and n.protocol == PROTO]
+    routes = [r.dst for family in (4, 6) for r in _ours(rtnl.routes(family))]
     vips = {str(v) for v in spec.vips}
     return {
         "proxies": [p for p in proxies if p in vips],
@@ -105,6 +105,12 @@ def _host(dst: str) -> str:
         return dst
 
 
+def _index(names: dict[str, int], dev: str) -> int:
+    if dev not in names:
+        raise KernelError(f"interface {dev} does not exist")
+    return names[dev]
+
+
 def sync(spec: Spec, enabled: bool | None = None) -> list[str]:
     """Make the uplink answer (or stop answering) ARP/ND for the spec's VIPs.
 
@@ -115,14 +121,14 @@ def sync(spec: Spec, enabled: bool | None = None) -> list[str]:
     have = installed(spec) if _exists(spec.uplink) else {"proxies": [], "routes": []}
     changes: list[str] = []
     if not on:
-        for vip in have["proxies"]:
-            fam = ["-6"] if ":" in vip else ["-4"]
-            ip(*fam, "neigh", "del", "proxy", vip, "dev", spec.uplink, check=False)
-            changes.append(f"ip neigh del proxy {vip} dev {spec.uplink}")
+        if have["proxies"]:
+            uplink = _index({n: i.index for n, i in rtnl.links().items()}, spec.uplink)
+            for vip in have["proxies"]:
+                if rtnl.proxy_delete(vip, uplink, spec.uplink):
+                    changes.append(f"ip neigh del proxy {vip} dev {spec.uplink}")
         for dst in have["routes"]:
-            fam = ["-6"] if ":" in dst else ["-4"]
-            ip(*fam, "route", "del", dst, "proto", PROTO, "metric", METRIC, check=False)
-            changes.append(f"ip route del {dst} proto {PROTO}")
+            if rtnl.route_delete(dst, PROTO, METRIC):
+                changes.append(f"ip route del {dst} proto {PROTO}")
         return changes
     a = build(spec)
     missing = [d for d in (a.uplink, *(p for _, ps in a.routes for p in ps)) if not _exists(d)]
@@ -139,39 +145,29 @@ def sync(spec: Spec, enabled: bool | None = None) -> list[str]:
         if current != str(value):
             write_sysctl(s.path, value)
             changes.append(f"sysctl -w {s.key}={value}")
+    names = {n: i.index for n, i in rtnl.links().items()}
     for vip in a.proxies:
         if vip in have["proxies"]:
             continue
-        family = "-6" if ":" in vip else "-4"
-        ip(family, "neigh", "replace", "proxy", vip, "dev", a.uplink, "protocol", PROTO)
+        rtnl.proxy_replace(vip, _index(names, a.uplink), a.uplink, PROTO)
         changes.append(f"ip neigh replace proxy {vip} dev {a.uplink} protocol {PROTO}")
-    live = {_host(r["dst"]): r for r in ip_json("-4", "route", "show", "proto", PROTO)}
+    live = {_host(r.dst): r for r in _ours(rtnl.routes(4))}
     for dst, ports in a.routes:
         current_ports = _route_ports(live.get(_host(dst)))
         if current_ports == set(ports):
             continue
-        hops = [w for p in ports for w in ("nexthop", "dev", p)]
-        ip("-4", "route", "replace", dst, "proto", PROTO, "metric", METRIC, *hops)
+        rtnl.multipath_replace(dst, [_index(names, p) for p in ports], PROTO, METRIC)
         changes.append(f"ip route replace {dst} proto {PROTO} via {', '.join(ports)}")
     return changes
 
 
-def _route_ports(route: dict[str, object] | None) -> set[str] | None:
+def _route_ports(route: rtnl.Route | None) -> set[str] | None:
     if route is None:
         return None
-    hops = route.get("nexthops")
-    if isinstance(hops, list):
-        return {str(h.get("dev")) for h in hops if isinstance(h, dict)}
-    return {str(route.get("dev"))}
+    if route.nexthops:
+        return set(route.nexthops)
+    return {route.dev}
 
 
 def _exists(dev: str) -> bool:
     return read_sysctl(("net", "ipv4", "conf", dev, "forwarding")) is not None
-
-
-def answers_for(vip: str, uplink: str) -> bool:
-    """True when a proxy entry (anyone's) for ``vip`` exists on ``uplink``."""
-    fam = "-6" if ip_address(vip).version == 6 else "-4"
-    return any(
-        str(e.get("dst")) == vip for e in ip_json(fam, "neigh", "show", "proxy", "dev", uplink)
-    )

@@ -12,6 +12,7 @@ batch goes to the kernel, which validates it, and is never committed).
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -21,8 +22,10 @@ from typing import Literal, Protocol
 
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
-from vipctl.host.iproute import ip, ip_json
+from vipctl.host import rtnl
 from vipctl.host.links import poke_neighbour
+from vipctl.host.rtnl import LinkInfo as LinkInfo  # re-exported: checks and tests use them
+from vipctl.host.rtnl import Route as Route
 from vipctl.host.sysctl import read_sysctl, sysctl
 
 Status = Literal["ok", "warning", "error"]
@@ -45,21 +48,13 @@ class Finding:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LinkInfo:
-    name: str
-    admin_up: bool
-    carrier: bool
-    mtu: int
+# LinkInfo (name, admin_up, carrier, mtu) and Route (type, dst, dev, table, protocol as
+# the kernel's number) come from vipctl.host.rtnl, which builds them from netlink messages.
 
-
-@dataclass(frozen=True)
-class Route:
-    type: str  # unicast, local, blackhole, unreachable, prohibit, ...
-    dst: str  # prefix, "default" for 0/0
-    dev: str = ""
-    table: str = "main"
-    protocol: str = ""
+# `ip route get` refusals that mean "this source is not accepted on this interface": the
+# reverse-path filter or a martian source (EINVAL; EXDEV on older kernels). Judged by
+# errno, never by text (which follows the locale).
+RP_ERRNOS = frozenset({errno.EINVAL, errno.EXDEV})
 
 
 @dataclass(frozen=True)
@@ -531,60 +526,34 @@ class LiveHost:
 
     def links(self) -> Mapping[str, LinkInfo]:
         if self._links is None:
-            self._links = {}
-            for link in ip_json("link", "show"):
-                flags = link.get("flags", [])
-                self._links[str(link["ifname"])] = LinkInfo(
-                    name=str(link["ifname"]),
-                    admin_up="UP" in flags,
-                    carrier="LOWER_UP" in flags,
-                    mtu=int(link.get("mtu", 0)),
-                )
+            self._links = rtnl.links()
         return self._links
 
     def sysctl(self, key: str) -> str | None:
         return read_sysctl(key)
 
     def addresses(self) -> Sequence[tuple[str, int, str]]:
-        out = []
-        for link in ip_json("addr", "show"):
-            for info in link.get("addr_info", []):
-                out.append((str(info["local"]), int(info["prefixlen"]), str(link["ifname"])))
-        return out
+        return rtnl.addresses()
 
     def routes(self, family: int) -> Sequence[Route]:
-        out = []
-        for r in ip_json(f"-{family}", "route", "show", "table", "all"):
-            out.append(
-                Route(
-                    type=str(r.get("type", "unicast")),
-                    dst=str(r.get("dst", "")),
-                    dev=str(r.get("dev", "")),
-                    table=str(r.get("table", "main")),
-                    protocol=str(r.get("protocol", "")),
-                )
-            )
-        return out
+        return rtnl.routes(family)
 
     def neighbours(self, spec: Spec, ports: set[str]) -> Mapping[str, Neighbour]:
         wanted = {m.name: m for m in spec.members if not m.mac and m.port in ports}
         found: dict[str, Neighbour] = {}
 
         def look() -> None:
-            table = ip_json("neigh", "show")
+            table = [n for n in rtnl.neighbours() if n.usable]
             for name, m in wanted.items():
                 if name in found and found[name].mac:
                     continue
                 for n in table:
-                    if n.get("dst") != str(m.address):
+                    if n.dst != str(m.address):
                         continue
-                    states = set(n.get("state", []))
-                    if not n.get("lladdr") or states & {"FAILED", "INCOMPLETE"}:
-                        continue
-                    if n.get("dev") == m.port:
-                        found[name] = Neighbour(str(n["lladdr"]).lower())
+                    if n.dev == m.port:
+                        found[name] = Neighbour(n.lladdr)
                         break
-                    found[name] = Neighbour(None, elsewhere=str(n.get("dev")))
+                    found[name] = Neighbour(None, elsewhere=n.dev)
 
         look()
         pending = [m for n, m in wanted.items() if n not in found or not found[n].mac]
@@ -598,14 +567,14 @@ class LiveHost:
         return found
 
     def reverse_path(self, vip: str, port: str, uplink: str) -> str | None:
+        link = self.links().get(port)
+        if link is None:
+            return None  # check_links names it
         dst = _client_like_address(uplink)
-        proc = ip("route", "get", dst, "from", vip, "iif", port, check=False)
-        if proc.returncode == 0:
-            return None
-        err = proc.stderr.strip().removeprefix("RTNETLINK answers: ")
-        if "Invalid argument" in err or "cross-device" in err:
-            return f"`ip route get {dst} from {vip} iif {port}` fails: {err}"
-        return None  # another reason (forwarding off, no route): other checks name it
+        code = rtnl.route_get_errno(dst, vip, link.index)
+        if code in RP_ERRNOS:
+            return f"`ip route get {dst} from {vip} iif {port}` fails: {rtnl.describe(code)}"
+        return None  # routed, or another reason (forwarding off, no route): others name it
 
     def nft_check(self, batch: str) -> str | None:
         if self.check_batch is None:
@@ -641,23 +610,25 @@ class LiveHost:
     def proxies(self, uplink: str) -> Sequence[str]:
         if uplink not in self.links():
             return []
-        return [str(e.get("dst")) for e in ip_json("neigh", "show", "proxy", "dev", uplink)]
+        return [n.dst for n in rtnl.proxies() if n.dev == uplink]
 
 
 def _client_like_address(uplink: str) -> str:
     """An IPv4 destination routed out of the uplink (the reply path a client would use)."""
-    mine = {
-        a
-        for link in ip_json("-4", "addr", "show")
-        for a in (i.get("local") for i in link.get("addr_info", []))
-    }
-    for r in ip_json("-4", "route", "show"):
-        if r.get("dev") != uplink:
+    mine = {a.address for a in rtnl.addresses(4)}
+    return client_like_address(uplink, rtnl.routes(4), mine)
+
+
+def client_like_address(uplink: str, routes: Sequence[Route], mine: Collection[str]) -> str:
+    """The gateway of the first main-table route out of the uplink, else the first or
+    second host of its prefix that is not an address of this box; 192.0.2.1 if none."""
+    for r in routes:
+        if r.table != "main" or r.dev != uplink:
             continue
-        if r.get("gateway"):
-            return str(r["gateway"])
-        if r.get("dst") and r["dst"] != "default":
-            net = ip_network(str(r["dst"]), strict=False)
+        if r.gateway:
+            return r.gateway
+        if r.dst and r.dst != "default":
+            net = ip_network(r.dst, strict=False)
             for host in (net.network_address + 1, net.network_address + 2):
                 if str(host) not in mine and host in net:
                     return str(host)

@@ -27,7 +27,7 @@ from vipctl.render.wiring import NO_MAC, Wiring
 # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 NUD_RESOLVED = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
 
-_IPR: dict[tuple[int, int], Any] = {}
+_IPR: dict[tuple[int, int], tuple[threading.Thread, Any]] = {}
 _IPR_LOCK = threading.Lock()
 
 
@@ -39,17 +39,31 @@ def netns_inode() -> int:
 @contextmanager
 def iproute() -> Iterator[Any]:
     """The cached rtnetlink socket of this namespace and thread; calls are serialized."""
+    me = threading.current_thread()
     key = (netns_inode(), threading.get_ident())
     with _IPR_LOCK:
-        ipr = _IPR.get(key)
-        if ipr is None:
-            ipr = _IPR[key] = IPRoute()
+        entry = _IPR.get(key)
+        if entry is None or entry[0] is not me:
+            _drop_ended_threads()
+            entry = _IPR[key] = (me, IPRoute())
+        ipr = entry[1]
         try:
             yield ipr
         except (OSError, RuntimeError):
             _IPR.pop(key, None)
             ipr.close()
             raise
+
+
+def _drop_ended_threads() -> None:
+    """Close the sockets of threads that have ended (the caller holds _IPR_LOCK). A thread
+    that joins a namespace for one call (the lab's member setup) would otherwise leave its
+    socket open, and the namespace alive with it; a new thread may also reuse the ident."""
+    for key, (thread, ipr) in list(_IPR.items()):
+        if not thread.is_alive():
+            del _IPR[key]
+            with contextlib.suppress(Exception):
+                ipr.close()
 
 
 def names() -> dict[str, int]:

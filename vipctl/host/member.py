@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError, UsageError
-from vipctl.host.iproute import ip, ip_json
+from vipctl.host import rtnl
 from vipctl.host.sysctl import Sysctl, read_sysctl, sysctl, write_sysctl
 from vipctl.statefile import write_json
 
@@ -172,10 +172,9 @@ def render(setup: MemberSetup, fmt: Format) -> str:
 def detect_interface(spec: Spec, name: str) -> str | None:
     """The interface of this host that carries member ``name``'s own address."""
     address = str(spec.member(name).address)
-    for link in ip_json("addr", "show"):
-        for info in link.get("addr_info", []):
-            if info.get("local") == address:
-                return str(link["ifname"])
+    for a in rtnl.addresses():
+        if a.address == address:
+            return a.dev
     return None
 
 
@@ -184,11 +183,14 @@ def _record_path(state_dir: Path, setup: MemberSetup) -> Path:
 
 
 def _lo_addresses() -> set[str]:
-    out: set[str] = set()
-    for link in ip_json("addr", "show", "dev", "lo"):
-        for info in link.get("addr_info", []):
-            out.add(f"{info['local']}/{info['prefixlen']}")
-    return out
+    return {f"{a.address}/{a.prefixlen}" for a in rtnl.addresses() if a.dev == "lo"}
+
+
+def _lo() -> rtnl.LinkInfo:
+    lo = rtnl.links().get("lo")
+    if lo is None:
+        raise KernelError("this host has no loopback interface 'lo'")
+    return lo
 
 
 def apply_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
@@ -204,15 +206,15 @@ def apply_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(record_path.read_text())
     changes: list[str] = []
-    lo = ip_json("link", "show", "dev", "lo")
-    if lo and "UP" not in lo[0].get("flags", []):
-        ip("link", "set", "lo", "up")
+    lo = _lo()
+    if not lo.admin_up:
+        rtnl.set_up(lo.index, "lo")
         changes.append("ip link set lo up")
     present = _lo_addresses()
     for prefix in setup.addresses:
         if prefix in present:
             continue
-        ip("addr", "replace", *_ip_addr_cmd("replace", prefix).split()[3:])
+        rtnl.addr_replace(lo.index, "lo", prefix)  # IPv6 with nodad, as the text says
         changes.append(_ip_addr_cmd("replace", prefix))
         if prefix not in record["addresses"]:
             record["addresses"].append(prefix)
@@ -240,8 +242,7 @@ def remove_setup(setup: MemberSetup, state_dir: Path) -> list[str]:
     present = _lo_addresses()
     ours = set(record["addresses"]) if record else set(setup.addresses)
     for prefix in setup.addresses:
-        if prefix in present and prefix in ours:
-            ip("addr", "del", prefix, "dev", "lo")
+        if prefix in present and prefix in ours and rtnl.addr_delete(_lo().index, "lo", prefix):
             changes.append(_ip_addr_cmd("del", prefix))
     for key, value in (record or {}).get("sysctls", {}).items():
         path = tuple(key.split("/"))
