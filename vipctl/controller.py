@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
+from vipctl.core import transition
 from vipctl.core.partition import Layout, Table, count, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
@@ -40,6 +41,8 @@ class ApplyResult:
     seconds: float
     layout: Layout
     backend: str = "nftables"
+    moving: int = 0  # buckets in transition once applied
+    recorded_s: float = 0.0  # how long the record step waited
 
 
 # --------------------------------------------------------------------------------------
@@ -158,8 +161,16 @@ def apply(
     reasons: Mapping[str, str] | None = None,
     backends: Backends | None = None,
     box: Box | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
+
+    Buckets that change owner go through a transition (core/transition.py) when the
+    backend keeps flow state and `pinning.mode` is moving: first, for `pinning.record_ms`,
+    one commit records the UDP flows of the newly moving buckets; then one commit moves
+    them. Transitions that are due and whose flows are gone settle back to the stateless
+    path in the same apply. Buckets of a member that is down move at once.
 
     `preflight` runs the doctor's checks first (the CLI does; the daemon's failovers do
     not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
@@ -199,7 +210,21 @@ def apply(
             and live.generation == st.generation
             and st.ifindex == dict(wiring.ifindex)
         )
-        plan = be.plan(spec, layout, wiring, generation + 1, live, recorded if trusted else None)
+        before = st.moving if st is not None else {}
+        moving: dict[int, transition.Move] = {}
+        if be.transitions and spec.pinning.mode == "moving":
+            now = clock()
+            if before and transition.due(before, now, spec.pinning.idle_timeout_s):
+                before = transition.settle(
+                    before, _flow_buckets(be, spec), now, spec.pinning.idle_timeout_s
+                )
+            table = previous.table if previous is not None else None
+            moving = transition.plan_moves(table, layout.table, before, layout.down, now)
+        fresh = transition.newly_moving(moving, before)
+        record_s = spec.pinning.record_ms / 1000 if fresh and not dry_run else 0.0
+        plan = be.plan(
+            spec, layout, wiring, generation + 1, live, recorded if trusted else None, moving
+        )
         change = planning.Change(previous, layout)
 
         def result(changed: bool, text: str = "", diff: str = "") -> ApplyResult:
@@ -214,6 +239,8 @@ def apply(
                 seconds=time.perf_counter() - started,
                 layout=layout,
                 backend=be.name,
+                moving=len(moving),
+                recorded_s=record_s if changed else 0.0,
             )
 
         new_state = statefile.ClusterState(
@@ -225,10 +252,11 @@ def apply(
             ifindex=dict(wiring.ifindex),
             macs=dict(wiring.macs),
             reasons={**(st.reasons if st else {}), **(reasons or {})},
+            moving=moving,
         )
         if trusted and st is not None and st.digest == plan.digest:
             if not dry_run:
-                if new_state.spec != st.spec or new_state.reasons != st.reasons:
+                if (new_state.spec, new_state.reasons, moving) != (st.spec, st.reasons, st.moving):
                     # the kernel is right; the state learns the spec (addresses, health
                     # settings) and the reasons, keeping its generation
                     statefile.save(
@@ -245,7 +273,28 @@ def apply(
         if dry_run:
             be.check(plan)
             return result(True, plan.text, diff)
-        _commit(be, plan, directory, new_state, whole=not trusted)
+        if record_s > 0:
+            # record first: the newly moving buckets deliver to their old owner and record
+            # their UDP flows; then the move below. Each step is one transaction.
+            rec = transition.recording(moving, fresh)
+            first = be.plan(
+                spec, layout, wiring, generation + 1, live, recorded if trusted else None, rec
+            )
+            _commit(
+                be,
+                first,
+                directory,
+                dataclasses.replace(new_state, digest=first.digest, moving=rec),
+                whole=not trusted,
+            )
+            sleep(record_s)
+            generation += 1
+            live = be.observe(spec)
+            plan = be.plan(spec, layout, wiring, generation + 1, live, spec, moving)
+            new_state = dataclasses.replace(
+                new_state, generation=generation + 1, digest=plan.digest
+            )
+        _commit(be, plan, directory, new_state, whole=not trusted and record_s == 0)
         if recorded is not None and recorded.backend != spec.backend:
             # the cluster moved to another backend: the new rules are live, remove the old
             pick(recorded).down(recorded, spec.cluster)
@@ -271,6 +320,14 @@ def _old_text(
         return be.render(recorded, previous, old_wiring, generation).text
     except KeyError:
         return ""
+
+
+def _flow_buckets(be: Backend, spec: Spec) -> set[int] | None:
+    """Buckets that still hold a recorded flow; None when unknown (then nothing settles)."""
+    try:
+        return be.flow_buckets(spec)
+    except KernelError:
+        return None
 
 
 def _commit(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vipctl.core.partition import Layout
+from vipctl.core.transition import Move, moving_from_json, moving_to_json
 from vipctl.errors import StateError
 
 DEFAULT_STATE_DIR = "/var/lib/vipctl"
@@ -36,6 +37,7 @@ class ClusterState:
     ifindex: dict[str, int] = field(default_factory=dict)  # port -> ifindex when committed
     macs: dict[str, str] = field(default_factory=dict)  # member -> MAC when committed
     reasons: dict[str, str] = field(default_factory=dict)  # member -> last health transition
+    moving: dict[int, Move] = field(default_factory=dict)  # buckets in transition
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class ClusterState:
             "ifindex": self.ifindex,
             "macs": self.macs,
             "reasons": self.reasons,
+            "moving": moving_to_json(self.moving),
         }
 
     @classmethod
@@ -61,6 +64,7 @@ class ClusterState:
             ifindex={str(k): int(v) for k, v in data.get("ifindex", {}).items()},
             macs={str(k): str(v) for k, v in data.get("macs", {}).items()},
             reasons={str(k): str(v) for k, v in data.get("reasons", {}).items()},
+            moving=moving_from_json(data.get("moving")),
         )
 
 

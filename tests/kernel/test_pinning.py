@@ -20,11 +20,13 @@ from vipctl.lab.topology import Lab
 
 
 class Cluster:
-    def __init__(self, topo: Lab, tmp: Path, mode: str = "steer", **pinning: Any) -> None:
+    def __init__(
+        self, topo: Lab, tmp: Path, mode: str = "steer", pin: str = "moving", **pinning: Any
+    ) -> None:
         self.topo = topo
         self.state = str(tmp / "state")
         self.spec = topo.spec("web", mode=mode, key="mask", bits=8)
-        self.spec["pinning"] = {"enabled": True, **pinning}
+        self.spec["pinning"] = {"mode": pin, **pinning}
         self.path = write_spec(tmp / "web.json", self.spec)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -188,11 +190,11 @@ def test_connections_of_a_removed_member_get_a_reset_within_a_second(
 def test_a_dead_members_flows_are_released_and_pinned_to_the_new_owner(
     topo: Lab, tmp_path: Path, mode: str
 ) -> None:
-    """A UDP flow (fixed 5-tuple) of a member declared down is answered by its bucket's new
-    owner from the next packet, is pinned there, and stays there when the member returns
-    (the stale pin was deleted, not revived). A flow that never sent during the outage
-    finds its original member again. A fresh flow follows the restored table."""
-    c = Cluster(topo, tmp_path, mode=mode)
+    """pinning: always. A UDP flow (fixed 5-tuple) of a member declared down is answered by
+    its bucket's new owner from the next packet, is pinned there, and stays there when the
+    member returns (the stale pin was deleted, not revived). A flow that never sent during
+    the outage finds its original member again. A fresh flow follows the restored table."""
+    c = Cluster(topo, tmp_path, mode=mode, pin="always")
     try:
         c.apply()
         sources = sources_of(c, "web2", 24)
@@ -239,7 +241,7 @@ def test_drain_takes_no_new_flows_and_keeps_existing_ones(cluster: Cluster, topo
 
 
 def test_full_pin_table_still_serves_new_flows(topo: Lab, tmp_path: Path) -> None:
-    c = Cluster(topo, tmp_path, max_flows=4)
+    c = Cluster(topo, tmp_path, pin="always", max_flows=4)
     try:
         c.apply()
         sources = traffic.expand(topo.sources4, 128)
@@ -253,13 +255,17 @@ def test_full_pin_table_still_serves_new_flows(topo: Lab, tmp_path: Path) -> Non
 
 
 def test_rebalance_dry_run_counts_pinned_flows_in_moving_buckets(
-    cluster: Cluster, topo: Lab
+    topo: Lab, tmp_path: Path
 ) -> None:
-    cluster.apply()
-    sources = moving_sources(cluster, "web3=4", 24)
-    traffic.probe(topo, topo.vip4, sources, sport=43000)
-    out = cluster.run("rebalance", str(cluster.path), "--weights", "web3=4", "--dry-run").stdout
-    assert "live pinned flows in the moving buckets: 24" in out
+    cluster = Cluster(topo, tmp_path, pin="always")
+    try:
+        cluster.apply()
+        sources = moving_sources(cluster, "web3=4", 24)
+        traffic.probe(topo, topo.vip4, sources, sport=43000)
+        args = ("rebalance", str(cluster.path), "--weights", "web3=4", "--dry-run")
+        assert "live pinned flows in the moving buckets: 24" in cluster.run(*args).stdout
+    finally:
+        cluster.down()
 
 
 def test_control_without_pinning_the_same_rebalance_breaks_connections(
@@ -267,7 +273,7 @@ def test_control_without_pinning_the_same_rebalance_breaks_connections(
 ) -> None:
     """The checks above can fail: with pinning off, moving a bucket breaks its flows."""
     c = Cluster(topo, tmp_path)
-    c.spec["pinning"] = {"enabled": False}
+    c.spec["pinning"] = {"enabled": False}  # the older spelling of mode: off
     write_spec(c.path, c.spec)
     try:
         c.apply()
@@ -277,5 +283,116 @@ def test_control_without_pinning_the_same_rebalance_breaks_connections(
             c.run("rebalance", str(c.path), "--weights", "web3=4")
             broken = tcp.ping()
         assert all(broken[s] != first[s] for s in sources), broken
+    finally:
+        c.down()
+
+
+# --------------------------------------------------------------------------------------
+# pinning: moving (the default) -- per-flow state only for buckets in transition
+# --------------------------------------------------------------------------------------
+
+
+def nft_json(topo: Lab, *what: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", topo.router_ns, "nft", "-j", "list", *what],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return list(json.loads(out)["nftables"])
+
+
+def transition_objects(topo: Lab) -> tuple[list[str], list[str]]:
+    """(chains of buckets in transition, verdict targets in the owners map), from the kernel."""
+    items = nft_json(topo, "table", "netdev", "vipctl_web")
+    chains = [str(i["chain"]["name"]) for i in items if "chain" in i]
+    targets: list[str] = []
+    for i in items:
+        m = i.get("map")
+        if m and str(m["name"]).startswith("owners4"):
+            for _key, verdict in m.get("elem", []):
+                targets.append(str(verdict.get("goto", {}).get("target")))
+    moving = [c for c in chains if c.startswith(("mv4_", "rec4_"))]
+    return moving, targets
+
+
+def test_steady_state_keeps_no_per_flow_state(cluster: Cluster, topo: Lab) -> None:
+    cluster.apply()
+    sources = traffic.expand(topo.sources4, 256)
+    with traffic.TcpSessions(topo, topo.vip4, sources[:32], timeout=1.0) as tcp:
+        assert tcp.ping() == cluster.owners(sources[:32])
+    got = traffic.probe(topo, topo.vip4, sources, sport=44000)
+    assert got == {s: [o] for s, o in cluster.owners(sources).items()}
+    assert sum(m["pinned"] for m in cluster.status()["members"]) == 0
+    moving, targets = transition_objects(topo)
+    assert moving == [] and targets and all(x.startswith("to4_") for x in targets)
+
+
+def test_silent_tcp_connections_keep_their_member_across_a_rebalance(
+    cluster: Cluster, topo: Lab
+) -> None:
+    """Connections that send nothing before, during and for 5 s after the change: their
+    first packet after it finds no record, is not a SYN, so it goes to the old owner."""
+    cluster.apply()
+    sources = moving_sources(cluster, "web3=4")
+    before = cluster.owners(sources)
+    with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
+        assert tcp.ping() == before
+        cluster.run("rebalance", str(cluster.path), "--weights", "web3=4")
+        after = cluster.owners(sources)
+        assert all(after[s] != before[s] for s in sources)
+        moving, _ = transition_objects(topo)
+        assert any(c.startswith("mv4_") for c in moving)
+        time.sleep(5)
+        assert tcp.ping() == before
+        with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as fresh:
+            assert fresh.ping() == after
+
+
+def test_moved_buckets_settle_back_to_the_stateless_path(topo: Lab, tmp_path: Path) -> None:
+    c = Cluster(topo, tmp_path, idle_timeout_s=2)
+    try:
+        c.apply()
+        sources = moving_sources(c, "web3=4", 16)
+        before = c.owners(sources)
+        proc = c.rebalance_async("web3=4")
+        while proc.poll() is None:  # UDP flows active through the change are recorded
+            traffic.probe(topo, topo.vip4, sources, sport=45000)
+            time.sleep(0.1)
+        assert proc.returncode == 0
+        got = traffic.probe(topo, topo.vip4, sources, sport=45000)
+        assert got == {s: [before[s]] for s in sources}
+        assert sum(m["pinned"] for m in c.status()["members"]) >= len(sources)
+        moving, _ = transition_objects(topo)
+        assert moving, "the moved buckets are in transition"
+        time.sleep(3.5)  # every recorded flow idle for longer than idle_timeout_s
+        # the next command settles what is due (the same weights: no bucket moves)
+        c.run("rebalance", str(c.path), "--weights", "web3=4")
+        moving, targets = transition_objects(topo)
+        assert moving == [] and all(x.startswith("to4_") for x in targets)
+        assert sum(m["pinned"] for m in c.status()["members"]) == 0
+        after = c.owners(sources)
+        got = traffic.probe(topo, topo.vip4, sources, sport=45000)
+        assert got == {s: [after[s]] for s in sources}  # the table alone decides again
+    finally:
+        c.down()
+
+
+def test_a_full_transition_map_never_drops_a_flow(topo: Lab, tmp_path: Path) -> None:
+    c = Cluster(topo, tmp_path, max_flows=4)
+    try:
+        c.apply()
+        sources = moving_sources(c, "web3=4", 64)
+        proc = c.rebalance_async("web3=4")
+        while proc.poll() is None:
+            traffic.probe(topo, topo.vip4, sources, sport=46000)
+            time.sleep(0.1)
+        assert proc.returncode == 0
+        for sport in (46000, 46001):
+            got = traffic.probe(topo, topo.vip4, sources, sport=sport)
+            assert all(len(v) == 1 for v in got.values()), got
+        with traffic.TcpSessions(topo, topo.vip4, sources[:16], timeout=1.0) as tcp:
+            assert set(tcp.opened.values()) == {"ok"}
+        assert sum(m["pinned"] for m in c.status()["members"]) <= 4
     finally:
         c.down()

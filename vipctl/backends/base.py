@@ -19,6 +19,7 @@ place (`backend_for`). The controller runs the same apply for every backend:
     counters(spec, live)               packets and bytes per member, where the backend
                                        counts them
     pinned(spec)                       pinned flows per member and (bucket, member) of each
+    flow_buckets(spec)                 buckets that still hold a recorded flow (settling)
     offload(live)                      how many rules the hardware holds (None: not
                                        applicable)
 """
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 from vipctl.core.partition import Layout, Table
 from vipctl.core.spec import Spec
+from vipctl.core.transition import Moving
 from vipctl.render.wiring import Wiring
 
 
@@ -66,6 +68,7 @@ class Plan:
 
 class Backend(Protocol):
     name: str
+    transitions: bool  # keeps per-flow state for buckets in transition
 
     def refuse(self, spec: Spec) -> None: ...
 
@@ -75,7 +78,14 @@ class Backend(Protocol):
         self, spec: Spec, live: Live | None = None
     ) -> tuple[Table, dict[int, Table]] | None: ...
 
-    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan: ...
+    def render(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        moving: Moving | None = None,
+    ) -> Plan: ...
 
     def plan(
         self,
@@ -85,7 +95,10 @@ class Backend(Protocol):
         generation: int,
         live: Live | None,
         recorded: Spec | None = None,
+        moving: Moving | None = None,
     ) -> Plan: ...
+
+    def flow_buckets(self, spec: Spec) -> set[int] | None: ...
 
     def check(self, plan: Plan) -> None: ...
 

@@ -21,6 +21,7 @@ import nftables
 from vipctl.backends.base import Live, Plan
 from vipctl.core.partition import Layout, Owner, Table, bucket_of
 from vipctl.core.spec import Spec
+from vipctl.core.transition import Moving
 from vipctl.errors import KernelError
 from vipctl.host import links
 from vipctl.render.nft import (
@@ -32,6 +33,7 @@ from vipctl.render.nft import (
     counter_name,
     digest,
     owner_map_name,
+    owners_map_name,
     render_table,
     table_name,
     transaction,
@@ -185,7 +187,7 @@ def observe(
         return None
     for item in list(out.get("nftables", [])):
         m = item.get("map")
-        is_pin = m is not None and str(m["name"]).startswith("pin")
+        is_pin = m is not None and str(m["name"]).startswith(("pin", "flows"))
         if m and ((with_elements and not is_pin) or (with_pins and is_pin)):
             full = _list("map", name, str(m["name"]))
             if full is not None:
@@ -328,15 +330,14 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
     index_owner = {ifindex[p]: n for p, n in port_owner.items() if p in ifindex}
     size = spec.partition.buckets
     for family in spec.vip_families:
-        owner_map = owner_map_name(family, spec)
-        if owner_map not in live.maps:
+        name = owners_map_name(family, spec)  # pinning moving/off: bucket -> verdict
+        if name not in live.maps:
+            name = owner_map_name(family, spec)  # pinning always: bucket -> mark
+        if name not in live.maps:
             return None
         table: list[Owner] = [None] * size
-        for key, value in live.maps[owner_map]:
-            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
-                owner = index_owner.get(int(value))
-            else:
-                owner = port_owner.get(str(value))
+        for key, value in live.maps[name]:
+            owner = _owner_of(value, family, index_owner, port_owner)
             if isinstance(key, dict) and "range" in key:
                 lo, hi = (_bucket_from_key(k, spec) for k in key["range"])
             elif isinstance(key, dict) and "prefix" in key:  # nft prints aligned runs so
@@ -351,6 +352,27 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
         by_family[family] = tuple(table)
     first = by_family[spec.vip_families[0]]
     return first, by_family
+
+
+def _owner_of(
+    value: Any, family: int, index_owner: dict[int, str], port_owner: dict[str, str]
+) -> Owner:
+    """The member a bucket's map value sends new flows to: a mark (the port's ifindex), or
+    a verdict `goto to4_<member>`, `goto rec4_<member>` (recording, still the old owner's)
+    or `goto mv4_<old mark>_<new mark>` (in transition: new flows go to the new owner)."""
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return index_owner.get(int(value))
+    if isinstance(value, dict):
+        verdict = value.get("goto") or value.get("jump")
+        target = str(verdict.get("target", "")) if isinstance(verdict, dict) else ""
+        for prefix in (f"to{family}_", f"rec{family}_"):
+            if target.startswith(prefix):
+                return target.removeprefix(prefix)
+        if target.startswith(f"mv{family}_"):
+            marks = target.removeprefix(f"mv{family}_").split("_")
+            return index_owner.get(int(marks[-1])) if marks[-1].isdigit() else None
+        return None
+    return port_owner.get(str(value))
 
 
 def live_layout(spec: Spec) -> Layout | None:
@@ -428,9 +450,9 @@ def pins(cluster: str) -> list[Pin]:
         return []
     out: list[Pin] = []
     for name, elems in live.maps.items():
-        if not name.startswith("pin"):
+        if not name.startswith(("pin", "flows")):
             continue
-        family = 4 if name.startswith("pin4") else 6
+        family = 4 if name.startswith(("pin4", "flows4")) else 6
         for key, value in elems:
             out.append(Pin(family=family, key=key, mark=int(value)))
     return out
@@ -481,6 +503,7 @@ class NftBackend:
     """One netdev table per cluster, replaced by one libnftables transaction."""
 
     name = "nftables"
+    transitions = True  # keeps per-flow state for buckets in transition
 
     def refuse(self, spec: Spec) -> None:
         return None  # every valid spec renders
@@ -498,8 +521,15 @@ class NftBackend:
         table = live.detail if live is not None and live.complete else None
         return live_table(spec, table)
 
-    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
-        table = build_table(spec, layout, wiring, generation)
+    def render(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        moving: Moving | None = None,
+    ) -> Plan:
+        table = build_table(spec, layout, wiring, generation, moving)
         text = render_table(table)
         return Plan(spec, layout, wiring, generation, digest(table, text), text, table)
 
@@ -511,8 +541,9 @@ class NftBackend:
         generation: int,
         live: Live | None,
         recorded: Spec | None = None,
+        moving: Moving | None = None,
     ) -> Plan:
-        rendered = self.render(spec, layout, wiring, generation)
+        rendered = self.render(spec, layout, wiring, generation, moving)
         table: NftTable = rendered.payload
         observed = live.detail.observed if live is not None else Observed()
         if recorded is not None:
@@ -524,6 +555,15 @@ class NftBackend:
             full = observe(spec.cluster, with_elements=False)
             observed = full.observed if full is not None else observed
         return dataclasses.replace(rendered, payload=_Payload(table, transaction(table, observed)))
+
+    def flow_buckets(self, spec: Spec) -> set[int] | None:
+        """Buckets that still have a recorded flow (None: some flows cannot be placed)."""
+        buckets: set[int] = set()
+        for bucket, _owner in pinned_flows(spec)[1]:
+            if bucket is None:
+                return None
+            buckets.add(bucket)
+        return buckets
 
     def check(self, plan: Plan) -> None:
         check(plan.payload.batch)

@@ -34,6 +34,7 @@ from vipctl.backends.tcnl import (
 )
 from vipctl.core.partition import Layout, Owner, Table
 from vipctl.core.spec import Spec
+from vipctl.core.transition import Moving
 from vipctl.errors import KernelError
 from vipctl.host import links
 from vipctl.render.tc import (
@@ -408,6 +409,7 @@ class TcBackend:
     """flower (or u32) filters with make-before-break chain flips (see the module doc)."""
 
     name = "tc"
+    transitions = False  # keeps per-flow state for buckets in transition
 
     def refuse(self, spec: Spec) -> None:
         check_spec(spec)
@@ -439,7 +441,15 @@ class TcBackend:
             by_family[family] = tuple(table)
         return by_family[spec.vip_families[0]], by_family
 
-    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
+    def render(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        moving: Moving | None = None,
+    ) -> Plan:
+        # tc has no dynamic state: no transitions, buckets move at once
         # rendered in slot 1: the text and digest do not depend on the slot it lands in
         ruleset = build_ruleset(spec, layout, wiring, generation, slot=1)
         text = render_text(ruleset)
@@ -454,8 +464,12 @@ class TcBackend:
         generation: int,
         live: Live | None,
         recorded: Spec | None = None,
+        moving: Moving | None = None,
     ) -> Plan:
         return self.render(spec, layout, wiring, generation)
+
+    def flow_buckets(self, spec: Spec) -> set[int] | None:
+        return set()
 
     def check(self, plan: Plan) -> None:
         # tc has no check mode: rendering (done) is what can be checked without a commit

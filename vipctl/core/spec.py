@@ -117,10 +117,46 @@ class Health(_Model):
     fall: int = Field(default=3, ge=1, le=1000)
 
 
+PinningMode = Literal["moving", "always", "off"]
+
+
 class Pinning(_Model):
-    enabled: bool = True
+    """Flow affinity. `moving` (the default): no per-flow state in steady state; when a
+    change moves buckets, only the flows of the moving buckets are recorded and kept on
+    their member until they have been idle for `idle_timeout_s`. `always`: every TCP/UDP
+    flow is pinned on every packet (for UDP services whose flows go silent for minutes
+    across a change). `off`: the bucket table alone. The older `enabled: true|false`
+    means `moving` or `off`."""
+
+    mode: PinningMode = "moving"
     idle_timeout_s: int = Field(default=600, ge=1, le=7 * 24 * 3600)
     max_flows: int = Field(default=1 << 20, ge=1, le=1 << 26)
+    record_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=1000,
+        description="before buckets move, how long UDP flows of the moving buckets are "
+        "recorded (a UDP flow that sent within this window keeps its member)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _enabled_means_a_mode(cls, data: object) -> object:
+        if not isinstance(data, dict) or "enabled" not in data:
+            return data
+        data = dict(data)
+        enabled = data.pop("enabled")
+        if not isinstance(enabled, bool):
+            raise ValueError("enabled: must be true or false (or use mode: moving|always|off)")
+        implied = "moving" if enabled else "off"
+        if "mode" in data and (data["mode"] == "off") == enabled:
+            raise ValueError(f"enabled: {str(enabled).lower()} contradicts mode: {data['mode']}")
+        data.setdefault("mode", implied)
+        return data
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
 
 
 class Spec(_Model):

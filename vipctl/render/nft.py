@@ -22,11 +22,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from vipctl.core.partition import Layout
-from vipctl.core.spec import Spec
+from vipctl.core.spec import Member, Spec
+from vipctl.core.transition import Moving
 from vipctl.render.wiring import Wiring
 
 TABLE_PREFIX = "vipctl_"
@@ -98,7 +100,8 @@ def _bucket_literals(family: int, key: str, bits: int) -> tuple[str, ...]:
 
 
 def runs(table: Layout | tuple[str | None, ...]) -> list[tuple[int, int, str]]:
-    """Maximal runs of consecutive buckets with one owner: (first, last, owner)."""
+    """Maximal runs of consecutive buckets with one owner (or one verdict): (first, last,
+    owner); buckets of None are left out."""
     owners = table.table if isinstance(table, Layout) else table
     out: list[tuple[int, int, str]] = []
     start = 0
@@ -158,93 +161,152 @@ def member_chain(family: int, member: str) -> str:
     return f"to{family}_{member}"
 
 
-def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> NftTable:
+def owners_map_name(family: int, spec: Spec) -> str:
+    """Name of the bucket -> verdict map of one family (pinning moving or off)."""
+    p = spec.partition
+    suffix = f"m{p.bits}" if p.key == "mask" else f"h{p.bits}_{p.seed:x}"
+    return f"owners{family}_{suffix}"
+
+
+def flows_name(family: int, spec: Spec) -> str:
+    """The flows recorded for buckets in transition (pinning: moving)."""
+    pin = spec.pinning
+    return f"flows{family}_t{pin.idle_timeout_s}_n{pin.max_flows}_k12"
+
+
+def record_chain(family: int, member: str) -> str:
+    return f"rec{family}_{member}"
+
+
+def move_chain(family: int, old_mark: int, new_mark: int) -> str:
+    """Chains of moving buckets are named by the ports' marks: member names may hold `_`."""
+    return f"mv{family}_{old_mark}_{new_mark}"
+
+
+def icmp_chain(family: int) -> str:
+    return f"icmp{family}"
+
+
+# ICMP errors about a flow to a VIP come from a router on the path, not from the client:
+# bucketing them by source would pick an arbitrary member (and the one that holds the
+# connection would never learn the path MTU). They are copied to every member that is up;
+# the members without the connection ignore them.
+_ICMP_ERRORS = {
+    4: "icmp type destination-unreachable",
+    6: "icmpv6 type { destination-unreachable, packet-too-big }",
+}
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """What every family's rules need: the ports, marks, MACs and VIP matches."""
+
+    spec: Spec
+    wiring: Wiring
+    present: tuple[Member, ...]  # members whose port exists
+    alive: tuple[Member, ...]  # present and up, by mark
+    mark: Mapping[str, int]
+
+    def deliver(self, member: str) -> str:
+        """The rule that hands a packet (at ingress) to `member`."""
+        m = next(x for x in self.present if x.name == member)
+        if self.spec.mode == "broadcast":
+            copies = " ".join(f'dup to "{x.port}"' for x in self.present)
+            return f"meta mark set {self.mark[member]} {copies} drop"
+        return (
+            f'counter name "{counter_name(member)}" '
+            f'ether daddr set {self.wiring.macs[member].lower()} fwd to "{m.port}"'
+        )
+
+
+def _icmp_rules(ctx: _Ctx) -> tuple[str, ...]:
+    """Copy an ICMP error to every member that is up (steer: the MAC per copy; broadcast:
+    the mark per copy, each port's egress keeps its own and sets the MAC)."""
+    if not ctx.alive:
+        return ("drop",)
+    out = []
+    for i, m in enumerate(ctx.alive):
+        last = i == len(ctx.alive) - 1
+        if ctx.spec.mode == "broadcast":
+            out.append(
+                f'meta mark set {ctx.mark[m.name]} dup to "{m.port}"' + (" drop" if last else "")
+            )
+        else:
+            verb = "fwd" if last else "dup"
+            out.append(f'ether daddr set {ctx.wiring.macs[m.name].lower()} {verb} to "{m.port}"')
+    return tuple(out)
+
+
+def build_table(
+    spec: Spec,
+    layout: Layout,
+    wiring: Wiring,
+    generation: int,
+    moving: Moving | None = None,
+) -> NftTable:
     """The cluster's whole table as data (no kernel access).
 
-    Per address family, the uplink's ingress jumps VIP packets to chain vip4/vip6:
-      1. a pinned TCP/UDP flow: mark := pin[flow], then `meta mark vmap @deliverN` goes to
-         the member's chain when the member is alive (one rule: the fast path)
-      2. pinned to a member that is not alive any more: delete the pin (released: the
-         bucket's owner answers its next packet, a TCP client gets a reset, not a black
-         hole; the flow is pinned again to that owner)
-      3. mark := owner[bucket(saddr)], then the same vmap: the one table decision
-      4. drop (no owner: nobody is up; never let a VIP packet be routed)
-    Each member has a chain per family (`to4_<member>`), reached by `goto`:
-      - remember the flow: update pin { flow : mark } (refreshes the timeout of a pinned
-        flow; its own rule: a full pin map fails this rule only, the flow still follows
-        the bucket table)
-      - steer: count, rewrite the destination MAC and `fwd` to the port, all at ingress
-        (no egress chain: an egress hook costs every packet on the port)
-      - broadcast: `dup` to every port and drop the original; each port's egress chain
-        drops copies whose mark is not its own ifindex, counts and rewrites the MAC.
-    The mark is the owner's port ifindex, so it means the same port in every generation: a
-    copy stamped under generation N and judged by egress rules of N+1 gets the right verdict.
+    The uplink's ingress jumps VIP packets of each family to chain vip4/vip6. There:
+      1. an ICMP error about a flow (fragmentation needed, packet too big, unreachable) is
+         copied to every member that is up (path MTU discovery works through vipctl);
+      2. pinning moving/off: ONE lookup, bucket(saddr) -> `goto` the owner's chain
+         (`to4_<member>`), the whole per-packet cost in steady state. A bucket in
+         transition (`moving`) goes to a chain of its own instead: `rec4_<old>` records
+         UDP flows and delivers to the old owner; `mv4_<old>_<new>` sends recorded flows
+         to their member, silent TCP connections to the old owner and the rest to the new
+         one (see core/transition.py);
+         pinning always: a pinned TCP/UDP flow goes to its member (mark := pin[flow],
+         `vmap @deliverN`), a pin of a member that is not alive is deleted, then mark :=
+         owner[bucket] and the same vmap; each member chain refreshes the pin;
+      3. drop (no owner: nobody is up; never let a VIP packet be routed).
+    Each member's chain: steer counts, rewrites the destination MAC and `fwd`s to the
+    port, all at ingress; broadcast stamps the mark (the owner's port ifindex), `dup`s to
+    every port and drops the original, and each port's egress chain drops copies whose
+    mark is not its own ifindex, counts and rewrites the MAC. The mark means the same port
+    in every generation: a copy stamped under generation N and judged by egress rules of
+    N+1 gets the right verdict.
     """
     p = spec.partition
-    pinning = spec.pinning.enabled
-    table_runs = runs(layout.table)
+    mode = spec.pinning.mode
+    moving = moving or {}
     sets: list[NftSet] = []
     ingress: list[str] = []
     chains: list[NftChain] = []
     families = spec.vip_families
     # a member whose port is gone (allowed only while it is down) has no chain and no copy
-    present = [m for m in spec.members if m.port in wiring.ifindex]
+    present = tuple(m for m in spec.members if m.port in wiring.ifindex)
     mark = {m.name: wiring.ifindex[m.port] for m in present}
-    alive = sorted((m for m in present if m.name not in layout.down), key=lambda m: mark[m.name])
-    broadcast = " ".join(f'dup to "{m.port}"' for m in present) + " drop"
+    alive = tuple(
+        sorted((m for m in present if m.name not in layout.down), key=lambda m: mark[m.name])
+    )
+    ctx = _Ctx(spec, wiring, present, alive, mark)
     # `ip daddr <VIPs>` per family: the match of the uplink's jump and of each egress rule
     is_vip = {f: f"{'ip' if f == 4 else 'ip6'} daddr {vip_match(f, spec)}" for f in families}
     for family in families:
         ip = "ip" if family == 4 else "ip6"
-        owner_name = owner_map_name(family, spec)
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         literals = _bucket_literals(family, p.key, p.bits)
-        # An interval map of runs of buckets: a few elements per member instead of one per
-        # bucket, so a 65536-bucket table installs and swaps as fast as a 16-bucket one.
-        elements = tuple(
-            f"{literals[lo]}-{literals[hi]} : {mark[owner]}"
-            if hi > lo
-            else f"{literals[lo]} : {mark[owner]}"
-            for lo, hi, owner in table_runs
-        )
-        # typeof, not type: nft 1.0.6 needs it for jhash keys
-        sets.append(
-            NftSet(
-                name=owner_name,
-                kind="map",
-                decl=(f"typeof {typeof} : meta mark", "flags interval"),
-                elements=elements,
-            )
-        )
-        deliver = f"deliver{family}"
-        sets.append(
-            NftSet(
-                name=deliver,
-                kind="map",
-                decl=("type mark : verdict",),
-                elements=tuple(
-                    f"{mark[m.name]} : goto {member_chain(family, m.name)}" for m in alive
-                ),
-            )
-        )
-        rules: list[str] = []
         flow = _flow_key(ip)
-        pin = pin_name(family, spec)
-        if pinning:
+        deliver = f"deliver{family}"
+        rules = [f"{_ICMP_ERRORS[family]} goto {icmp_chain(family)}"]
+        member_body: dict[str, list[str]] = {m.name: [] for m in present}
+        if mode == "always":
+            owner_name = owner_map_name(family, spec)
+            # An interval map of runs of buckets: a few elements per member instead of one
+            # per bucket, so a 65536-bucket table installs and swaps as fast as a small one.
+            elements = tuple(
+                _element(literals, lo, hi, str(mark[owner])) for lo, hi, owner in runs(layout.table)
+            )
             sets.append(
                 NftSet(
-                    name=pin,
-                    kind="map",
-                    decl=(
-                        f"typeof {flow} : meta mark",
-                        f"size {spec.pinning.max_flows}",
-                        "flags dynamic,timeout",
-                        f"timeout {spec.pinning.idle_timeout_s}s",
-                    ),
-                    elements=(),
-                    dynamic=True,
+                    owner_name,
+                    "map",
+                    (f"typeof {typeof} : meta mark", "flags interval"),
+                    elements,
                 )
             )
+            pin = pin_name(family, spec)
+            sets.append(_dynamic_map(pin, flow, spec))
             rules += [
                 # only TCP/UDP flows are ever pinned, so no protocol check is needed here:
                 # an ICMP packet's bytes at the port offsets simply find no pin
@@ -252,23 +314,97 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
                 # packets arrive unmarked, so a mark here is the pin of a member that is not
                 # alive (an unexpected foreign mark only costs a delete of a missing key)
                 f"meta mark != 0 delete @{pin} {{ {flow} : 0 }}",
+                f"meta mark set {expr} map @{owner_name} meta mark vmap @{deliver}",
             ]
-        rules += [f"meta mark set {expr} map @{owner_name} meta mark vmap @{deliver}", "drop"]
-        chains.append(NftChain(name=f"vip{family}", hook=None, rules=tuple(rules)))
-        for m in present:
-            body: list[str] = []
-            if pinning:
-                body.append(
+            for m in present:
+                member_body[m.name].append(
                     f"meta l4proto {{ tcp, udp }} update @{pin} {{ {flow} : {mark[m.name]} }}"
                 )
-            if spec.mode == "broadcast":
-                body.append(broadcast)
-            else:
-                body.append(
-                    f'counter name "{counter_name(m.name)}" '
-                    f'ether daddr set {wiring.macs[m.name].lower()} fwd to "{m.port}"'
+            need_deliver = True
+        else:
+            verdicts: list[str | None] = []
+            pairs: set[tuple[str, str]] = set()
+            recorders: set[str] = set()
+            for bucket, owner in enumerate(layout.table):
+                move = moving.get(bucket) if mode == "moving" else None
+                if owner is None or owner not in mark:
+                    verdicts.append(None)
+                elif move is None or move.old not in mark or move.new not in mark:
+                    verdicts.append(f"goto {member_chain(family, owner)}")
+                elif move.phase == "record":
+                    recorders.add(move.old)
+                    verdicts.append(f"goto {record_chain(family, move.old)}")
+                else:
+                    pairs.add((move.old, move.new))
+                    verdicts.append(f"goto {move_chain(family, mark[move.old], mark[move.new])}")
+            owners = owners_map_name(family, spec)
+            sets.append(
+                NftSet(
+                    owners,
+                    "map",
+                    (f"typeof {typeof} : verdict", "flags interval"),
+                    tuple(_element(literals, lo, hi, v) for lo, hi, v in runs(tuple(verdicts))),
                 )
-            chains.append(NftChain(name=member_chain(family, m.name), hook=None, rules=tuple(body)))
+            )
+            rules.append(f"{expr} vmap @{owners}")
+            need_deliver = bool(pairs)
+            if mode == "moving":
+                fmap = flows_name(family, spec)
+                sets.append(_dynamic_map(fmap, flow, spec))
+                for old in sorted(recorders):
+                    chains.append(
+                        NftChain(
+                            record_chain(family, old),
+                            None,
+                            (
+                                f"meta l4proto udp update @{fmap} {{ {flow} : {mark[old]} }}",
+                                f"goto {member_chain(family, old)}",
+                            ),
+                        )
+                    )
+                for old, new in sorted(pairs, key=lambda pr: (mark[pr[0]], mark[pr[1]])):
+                    o, n = mark[old], mark[new]
+                    syn = "tcp flags & (syn | ack) == syn"
+                    chains.append(
+                        NftChain(
+                            move_chain(family, o, n),
+                            None,
+                            (
+                                # a recorded flow: refresh its entry, go to its member
+                                f"meta mark set {flow} map @{fmap}",
+                                f"meta mark != 0 update @{fmap} {{ {flow} : meta mark }}",
+                                f"meta mark vmap @{deliver}",
+                                # recorded to a member that is down: released
+                                f"meta mark != 0 delete @{fmap} {{ {flow} : 0 }}",
+                                # a new connection: the new owner (recorded: its next
+                                # packets are not SYNs); delivery never depends on the map
+                                f"{syn} update @{fmap} {{ {flow} : {n} }}",
+                                f"{syn} goto {member_chain(family, new)}",
+                                # an unrecorded packet of a connection: the old owner's,
+                                # recorded there. One rule: with the map full the update
+                                # fails, the rule stops, and the packet goes to the new
+                                # owner (where a connection opened under a full map is)
+                                f"meta l4proto tcp update @{fmap} {{ {flow} : {o} }} "
+                                f"goto {member_chain(family, old)}",
+                                f"goto {member_chain(family, new)}",
+                            ),
+                        )
+                    )
+        if need_deliver:
+            sets.append(
+                NftSet(
+                    deliver,
+                    "map",
+                    ("type mark : verdict",),
+                    tuple(f"{mark[m.name]} : goto {member_chain(family, m.name)}" for m in alive),
+                )
+            )
+        rules.append("drop")
+        chains.append(NftChain(f"vip{family}", None, tuple(rules)))
+        chains.append(NftChain(icmp_chain(family), None, _icmp_rules(ctx)))
+        for m in present:
+            body = (*member_body[m.name], ctx.deliver(m.name))
+            chains.append(NftChain(member_chain(family, m.name), None, body))
         comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
         ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
     chains.insert(
@@ -301,6 +437,26 @@ def build_table(spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> 
         sets=tuple(sets),
         counters=tuple(counter_name(m.name) for m in spec.members),
         chains=tuple(chains),
+    )
+
+
+def _element(literals: tuple[str, ...], lo: int, hi: int, value: str) -> str:
+    return f"{literals[lo]}-{literals[hi]} : {value}" if hi > lo else f"{literals[lo]} : {value}"
+
+
+def _dynamic_map(name: str, flow: str, spec: Spec) -> NftSet:
+    """A flow -> mark map filled by the packet path; never flushed by a swap."""
+    return NftSet(
+        name=name,
+        kind="map",
+        decl=(
+            f"typeof {flow} : meta mark",
+            f"size {spec.pinning.max_flows}",
+            "flags dynamic,timeout",
+            f"timeout {spec.pinning.idle_timeout_s}s",
+        ),
+        elements=(),
+        dynamic=True,
     )
 
 
@@ -348,12 +504,14 @@ def transaction(table: NftTable, observed: Observed) -> str:
     """
     ref = table.ref
     cmds = [f"add table {ref}"]
+    # chains before maps: nft 1.0.6 cannot add an element `goto C` to an interval verdict
+    # map declared before chain C in the same batch (ENOENT), whatever the element order
+    for ch in table.chains:
+        cmds.append(f"add chain {ref} {ch.name}" + (f" {{ {ch.hook} }}" if ch.hook else ""))
     for s in table.sets:
         cmds.append(f"add {s.kind} {ref} {s.name} {{ {'; '.join(s.decl)}; }}")
     for c in table.counters:
         cmds.append(f"add counter {ref} {c}")
-    for ch in table.chains:
-        cmds.append(f"add chain {ref} {ch.name}" + (f" {{ {ch.hook} }}" if ch.hook else ""))
     wanted_chains = {ch.name for ch in table.chains}
     for name in sorted(observed.chains | wanted_chains):
         if name in observed.chains:
