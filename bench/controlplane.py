@@ -6,7 +6,7 @@
   plus the phases it is made of (observe, build+render, commit, verify) timed one by one.
 * ``commit_grid``: compute + render + commit of a swap for members x bits, in a namespace
   with 64 veth ports (the lab tops out at 29 members).
-* ``daemon_rss``: RSS of ``vipctl daemon`` if vipctl/daemon.py exists, else a note.
+* ``daemon_rss``: RSS of ``vipctl daemon``.
 
 The ``inner-*`` subcommands run INSIDE a benchmark namespace (``ip netns exec NS python -m
 bench.controlplane inner-... ``) and print JSON; the outer functions start them.
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, ROOT, netns, run, summary
+from bench.common import PY, netns, run, summary
 from vipctl.lab import topology as labmod
 
 CLUSTER = "bench"
@@ -255,12 +255,6 @@ def inner_grid(members: list[int], bits_list: list[int], repeats: int) -> list[d
 
 
 def daemon_rss(lab: labmod.Lab, work: Path) -> dict[str, Any]:
-    if not (ROOT / "vipctl" / "daemon.py").exists():
-        return {
-            "skipped": "vipctl/daemon.py does not exist yet (another engineer is "
-            "writing it); RSS not measured",
-            "goal_mb": 60,
-        }
     spec = work / "daemon.json"
     spec.write_text(json.dumps(_spec(lab, 16)))
     proc = subprocess.Popen(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 
 import pytest
@@ -77,11 +76,7 @@ def ns_pids(ns: str) -> list[int]:
 
 
 def test_build_and_destroy(lab: LabFactory) -> None:
-    t0 = time.monotonic()
     lb = lab(4)
-    took = time.monotonic() - t0
-    assert took < 2.0, f"building a 4-member lab took {took:.2f}s"
-
     assert labmod.namespaces(lb.prefix) == sorted(lb.namespaces)
     assert labmod.discover(lb.prefix) == lb
     echo_pids = [p for ns in lb.member_ns for p in ns_pids(ns)]

@@ -171,19 +171,19 @@ def test_restoration_returns_the_exact_table_and_keeps_flows_opened_meanwhile(
             assert set(fresh.ping().values()) == {"web2"}
 
 
-def test_connections_of_a_removed_member_get_a_reset_within_a_second(
+def test_connections_of_a_removed_member_get_a_reset_not_a_timeout(
     cluster: Cluster, topo: Lab
 ) -> None:
+    """The released pin sends the next packet to the bucket's new owner, which answers the
+    unknown connection with a reset: the client learns at once instead of hanging (a
+    session without an answer within its timeout would be reported as "timeout")."""
     cluster.apply()
     sources = sources_of(cluster, "web2", 16)
     with traffic.TcpSessions(topo, topo.vip4, sources, timeout=1.0) as tcp:
         assert set(tcp.ping().values()) == {"web2"}
         cluster.apply("--down", "web2")
-        started = time.monotonic()
         result = tcp.ping()
-        elapsed = time.monotonic() - started
         assert set(result.values()) <= {"reset", "closed"}, result
-        assert elapsed < 1.0, f"clients waited {elapsed:.2f}s"
 
 
 @pytest.mark.parametrize("mode", ["steer", "broadcast"])

@@ -129,7 +129,7 @@ def test_state_machine_invariants(results: list[bool], rise: int, fall: int) -> 
 # -- the monitor's bookkeeping (no tasks started) -----------------------------------------
 
 
-def _spec(probe: dict[str, object] | None = None) -> Spec:
+def _spec(probe: dict[str, object] | None = None, *, rise: int = 2, fall: int = 2) -> Spec:
     return parse_spec(
         {
             "cluster": "web",
@@ -143,8 +143,8 @@ def _spec(probe: dict[str, object] | None = None) -> Spec:
                 "probe": probe or {"kind": "tcp", "port": 7000},
                 "interval_ms": 50,
                 "timeout_ms": 200,
-                "rise": 2,
-                "fall": 2,
+                "rise": rise,
+                "fall": fall,
             },
         }
     )
@@ -176,6 +176,136 @@ def test_monitor_link_events_and_reload_keep_health() -> None:
         await m.stop()
 
     asyncio.run(reload())
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def _monitor(
+    *, rise: int = 2, fall: int = 3, down: set[str] | None = None
+) -> tuple[health.Monitor, list[Transition], FakeClock]:
+    seen: list[Transition] = []
+    clock = FakeClock()
+    m = health.Monitor(_spec(rise=rise, fall=fall), seen.append, down or set(), clock=clock)
+    return m, seen, clock
+
+
+def _feed(m: health.Monitor, clock: FakeClock, name: str, results: str) -> list[bool]:
+    """'o' (ok) / 'x' (fail), one every 0.1 s on the fake clock; `up` after each."""
+    ups = []
+    for r in results:
+        clock.advance(0.1)
+        m.feed(name, r == "o", "probe ok" if r == "o" else "probe failed")
+        ups.append(m.health[name].up)
+    return ups
+
+
+def _successes_to_come_back(m: health.Monitor, clock: FakeClock, name: str) -> int:
+    n = 0
+    while not m.health[name].up:
+        assert n < 100, "never came back"
+        _feed(m, clock, name, "o")
+        n += 1
+    return n
+
+
+def test_monitor_rise_and_fall_counts_and_transition_times() -> None:
+    m, seen, clock = _monitor(rise=2, fall=3)
+    assert _feed(m, clock, "web1", "xxoxx") == [True] * 5  # a success resets the run
+    assert seen == []
+    assert _feed(m, clock, "web1", "x") == [False]  # third failure in a row
+    assert seen == [Transition("web1", False, "probe failed (3 failures in a row)", clock())]
+    down_at = clock()
+    assert _feed(m, clock, "web1", "xoxo") == [False] * 4  # successes must be consecutive
+    assert _feed(m, clock, "web1", "o") == [True]
+    assert seen[-1] == Transition("web1", True, "probe ok (2 successes in a row)", clock())
+    assert seen[-1].at == pytest.approx(down_at + 0.5)
+    assert m.down() == set() and len(seen) == 2
+    # the other member was never touched
+    assert m.health["web2"] == MemberHealth(up=True)
+
+
+def test_monitor_flap_damping_grows_required_rise_on_its_clock() -> None:
+    """fall 1, rise 2: each further down within FLAP_WINDOW_S doubles the successes needed,
+    up to FLAP_MAX_FACTOR times; once the window has passed on the Monitor's clock, it is
+    back to `rise` (with the real clock this test would need a minute)."""
+    m, seen, clock = _monitor(rise=2, fall=1)
+    needed = []
+    for _ in range(6):
+        _feed(m, clock, "web1", "x")
+        assert not m.health["web1"].up
+        needed.append(_successes_to_come_back(m, clock, "web1"))
+    assert needed == [2, 4, 8, 16, 16, 16]
+    assert [t.up for t in seen] == [False, True] * 6
+    clock.advance(health.FLAP_WINDOW_S + 1)
+    _feed(m, clock, "web1", "x")
+    assert _successes_to_come_back(m, clock, "web1") == 2
+    # just inside the window the last down still counts
+    clock.advance(health.FLAP_WINDOW_S - 1)
+    _feed(m, clock, "web1", "x")
+    assert _successes_to_come_back(m, clock, "web1") == 4
+
+
+def test_monitor_link_loss_is_immediate_and_restored_link_needs_rise() -> None:
+    m, seen, clock = _monitor(rise=2, fall=3)
+    clock.advance(5)
+    m.link_event("m1", False, "lost carrier")
+    assert seen == [Transition("web1", False, "port m1 lost carrier", clock())]
+    assert m.down() == {"web1"} and not m.health["web1"].link
+    # probes that succeed while the port has no link do not count
+    assert _feed(m, clock, "web1", "ooooo") == [False] * 5
+    m.link_event("m1", False, "was set down")  # no link already: no new transition
+    assert len(seen) == 1
+    m.link_event("m1", True, "is up")
+    assert m.down() == {"web1"} and m.health["web1"].link and len(seen) == 1
+    assert _feed(m, clock, "web1", "oo") == [False, True]
+    assert seen[-1].up and seen[-1].at == clock()
+    # a second loss within the flap window: the way back needs twice the successes
+    clock.advance(1)
+    m.link_event("m1", False, "lost carrier")
+    m.link_event("m1", True, "is up")
+    assert _successes_to_come_back(m, clock, "web1") == 4
+    # a member already down by probes that loses link: no transition, still needs rise
+    assert _feed(m, clock, "web2", "xxx") == [True, True, False]
+    n = len(seen)
+    m.link_event("m2", False, "lost carrier")
+    m.link_event("m2", True, "is up")
+    assert len(seen) == n
+    clock.advance(health.FLAP_WINDOW_S + 1)
+    assert _successes_to_come_back(m, clock, "web2") == 2
+
+
+def test_monitor_measures_probe_latency_on_its_clock() -> None:
+    clock = FakeClock()
+
+    async def main() -> dict[str, float]:
+        m = health.Monitor(_spec({"kind": "none"}), lambda _t: None, clock=clock)
+
+        async def slow_probe() -> tuple[bool, str]:
+            clock.advance(0.25)  # the probe "takes" 250 ms of the Monitor's clock
+            return True, "ok"
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(health, "prober", lambda _spec, _member: slow_probe)
+            m._start_probes()
+            for _ in range(100):
+                if len(m.latency) == 2:
+                    break
+                await asyncio.sleep(0)
+            await m.stop()
+        return m.latency
+
+    assert asyncio.run(main()) == {"web1": 0.25, "web2": 0.25}
 
 
 # -- probes against real sockets on the loopback ------------------------------------------

@@ -1,22 +1,32 @@
 """Golden rulesets: examples/*.yaml rendered with fixed wiring, compared exactly.
 
-Regenerate after a reviewed change with `VIPCTL_UPDATE_GOLDEN=1 pytest tests/unit/test_render.py`
-and read the diff of rulesets/.
+Per example, three files in rulesets/:
+- <example>.nft: the table (`render_table`, what `apply --dry-run` prints);
+- <example>.batch.nft: the batch sent to libnftables for the first install
+  (`transaction(table, Observed())`);
+- <example>.update.batch.nft: the batch that replaces that first table (generation 1) when
+  the spec's last member has been removed (generation 2, the layout rebalanced from the
+  first one): flush and refill of every chain and of the bucket and deliver maps, pin maps
+  untouched, deletes of the removed member's chains and counter at the end.
+
+Regenerate after a reviewed change with `VIPCTL_UPDATE_GOLDEN=1 pytest tests/unit` (see
+tests/unit/goldens.py) and read the diff of rulesets/.
 """
 
 from __future__ import annotations
 
-import os
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.unit import goldens
 from vipctl.core.plan import desired
-from vipctl.core.spec import Spec, load_spec, load_text
-from vipctl.render.nft import Observed, build_table, render_table, transaction
+from vipctl.core.spec import Spec, load_spec, load_text, parse_spec
+from vipctl.render.nft import NftTable, Observed, build_table, render_table, transaction
 from vipctl.render.wiring import Wiring
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = goldens.ROOT
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
@@ -27,15 +37,87 @@ def fake_wiring(spec: Spec) -> Wiring:
     return Wiring(ifindex=ifindex, macs=macs)
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_golden_ruleset(example: Path) -> None:
+def observed_of(table: NftTable) -> Observed:
+    """What vipctl observes of `table` once it is live (names only, as the backend reads)."""
+    return Observed(
+        sets=frozenset(s.name for s in table.sets if s.kind == "set"),
+        maps=frozenset(s.name for s in table.sets if s.kind == "map"),
+        counters=frozenset(table.counters),
+        chains=frozenset(c.name for c in table.chains),
+        exists=True,
+    )
+
+
+def first_table(example: Path) -> NftTable:
     spec = load_spec(example)
-    text = render_table(build_table(spec, desired(spec, None), fake_wiring(spec), 1))
-    golden = ROOT / "rulesets" / f"{example.stem}.nft"
-    if os.environ.get("VIPCTL_UPDATE_GOLDEN"):
-        golden.write_text(text)
-    assert golden.exists(), f"no golden file {golden}; run with VIPCTL_UPDATE_GOLDEN=1"
-    assert text == golden.read_text()
+    return build_table(spec, desired(spec, None), fake_wiring(spec), 1)
+
+
+def update_batch(example: Path) -> str:
+    """Generation 1 (every member) is live; generation 2 is the spec without its last
+    member, the layout computed from generation 1's (least movement)."""
+    spec = load_spec(example)
+    layout = desired(spec, None)
+    old = build_table(spec, layout, fake_wiring(spec), 1)
+    data = spec.model_dump(mode="json")
+    data["members"] = data["members"][:-1]
+    smaller = parse_spec(data)
+    new = build_table(smaller, desired(smaller, layout), fake_wiring(smaller), 2)
+    return transaction(new, observed_of(old))
+
+
+def table_text(example: Path) -> str:
+    return render_table(first_table(example))
+
+
+def install_batch(example: Path) -> str:
+    """The first install: nothing of the table is live yet."""
+    return transaction(first_table(example), Observed())
+
+
+GOLDENS: goldens.Goldens = {}
+for _example in EXAMPLES:
+    GOLDENS[f"{_example.stem}.nft"] = partial(table_text, _example)
+    GOLDENS[f"{_example.stem}.batch.nft"] = partial(install_batch, _example)
+    GOLDENS[f"{_example.stem}.update.batch.nft"] = partial(update_batch, _example)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS))
+def test_golden(name: str) -> None:
+    goldens.check(name, GOLDENS[name]())
+
+
+def test_update_batch_keeps_pins_and_hooks_and_deletes_the_removed_member() -> None:
+    """What the reviewed update goldens show, asserted for every example."""
+    for example in EXAMPLES:
+        spec = load_spec(example)
+        old = first_table(example)
+        batch = update_batch(example).splitlines()
+        ref = old.ref
+        gone = spec.members[-1]
+        # base chains are flushed and refilled, never deleted: their hooks stay registered
+        for chain in old.chains:
+            if chain.hook and chain.name != f"out_{gone.port}":
+                assert f"flush chain {ref} {chain.name}" in batch
+                assert not any(
+                    line.startswith(f"delete chain {ref} {chain.name}") for line in batch
+                )
+        # pin maps: declared (a no-op for a live map), never flushed, never deleted
+        pins = [s.name for s in old.sets if s.dynamic]
+        assert pins  # pinning is on by default
+        for name in pins:
+            assert f"flush map {ref} {name}" not in batch
+            assert f"delete map {ref} {name}" not in batch
+            assert not any(line.startswith(f"add element {ref} {name} ") for line in batch)
+        deletes = [line for line in batch if line.startswith("delete")]
+        want = {f"delete chain {ref} to{f}_{gone.name}" for f in spec.vip_families}
+        want.add(f"delete counter {ref} c_{gone.name}")
+        if spec.mode == "broadcast":
+            want.add(f"delete chain {ref} out_{gone.port}")
+        assert set(deletes) == want
+        # every deletion comes after the last rule that could refer to the object
+        last_add = max(i for i, line in enumerate(batch) if line.startswith("add"))
+        assert all(batch.index(line) > last_add for line in deletes)
 
 
 def test_examples_exist() -> None:

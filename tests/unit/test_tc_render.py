@@ -1,20 +1,21 @@
 """The tc backend's pure half: filters per port against the partition's entries, the hash
-key refusal, and the netlink encoding pinned by golden attribute dumps.
+key refusal, and the netlink encoding pinned by golden attribute dumps (flower and u32;
+tests/unit/test_tc_uapi.py checks the u32, pedit and gact bytes against the kernel headers).
 
-Regenerate the goldens after a reviewed change with
-`VIPCTL_UPDATE_GOLDEN=1 pytest tests/unit/test_tc_render.py` and read the diff of rulesets/.
+Regenerate the goldens after a reviewed change with `VIPCTL_UPDATE_GOLDEN=1 pytest tests/unit`
+(see tests/unit/goldens.py) and read the diff of rulesets/.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from fractions import Fraction
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
 
+from tests.unit import goldens
 from vipctl.backends import tcnl
 from vipctl.core.partition import Layout, compute, shares
 from vipctl.core.spec import Spec, parse_spec
@@ -34,8 +35,6 @@ from vipctl.render.tc import (
     rules_per_port,
 )
 from vipctl.render.wiring import Wiring
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_spec(members: int, mode: str, *, key: str = "mask", dual: bool = True) -> Spec:
@@ -81,7 +80,7 @@ def test_rules_per_port_equal_partition_entries(members: int, mode: str) -> None
 
 
 def test_rules_per_port_figures() -> None:
-    """The closing figures of issue 6: 8 bits, one IPv4 VIP."""
+    """Source rules per port for 2, 3, 5 and 8 equal members: 8 bits, one IPv4 VIP."""
     got = {}
     for n in (2, 3, 5, 8):
         spec = make_spec(n, "steer", dual=False)
@@ -142,20 +141,24 @@ def golden_dump(rs: TcRuleset, classifier: tcnl.Classifier) -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("mode", ["broadcast", "steer"])
-def test_golden_netlink_and_text(mode: str) -> None:
-    rs = ruleset(make_spec(3, mode))
-    dump = json.dumps(golden_dump(rs, "flower"), indent=1) + "\n"
-    text = render_text(rs)
-    files = {
-        ROOT / "rulesets" / f"tc-{mode}.netlink.json": dump,
-        ROOT / "rulesets" / f"tc-{mode}.tc": text,
-    }
-    for path, content in files.items():
-        if os.environ.get("VIPCTL_UPDATE_GOLDEN"):
-            path.write_text(content)
-        assert path.exists(), f"no golden file {path}; run with VIPCTL_UPDATE_GOLDEN=1"
-        assert content == path.read_text(), path
+def _dump_text(mode: str, classifier: tcnl.Classifier) -> str:
+    return json.dumps(golden_dump(ruleset(make_spec(3, mode)), classifier), indent=1) + "\n"
+
+
+def _tc_text(mode: str) -> str:
+    return render_text(ruleset(make_spec(3, mode)))
+
+
+GOLDENS: goldens.Goldens = {}
+for _mode in ("broadcast", "steer"):
+    GOLDENS[f"tc-{_mode}.tc"] = partial(_tc_text, _mode)
+    GOLDENS[f"tc-{_mode}.netlink.json"] = partial(_dump_text, _mode, "flower")
+    GOLDENS[f"tc-{_mode}.u32.netlink.json"] = partial(_dump_text, _mode, "u32")
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS))
+def test_golden(name: str) -> None:
+    goldens.check(name, GOLDENS[name]())
 
 
 def test_low_bit_masks_are_sent_as_full_masks() -> None:

@@ -3,7 +3,8 @@
 pyroute2 0.9.7 has no flower classifier, no pedit action, and its tcmsg lacks TCA_CHAIN,
 so this module declares them on pyroute2's own netlink attribute classes (nla_map with
 explicit attribute numbers from include/uapi/linux/pkt_cls.h, rtnetlink.h and
-tc_act/*.h as of 6.1; checked against the compiled headers). Keys carry full value/mask:
+tc_act/*.h as of 6.1; tests/unit/test_tc_uapi.py checks them, and the u32, pedit, mirred
+and gact structs, against the installed headers). Keys carry full value/mask:
 the tc(8) command line refuses non-prefix flower masks (src_ip 0.0.0.1/0.0.0.1), the
 kernel attribute does not.
 
@@ -477,22 +478,16 @@ class LiveFilter:
     actions: tuple[Action, ...]
     flags: int
     in_hw_count: int
-    cookies: tuple[bytes, ...]
 
 
-def _decode_actions(
-    acts: Any, ports: dict[int, str]
-) -> tuple[tuple[Action, ...], tuple[bytes, ...]]:
+def _decode_actions(acts: Any, ports: dict[int, str]) -> tuple[Action, ...]:
     out: list[Action] = []
-    cookies: list[bytes] = []
     if acts is None:
-        return (), ()
+        return ()
     for _name, act, *_ in sorted(acts.get("attrs", []), key=lambda t: int(t[0].rsplit("_", 1)[1])):
         kind = act.get_attr("TCA_ACT_KIND")
         opts = act.get_attr("TCA_ACT_OPTIONS")
         cookie = act.get_attr("TCA_ACT_COOKIE")
-        if cookie:
-            cookies.append(bytes(cookie))
         if kind == "mirred":
             p = opts.get_attr("TCA_MIRRED_PARMS")
             ifindex = p["ifindex"]
@@ -521,7 +516,7 @@ def _decode_actions(
             out.append(SetEthDst(":".join(f"{x:02x}" for x in mac)))
         else:
             out.append(Gact(f"unknown-{kind}"))  # type: ignore[arg-type]
-    return tuple(out), tuple(cookies)
+    return tuple(out)
 
 
 def _flower_match(opts: Any, protocol: int) -> Match:
@@ -603,7 +598,7 @@ def decode_filter(msg: TcMsg, ports: dict[int, str]) -> LiveFilter | None:
         acts = opts.get_attr("TCA_U32_ACT")
         flags = opts.get_attr("TCA_U32_FLAGS") or 0
         in_hw = 1 if flags & IN_HW else 0
-    actions, cookies = _decode_actions(acts, ports)
+    actions = _decode_actions(acts, ports)
     return LiveFilter(
         ifindex=msg["index"],
         hook=hook,
@@ -616,7 +611,6 @@ def decode_filter(msg: TcMsg, ports: dict[int, str]) -> LiveFilter | None:
         actions=actions,
         flags=flags,
         in_hw_count=in_hw,
-        cookies=cookies,
     )
 
 

@@ -1,6 +1,6 @@
 """The partition engine (pure): 2**bits buckets -> members.
 
-Invariants (PRODUCT.md 2-4), all exact:
+Invariants, all exact:
 - balance: every up member owns floor or ceil of 2**bits * w / sum(w over up members);
 - least movement: a failure moves only the failed member's buckets; recovering the member
   that failed last restores the exact table it had before failing; a weight change moves

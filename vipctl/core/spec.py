@@ -1,7 +1,7 @@
 """The cluster spec: pydantic v2 models (frozen, unknown keys rejected) and the loader.
 
-The interface is PRODUCT.md's spec file. Everything but cluster, vips, uplink and members has
-a default an operator would pick.
+These models are the spec file's format, the operator's interface. Everything but cluster,
+vips, uplink and members has a default an operator would pick.
 """
 
 from __future__ import annotations

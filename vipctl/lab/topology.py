@@ -115,10 +115,6 @@ class Lab:
         return tuple(m.name for m in self.members)
 
     @property
-    def member_addrs(self) -> tuple[str, ...]:
-        return tuple(m.address for m in self.members)
-
-    @property
     def namespaces(self) -> tuple[str, ...]:
         return (self.client_ns, self.router_ns, *self.member_ns)
 
@@ -148,7 +144,7 @@ class Lab:
         bits: int = 8,
         vips: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """A vipctl spec (PRODUCT.md format, as a dict) that serves this lab's VIPs."""
+        """A vipctl spec (the spec file's content, as a dict) that serves this lab's VIPs."""
         return {
             "cluster": cluster,
             "vips": list(vips if vips is not None else self.vips),
@@ -552,11 +548,6 @@ def member_mac(lab: Lab, i: int) -> str:
     """MAC address of member ``i``'s eth0 (i counts from 1), read from the kernel."""
     m = lab.member(i)
     links = ip_json(m.ns, ["link", "show", "dev", "eth0"])
-    return str(links[0]["address"])
-
-
-def link_mac(ns: str, dev: str) -> str:
-    links = ip_json(ns, ["link", "show", "dev", dev])
     return str(links[0]["address"])
 
 

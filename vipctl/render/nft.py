@@ -1,6 +1,6 @@
 """Partition -> one nftables table per cluster, netdev family (pure).
 
-Design (KERNEL-NOTES.md, kernel 6.18 / nft 1.0.6):
+Design (as measured on kernel 6.18 with nft 1.0.6):
 - The owner of a packet is decided ONCE, at the uplink's ingress, by one map lookup keyed
   by the source bucket. Per-port sets are not atomic per packet, a single lookup is.
 - broadcast: the ingress rule stamps `meta mark` with the owner's port ifindex, `dup`s the

@@ -1,9 +1,10 @@
 """Partition -> tc filter descriptions for the tc backend (pure).
 
-The tc backend does all per-packet work in tc, because tc mirred copies skip nftables
-egress chains (KERNEL-NOTES.md): replication AND per-port filtering must both be tc. The
-filters are written for flower (+ mirred, pedit, gact), which is what switch ASICs and
-smart NICs offload; vipctl/tcnl.py encodes them as flower or, where flower is missing, u32.
+The tc backend does all per-packet work in tc, because tc mirred copies skip the nftables
+netdev egress chains of the port they are sent to: replication AND per-port filtering must
+both be tc. The filters are written for flower (+ mirred, pedit, gact), which is what switch
+ASICs and smart NICs offload; vipctl/backends/tcnl.py encodes them as flower or, where flower
+is missing, u32.
 
 Only the mask key can be expressed. A flower or u32 key is value/mask on packet bits; the
 hash key (`jhash ip saddr mod N seed S`) is a function of all address bits that no
@@ -139,10 +140,6 @@ class TcFilter:
     actions: tuple[Action, ...]
     member: str | None = None  # the member a source rule serves (rule counts, status)
 
-    @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.dev, self.hook, self.chain, self.prio)
-
 
 @dataclass(frozen=True)
 class TcRuleset:
@@ -151,13 +148,8 @@ class TcRuleset:
     generation: int
     slot: int
     uplink: str
-    ports: tuple[str, ...]  # every member port (egress filters live here in broadcast)
     dispatcher: TcFilter
     filters: tuple[TcFilter, ...]  # the generation's chain(s) and egress selectors
-
-    @property
-    def chain(self) -> int:
-        return SLOT_CHAINS[self.slot]
 
 
 def dispatcher(spec: Spec, generation: int, slot: int) -> TcFilter:
@@ -274,7 +266,6 @@ def build_ruleset(
         generation=generation,
         slot=slot,
         uplink=spec.uplink,
-        ports=tuple(m.port for m in spec.members),
         dispatcher=dispatcher(spec, generation, slot),
         filters=tuple(filters),
     )

@@ -310,6 +310,10 @@ class Monitor:
 
     Start with `await monitor.start()`; `update(spec)` after a reload keeps the health of
     members that stay; `await monitor.stop()` at the end.
+
+    `clock` is read for every probe result and link event (the flap window, the time of a
+    transition) and for probe latency; the probe schedule itself runs on the event loop's
+    clock. Tests pass a fake one.
     """
 
     def __init__(
@@ -326,7 +330,6 @@ class Monitor:
         self.health: dict[str, MemberHealth] = {
             m.name: MemberHealth(up=m.name not in down) for m in spec.members
         }
-        self.probes_sent = 0
         self.latency: dict[str, float] = {}  # member -> seconds of its last successful probe
         self._probe_tasks: dict[str, asyncio.Task[None]] = {}
         self._link_task: asyncio.Task[None] | None = None
@@ -339,30 +342,32 @@ class Monitor:
     def down(self) -> set[str]:
         return {name for name, h in self.health.items() if not h.up}
 
-    def _set(self, name: str, new: MemberHealth, changed: bool) -> None:
+    def _set(self, name: str, new: MemberHealth, changed: bool, now: float) -> None:
         self.health[name] = new
         if changed:
-            self.on_transition(Transition(name, new.up, new.reason, self.clock()))
+            self.on_transition(Transition(name, new.up, new.reason, now))
 
     def feed(self, name: str, ok: bool, detail: str) -> None:
         h = self.health.get(name)
         if h is None:  # member left the spec while its probe ran
             return
         log.debug("%s: %s", name, detail)
-        new, changed = observe(h, ok, detail, self.thresholds, self.clock())
-        self._set(name, new, changed)
+        now = self.clock()
+        new, changed = observe(h, ok, detail, self.thresholds, now)
+        self._set(name, new, changed, now)
 
     def link_event(self, ifname: str, up: bool, why: str) -> None:
         for m in self.spec.members:
             if m.port != ifname:
                 continue
             h = self.health[m.name]
+            now = self.clock()
             if not up and h.link:
-                new, changed = link_lost(h, f"port {ifname} {why}", self.thresholds, self.clock())
-                self._set(m.name, new, changed)
+                new, changed = link_lost(h, f"port {ifname} {why}", self.thresholds, now)
+                self._set(m.name, new, changed, now)
             elif up and not h.link:
                 log.info("%s: port %s has link again; waiting for probes", m.name, ifname)
-                self._set(m.name, link_restored(h), False)
+                self._set(m.name, link_restored(h), False, now)
 
     # -- tasks ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -411,13 +416,13 @@ class Monitor:
 
         async def one(seq: int) -> None:
             nonlocal newest_fed
-            started = time.monotonic()
+            started = self.clock()
             try:
                 ok, detail = await run()
             except Exception as exc:  # a probe bug must not stop probing
                 ok, detail = False, f"probe error: {exc!r}"
             if ok:
-                self.latency[member.name] = time.monotonic() - started
+                self.latency[member.name] = self.clock() - started
             # A probe that finishes after a later one carries older news: drop it, so the
             # rise/fall counts follow the order in which the member was asked.
             if seq > newest_fed:
@@ -433,7 +438,6 @@ class Monitor:
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
                     sent += 1
-                    self.probes_sent += 1
                 next_at += interval
                 now = loop.time()
                 if next_at < now:  # we were starved (CPU): do not burst to catch up
