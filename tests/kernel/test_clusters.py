@@ -15,6 +15,8 @@ def test_rebalance_of_one_cluster_leaves_the_other_intact(topo: Lab, tmp_path: P
     state = str(tmp_path / "state")
     web = topo.spec("web", mode="broadcast", key="mask", vips=[topo.vip4])
     api = topo.spec("api", mode="steer", key="hash", vips=[topo.vip6])
+    # pinning always: flows that sent once, long before the change, keep their member
+    web["pinning"] = api["pinning"] = {"mode": "always"}
     for m, member in zip(api["members"], topo.members, strict=True):
         m["address"] = member.address6  # an IPv6-only cluster resolves members over ND
     web_path = write_spec(tmp_path / "web.json", web)

@@ -377,10 +377,14 @@ def test_concurrent_applies_take_turns(topo: Lab, tmp_path: Path, state: str) ->
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
         generations = sorted(int(o.split("generation ")[1].split()[0]) for o, _ in outs)
-        assert generations == [2, 3, 4, 5]  # each saw the one before it: no lost update
+        # each saw the one before it (no lost update): distinct generations; a rebalance
+        # whose moves start transitions commits twice (record, then move), so a step is
+        # 1 or 2
+        assert len(set(generations)) == 4, outs
+        assert all(b - a in (1, 2) for a, b in zip([1, *generations], generations, strict=False))
         report = json.loads(
             vipctl(ns, "status", "web", "--json", "--state-dir", state, check=True).stdout
         )
-        assert report["generation"] == 5 and report["in_sync"]
+        assert report["generation"] == generations[-1] and report["in_sync"]
     finally:
         down(topo, state, "web")

@@ -254,9 +254,7 @@ def test_full_pin_table_still_serves_new_flows(topo: Lab, tmp_path: Path) -> Non
         c.down()
 
 
-def test_rebalance_dry_run_counts_pinned_flows_in_moving_buckets(
-    topo: Lab, tmp_path: Path
-) -> None:
+def test_rebalance_dry_run_counts_pinned_flows_in_moving_buckets(topo: Lab, tmp_path: Path) -> None:
     cluster = Cluster(topo, tmp_path, pin="always")
     try:
         cluster.apply()

@@ -20,6 +20,7 @@ from vipctl import controller, statefile
 from vipctl.backends.base import Live, Plan, text_digest
 from vipctl.core.partition import Layout, Table
 from vipctl.core.spec import Spec, parse_spec
+from vipctl.core.transition import Moving
 from vipctl.errors import KernelError, SpecError
 from vipctl.host.doctor import Finding
 from vipctl.render import nft as render_nft
@@ -61,11 +62,14 @@ class FakeKernel:
     def __init__(self) -> None:
         self.tables: dict[str, Installed] = {}
         self.calls: list[str] = []
+        self.phases: list[list[str]] = []  # phases of the moving buckets, per commit
 
 
 class FakeBackend:
     def __init__(self, name: str, kernel: FakeKernel, state_dir: Path) -> None:
         self.name = name
+        self.transitions = name == "nftables"
+        self.flows: set[int] | None = set()  # buckets with a recorded flow
         self.kernel = kernel
         self.state_dir = state_dir
         self.refuse_commit = False
@@ -84,16 +88,23 @@ class FakeBackend:
         got = self.kernel.tables[self.name]
         return got.table, {4: got.table}
 
-    def render(self, spec: Spec, layout: Layout, wiring: Wiring, generation: int) -> Plan:
+    def render(
+        self,
+        spec: Spec,
+        layout: Layout,
+        wiring: Wiring,
+        generation: int,
+        moving: Moving | None = None,
+    ) -> Plan:
         if self.name == "tc":
             ruleset = render_tc.build_ruleset(spec, layout, wiring, generation, slot=1)
             text = render_tc.render_text(ruleset)
             digest = text_digest(ln for ln in text.splitlines() if not ln.startswith("#"))
         else:
-            table = render_nft.build_table(spec, layout, wiring, generation)
+            table = render_nft.build_table(spec, layout, wiring, generation, moving)
             text = render_nft.render_table(table)
             digest = render_nft.digest(table, text)
-        return Plan(spec, layout, wiring, generation, digest, text)
+        return Plan(spec, layout, wiring, generation, digest, text, meta={"moving": moving})
 
     def plan(
         self,
@@ -103,14 +114,21 @@ class FakeBackend:
         generation: int,
         live: Live | None,
         recorded: Spec | None = None,
+        moving: Moving | None = None,
     ) -> Plan:
-        return self.render(spec, layout, wiring, generation)
+        return self.render(spec, layout, wiring, generation, moving)
+
+    def flow_buckets(self, spec: Spec) -> set[int] | None:
+        self.kernel.calls.append(f"{self.name}.flow_buckets")
+        return self.flows
 
     def check(self, plan: Plan) -> None:
         self.kernel.calls.append(f"{self.name}.check")
 
     def commit(self, plan: Plan) -> None:
         self.kernel.calls.append(f"{self.name}.commit({plan.generation})")
+        moving = plan.meta.get("moving") or {}
+        self.kernel.phases.append(sorted({m.phase for m in moving.values()}))
         path = self.state_dir / f"{plan.spec.cluster}.json"
         self.state_at_commit = json.loads(path.read_text()) if path.exists() else None
         if self.refuse_commit:
@@ -162,15 +180,27 @@ class Rig:
         self.dir = tmp_path / "state"
         self.kernel = FakeKernel()
         self.box = FakeBox()
-        self.backends = {
-            n: FakeBackend(n, self.kernel, self.dir) for n in ("nftables", "tc")
-        }
+        self.backends = {n: FakeBackend(n, self.kernel, self.dir) for n in ("nftables", "tc")}
+        self.now = 1000.0
+        self.slept: list[float] = []
 
     def pick(self, spec: Spec | str) -> FakeBackend:
         return self.backends[spec if isinstance(spec, str) else spec.backend]
 
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
     def apply(self, spec: Spec, **kw: Any) -> controller.ApplyResult:
-        return controller.apply(spec, self.dir, backends=self.pick, box=self.box, **kw)
+        return controller.apply(
+            spec,
+            self.dir,
+            backends=self.pick,
+            box=self.box,
+            clock=lambda: self.now,
+            sleep=self.sleep,
+            **kw,
+        )
 
     def state_bytes(self) -> bytes | None:
         path = self.dir / "web.json"
@@ -367,3 +397,96 @@ def test_status_and_clusters_list_every_backend(rig: Rig, backend: str) -> None:
 def test_status_of_an_unknown_cluster(rig: Rig) -> None:
     with pytest.raises(KernelError, match="not installed"):
         controller.status("nope", rig.dir, backends=rig.pick)
+
+
+# --------------------------------------------------------------------------------------
+# Transitions (pinning: moving)
+# --------------------------------------------------------------------------------------
+
+
+def test_a_rebalance_records_then_moves(rig: Rig) -> None:
+    rig.apply(make_spec())
+    spec = make_spec(
+        members=[
+            {"name": "web1", "port": "m1", "address": "198.51.100.10", "weight": 3},
+            {"name": "web2", "port": "m2", "address": "198.51.100.18"},
+            {"name": "web3", "port": "m3", "address": "198.51.100.26"},
+        ]
+    )
+    result = rig.apply(spec)
+    assert result.changed and result.moved > 0 and result.moving == result.moved
+    # one commit records (old owners still deliver), one commit moves
+    assert rig.commits() == ["nftables.commit(1)", "nftables.commit(2)", "nftables.commit(3)"]
+    assert rig.kernel.phases == [[], ["record"], ["move"]]
+    assert rig.slept == [1.0] and result.recorded_s == 1.0 and result.generation == 3
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and len(st.moving) == result.moved and st.generation == 3
+    assert {m.phase for m in st.moving.values()} == {"move"}
+    for bucket, m in st.moving.items():
+        assert m.new == st.layout.table[bucket] != m.old
+
+
+def test_a_failover_moves_at_once_with_no_transition(rig: Rig) -> None:
+    rig.apply(make_spec())
+    result = rig.apply(make_spec(), down={"web2"})
+    assert result.changed and result.moved > 0 and result.moving == 0
+    assert rig.slept == [] and rig.commits()[-1] == "nftables.commit(2)"
+
+
+def test_restoration_goes_through_the_transition(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), down={"web2"})
+    result = rig.apply(make_spec(), down=set())
+    assert result.moving == result.moved > 0 and rig.slept == [1.0]
+
+
+def test_a_member_that_dies_in_transition_takes_its_transitions_along(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), down={"web2"})
+    rig.apply(make_spec(), down=set())  # web2's buckets come back from web1 and web3
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and {m.old for m in st.moving.values()} == {"web1", "web3"}
+    rig.apply(make_spec(), down={"web1"})
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.moving and "web1" not in {m.old for m in st.moving.values()}
+    assert rig.slept == [1.0]  # the failover itself recorded nothing
+
+
+def test_transitions_settle_once_idle_and_flowless(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), down={"web2"})
+    rig.apply(make_spec(), down=set())
+    moving = statefile.load(rig.dir, "web").moving  # type: ignore[union-attr]
+    some = sorted(moving)[:2]
+    rig.pick("nftables").flows = set(some)
+    rig.now += 590  # not yet due: nothing is read, nothing settles
+    assert not rig.apply(make_spec()).changed
+    assert "nftables.flow_buckets" not in rig.kernel.calls
+    rig.now += 20
+    result = rig.apply(make_spec())
+    assert result.changed and result.moving == len(some) and result.moved == 0
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and sorted(st.moving) == some
+    rig.pick("nftables").flows = set()
+    assert rig.apply(make_spec()).moving == 0
+    rig.pick("nftables").flows = None  # unknown (unreadable): nothing settles
+    assert rig.slept == [1.0]
+
+
+def test_no_transitions_for_pinning_off_always_or_tc(rig: Rig) -> None:
+    for spec in (
+        make_spec(pinning={"mode": "off"}),
+        make_spec(pinning={"mode": "always"}),
+        make_spec("tc"),
+    ):
+        sub = Rig(rig.dir.parent / spec.pinning.mode / spec.backend)
+        sub.apply(spec)
+        sub.apply(spec, down={"web2"})
+        assert sub.apply(spec, down=set()).moving == 0 and sub.slept == []
+
+
+def test_dry_run_shows_the_transition_without_waiting(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), down={"web2"})
+    result = rig.apply(make_spec(), down=set(), dry_run=True)
+    assert result.moving > 0 and rig.slept == [] and "mv4_" in result.ruleset

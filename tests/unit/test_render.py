@@ -1,7 +1,8 @@
 """Golden rulesets: examples/*.yaml rendered with fixed wiring, compared exactly.
 
-Per example, three files in rulesets/:
+Per example, four files in rulesets/:
 - <example>.nft: the table (`render_table`, what `apply --dry-run` prints);
+- <example>.moving.nft: the same table while one bucket records and one moves;
 - <example>.batch.nft: the batch sent to libnftables for the first install
   (`transaction(table, Observed())`);
 - <example>.update.batch.nft: the batch that replaces that first table (generation 1) when
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.unit import goldens
 from vipctl.core.plan import desired
 from vipctl.core.spec import Spec, load_spec, load_text, parse_spec
+from vipctl.core.transition import Move
 from vipctl.render.nft import NftTable, Observed, build_table, render_table, transaction
 from vipctl.render.wiring import Wiring
 
@@ -70,6 +73,19 @@ def table_text(example: Path) -> str:
     return render_table(first_table(example))
 
 
+def moving_text(example: Path) -> str:
+    """The table while the first member's first bucket records (the record step) and the
+    last member's last bucket moves to the first member."""
+    spec = load_spec(example)
+    layout = desired(spec, None)
+    first, last = spec.members[0].name, spec.members[-1].name
+    table = layout.table
+    lo = table.index(first)
+    hi = len(table) - 1 - table[::-1].index(last)
+    moving = {lo: Move(first, last, 0.0, "record"), hi: Move(last, first, 0.0, "move")}
+    return render_table(build_table(spec, layout, fake_wiring(spec), 3, moving))
+
+
 def install_batch(example: Path) -> str:
     """The first install: nothing of the table is live yet."""
     return transaction(first_table(example), Observed())
@@ -78,6 +94,7 @@ def install_batch(example: Path) -> str:
 GOLDENS: goldens.Goldens = {}
 for _example in EXAMPLES:
     GOLDENS[f"{_example.stem}.nft"] = partial(table_text, _example)
+    GOLDENS[f"{_example.stem}.moving.nft"] = partial(moving_text, _example)
     GOLDENS[f"{_example.stem}.batch.nft"] = partial(install_batch, _example)
     GOLDENS[f"{_example.stem}.update.batch.nft"] = partial(update_batch, _example)
 
@@ -104,7 +121,7 @@ def test_update_batch_keeps_pins_and_hooks_and_deletes_the_removed_member() -> N
                 )
         # pin maps: declared (a no-op for a live map), never flushed, never deleted
         pins = [s.name for s in old.sets if s.dynamic]
-        assert pins  # pinning is on by default
+        assert pins  # pinning (moving) is on by default: its flow maps are declared
         for name in pins:
             assert f"flush map {ref} {name}" not in batch
             assert f"delete map {ref} {name}" not in batch
@@ -136,13 +153,20 @@ members:
 """
 
 
+def build(
+    spec: Spec, *, down: set[str] | None = None, moving: Any = None, gen: int = 7
+) -> NftTable:
+    return build_table(spec, desired(spec, None, down=down), fake_wiring(spec), gen, moving)
+
+
 @pytest.mark.parametrize("mode", ["broadcast", "steer"])
 @pytest.mark.parametrize("key", ["mask", "hash"])
-@pytest.mark.parametrize("pinning", [True, False])
-def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) -> None:
-    text = SPEC.format(mode=mode, key=key) + f"pinning: {{enabled: {str(pinning).lower()}}}\n"
-    spec = load_text(text)
-    table = build_table(spec, desired(spec, None), fake_wiring(spec), 7)
+@pytest.mark.parametrize("pinning", ["moving", "off"])
+def test_one_lookup_per_packet_in_steady_state(mode: str, key: str, pinning: str) -> None:
+    """No per-flow state is read or written in steady state: one lookup, bucket ->
+    `goto` the owner's chain, whose one rule delivers."""
+    spec = load_text(SPEC.format(mode=mode, key=key) + f"pinning: {{mode: \"{pinning}\"}}\n")
+    table = build(spec)
     ingress = table.chains[0]
     assert ingress.hook is not None and 'hook ingress device "up0"' in ingress.hook
     assert ingress.rules == (
@@ -151,52 +175,98 @@ def test_one_decision_per_packet_at_ingress(mode: str, key: str, pinning: bool) 
     )
     for family in (4, 6):
         chain = next(c for c in table.chains if c.name == f"vip{family}")
-        lookups = [r for r in chain.rules if "map @buckets" in r]
-        assert len(lookups) == 1  # exactly one bucket-table decision per packet, in one rule
+        # ICMP errors first (copied to every member), then the one lookup, then drop
+        assert chain.rules[0].endswith(f"goto icmp{family}")
+        lookups = [r for r in chain.rules if "vmap @owners" in r]
+        assert len(lookups) == 1 and chain.rules[1] == lookups[0]
         if key == "mask":
             ip, mask = ("ip", "0.0.0.7") if family == 4 else ("ip6", "::7")
-            assert lookups[0] == (
-                f"meta mark set {ip} saddr & {mask} map @buckets{family}_m3 "
-                f"meta mark vmap @deliver{family}"
-            )
-        # a bucket with no owner is dropped, never routed
-        assert chain.rules[-1] == "drop"
-        assert chain.rules[-2] == lookups[0]
-        pins = [r for r in chain.rules if "@pin" in r]
-        assert len(pins) == (2 if pinning else 0)
-        if pinning:
-            # fast path first: a pin of a member in the deliver map goes straight to it
-            assert chain.rules[0].startswith("meta mark set ") and " map @pin" in chain.rules[0]
-            assert chain.rules[0].endswith(f"meta mark vmap @deliver{family}")
-            # a pin of a member that is not alive is deleted before the bucket decision
-            assert chain.rules[1].startswith("meta mark != 0 delete @pin")
-        for member, port in (("a", "m1"), ("b", "m2")):
+            assert lookups[0] == f"{ip} saddr & {mask} vmap @owners{family}_m3"
+        else:
+            ip = "ip" if family == 4 else "ip6"
+            assert lookups[0] == f"jhash {ip} saddr mod 8 seed 0x5eed vmap @owners{family}_h3_5eed"
+        assert chain.rules[-1] == "drop" and len(chain.rules) == 3
+        for member, port, mark in (("a", "m1", 10), ("b", "m2", 11)):
             to = next(c for c in table.chains if c.name == f"to{family}_{member}")
-            updates = [r for r in to.rules if " update @pin" in r]
-            assert len(updates) == (1 if pinning else 0)
-            if pinning:
-                # the refresh is its own rule: a full pin map cannot stop delivery
-                assert "fwd" not in updates[0] and "dup" not in updates[0]
+            assert len(to.rules) == 1 and "@flows" not in to.rules[0]
             if mode == "broadcast":
-                assert to.rules[-1] == 'dup to "m1" dup to "m2" drop'
+                assert to.rules == (f'meta mark set {mark} dup to "m1" dup to "m2" drop',)
             else:
-                assert to.rules[-1].endswith(f'fwd to "{port}"')
-                assert 'counter name "c_' in to.rules[-1] and "ether daddr set" in to.rules[-1]
-    owners = [s for s in table.sets if s.name.startswith("buckets")]
+                assert to.rules[0].endswith(f'fwd to "{port}"')
+                assert 'counter name "c_' in to.rules[0] and "ether daddr set" in to.rules[0]
+    owners = [s for s in table.sets if s.name.startswith("owners")]
     # interval maps of runs: a (2 buckets) and b (6 buckets) are one run each
     assert [len(s.elements) for s in owners] == [2, 2]
-    assert "flags interval" in owners[0].decl
-    pin_maps = [s for s in table.sets if s.name.startswith("pin")]
-    assert len(pin_maps) == (2 if pinning else 0)
-    assert all(s.dynamic and not s.elements for s in pin_maps)
+    assert all(e.split(" : ")[1].startswith("goto to") for s in owners for e in s.elements)
+    assert "flags interval" in owners[0].decl and owners[0].decl[0].endswith(": verdict")
+    flows = [s for s in table.sets if s.name.startswith("flows")]
+    assert len(flows) == (2 if pinning == "moving" else 0)
+    assert all(s.dynamic and not s.elements for s in flows)
+    assert not [c for c in table.chains if c.name.startswith(("mv", "rec"))]
     # steer needs no egress hook; broadcast filters its copies there
     egress = [c for c in table.chains if c.hook and "hook egress" in c.hook]
     assert len(egress) == (2 if mode == "broadcast" else 0)
 
 
-def test_deliver_maps_hold_members_up_only() -> None:
+def test_buckets_in_transition_get_chains_of_their_own() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
-    table = build_table(spec, desired(spec, None, down={"a"}), fake_wiring(spec), 1)
+    table = build(spec, moving={0: Move("b", "a", 0.0, "move"), 1: Move("a", "b", 0.0, "record")})
+    owners = next(s for s in table.sets if s.name == "owners4_m3")
+    assert owners.elements[:2] == ("0.0.0.0 : goto mv4_11_10", "0.0.0.1 : goto rec4_a")
+    rec = next(c for c in table.chains if c.name == "rec4_a")
+    assert rec.rules == (
+        "meta l4proto udp update @flows4_t600_n1048576_k12 { ip saddr . ip daddr . @th,0,32 : 10 }",
+        "goto to4_a",
+    )
+    mv = next(c for c in table.chains if c.name == "mv4_11_10").rules
+    flows = "@flows4_t600_n1048576_k12"
+    key = "ip saddr . ip daddr . @th,0,32"
+    assert mv == (
+        f"meta mark set {key} map {flows}",
+        f"meta mark != 0 update {flows} {{ {key} : meta mark }}",
+        "meta mark vmap @deliver4",
+        f"meta mark != 0 delete {flows} {{ {key} : 0 }}",
+        f"tcp flags & (syn | ack) == syn update {flows} {{ {key} : 10 }}",
+        "tcp flags & (syn | ack) == syn goto to4_a",
+        f"meta l4proto tcp update {flows} {{ {key} : 11 }} goto to4_b",
+        "goto to4_a",
+    )
+    deliver = next(s for s in table.sets if s.name == "deliver4")
+    assert deliver.elements == ("10 : goto to4_a", "11 : goto to4_b")
+
+
+def test_icmp_errors_are_copied_to_every_member_up() -> None:
+    for mode, want in (
+        ("steer", ('ether daddr set 02:00:00:00:02:02 fwd to "m2"',)),
+        ("broadcast", ('meta mark set 11 dup to "m2" drop',)),
+    ):
+        spec = load_text(SPEC.format(mode=mode, key="mask"))
+        icmp4 = next(c for c in build(spec, down={"a"}).chains if c.name == "icmp4")
+        assert icmp4.rules == want
+        both = next(c for c in build(spec).chains if c.name == "icmp6")
+        assert len(both.rules) == 2 and "m1" in both.rules[0] and "m2" in both.rules[1]
+        vip6 = next(c for c in build(spec).chains if c.name == "vip6")
+        assert vip6.rules[0] == (
+            "icmpv6 type { destination-unreachable, packet-too-big } goto icmp6"
+        )
+
+
+def test_pinning_always_pins_every_flow() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask") + "pinning: {mode: always}\n")
+    table = build(spec)
+    vip4 = next(c for c in table.chains if c.name == "vip4")
+    assert vip4.rules[1].startswith("meta mark set ") and " map @pin4" in vip4.rules[1]
+    assert vip4.rules[1].endswith("meta mark vmap @deliver4")
+    assert vip4.rules[2].startswith("meta mark != 0 delete @pin4")
+    assert "map @buckets4_m3 meta mark vmap @deliver4" in vip4.rules[3]
+    to = next(c for c in table.chains if c.name == "to4_a")
+    # the refresh is its own rule: a full pin map cannot stop delivery
+    assert " update @pin4" in to.rules[0] and "fwd" not in to.rules[0]
+
+
+def test_deliver_maps_hold_members_up_only() -> None:
+    spec = load_text(SPEC.format(mode="steer", key="mask") + "pinning: {mode: always}\n")
+    table = build(spec, down={"a"})
     for family in (4, 6):
         deliver = next(s for s in table.sets if s.name == f"deliver{family}")
         assert deliver.elements == (f"11 : goto to{family}_b",)
@@ -204,18 +274,19 @@ def test_deliver_maps_hold_members_up_only() -> None:
     assert {c.name for c in table.chains} >= {"to4_a", "to4_b", "to6_a", "to6_b"}
 
 
-def test_pin_maps_are_never_flushed_by_a_swap() -> None:
-    spec = load_text(SPEC.format(mode="steer", key="mask"))
-    table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
-    pin4, pin6 = "pin4_t600_n1048576_k12", "pin6_t600_n1048576_k12"
-    observed = Observed(
-        maps=frozenset({"buckets4_m3", "buckets6_m3", "deliver4", "deliver6", pin4, pin6}),
-        chains=frozenset({"in_up0", "vip4", "vip6", "to4_a", "to4_b", "to6_a", "to6_b"}),
-        exists=True,
-    )
-    batch = transaction(table, observed)
-    assert pin4 in batch and f"flush map netdev vipctl_t {pin4}" not in batch
-    assert "delete map netdev vipctl_t pin" not in batch
+def test_flow_maps_are_never_flushed_by_a_swap() -> None:
+    for pinning, name in (("always", "pin"), ("moving", "flows")):
+        spec = load_text(SPEC.format(mode="steer", key="mask") + f"pinning: {{mode: {pinning}}}\n")
+        table = build(spec, gen=2)
+        f4, f6 = f"{name}4_t600_n1048576_k12", f"{name}6_t600_n1048576_k12"
+        observed = Observed(
+            maps=frozenset({"owners4_m3", "owners6_m3", f4, f6}),
+            chains=frozenset({"in_up0", "vip4", "vip6", "to4_a", "to4_b", "to6_a", "to6_b"}),
+            exists=True,
+        )
+        batch = transaction(table, observed)
+        assert f4 in batch and f"flush map netdev vipctl_t {f4}" not in batch
+        assert f"delete map netdev vipctl_t {name}" not in batch
 
 
 def test_upgrade_from_the_mark_map_layout_deletes_the_old_objects() -> None:
@@ -223,7 +294,7 @@ def test_upgrade_from_the_mark_map_layout_deletes_the_old_objects() -> None:
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
     observed = Observed(
         sets=frozenset({"vips4", "vips6", "alive"}),
-        maps=frozenset({"buckets4_m3", "ports", "pin4_t600_n1048576"}),
+        maps=frozenset({"buckets4_m3", "deliver4", "ports", "pin4_t600_n1048576"}),
         chains=frozenset({"in_up0", "vip4", "vip6", "out_m1", "out_m2"}),
         exists=True,
     )
@@ -233,6 +304,8 @@ def test_upgrade_from_the_mark_map_layout_deletes_the_old_objects() -> None:
         "delete set netdev vipctl_t vips4",
         "delete map netdev vipctl_t ports",
         "delete map netdev vipctl_t pin4_t600_n1048576",
+        "delete map netdev vipctl_t buckets4_m3",  # the mark map of pinning: always
+        "delete map netdev vipctl_t deliver4",
         "delete chain netdev vipctl_t out_m1",
     ):
         assert line in batch
@@ -266,7 +339,8 @@ def test_nobody_up_means_empty_maps_and_drop() -> None:
     spec = load_text(SPEC.format(mode="steer", key="mask"))
     layout = desired(spec, None, down={"a", "b"})
     table = build_table(spec, layout, fake_wiring(spec), 1)
-    assert all(not s.elements for s in table.sets if s.name.startswith(("buckets", "deliver")))
+    assert all(not s.elements for s in table.sets if s.name.startswith(("owners", "deliver")))
+    assert all(c.rules == ("drop",) for c in table.chains if c.name.startswith("icmp"))
 
 
 def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
@@ -274,7 +348,7 @@ def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 2)
     observed = Observed(
         sets=frozenset({"vips4", "vips6"}),
-        maps=frozenset({"buckets4_h3_5eed", "buckets4_m3"}),
+        maps=frozenset({"owners4_h3_5eed", "owners4_m3"}),
         counters=frozenset({"c_a", "c_gone"}),
         chains=frozenset({"in_up0", "out_m1", "out_m9"}),
         exists=True,
@@ -282,12 +356,12 @@ def test_transaction_flushes_instead_of_recreating_and_deletes_stale() -> None:
     batch = transaction(table, observed).splitlines()
     assert batch[0] == "add table netdev vipctl_t"
     assert "flush chain netdev vipctl_t in_up0" in batch
-    assert "delete map netdev vipctl_t buckets4_m3" not in batch
+    assert "delete map netdev vipctl_t owners4_m3" not in batch
     assert not any(line.startswith("delete chain netdev vipctl_t in_up0") for line in batch)
     assert "delete chain netdev vipctl_t out_m9" in batch
-    assert "delete map netdev vipctl_t buckets4_h3_5eed" in batch
+    assert "delete map netdev vipctl_t owners4_h3_5eed" in batch
     assert "delete counter netdev vipctl_t c_gone" in batch
-    assert "flush map netdev vipctl_t buckets4_m3" in batch  # interval maps: replaced whole
+    assert "flush map netdev vipctl_t owners4_m3" in batch  # interval maps: replaced whole
     # rules are added after every flush, deletions of stale objects come last
     last_rule = max(i for i, line in enumerate(batch) if line.startswith("add rule"))
     first_flush = min(i for i, line in enumerate(batch) if line.startswith("flush"))

@@ -255,9 +255,16 @@ def _print_apply(spec: Spec, result: object, *, dry_run: bool, diff: bool) -> No
     if not result.changed:
         typer.echo(f"{spec.cluster}: up to date (generation {result.generation})")
         return
+    steps = "one transaction"
+    if result.recorded_s:
+        steps = (
+            f"two transactions (UDP flows of the moving buckets recorded for "
+            f"{result.recorded_s:g} s, then the move)"
+        )
+    moving = f"; {result.moving} buckets in transition" if result.moving else ""
     typer.echo(
-        f"{spec.cluster}: generation {result.generation} applied in one transaction "
-        f"({result.moved} buckets moved, lower bound {result.lower_bound}; "
+        f"{spec.cluster}: generation {result.generation} applied in {steps} "
+        f"({result.moved} buckets moved, lower bound {result.lower_bound}{moving}; "
         f"{1000 * result.seconds:.1f} ms)"
     )
 

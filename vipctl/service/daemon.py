@@ -190,9 +190,10 @@ class Daemon:
                 else ""
             )
             log.info(
-                "%s: generation %d applied in one transaction in %.1f ms%s: %s%s",
+                "%s: generation %d applied in %s in %.1f ms%s: %s%s",
                 what,
                 result.generation,
+                "two transactions (record, then move)" if result.recorded_s else "one transaction",
                 1000 * result.seconds,
                 lag,
                 describe_moves(before, result.layout),
@@ -277,6 +278,23 @@ class Daemon:
         self._dirty.set()
         sdnotify.notify("READY=1")
 
+    async def _settler(self) -> None:
+        """Buckets in transition return to the stateless path once their recorded flows
+        are idle (controller.apply settles what is due): check now and then, apply when a
+        transition is old enough."""
+        from vipctl.core import transition
+
+        while True:
+            idle = self.spec.pinning.idle_timeout_s
+            await asyncio.sleep(min(60.0, max(1.0, idle / 10)))
+            try:
+                st = statefile.load(self.state_dir, self.spec.cluster)
+            except VipctlError:
+                continue
+            if st is not None and st.moving and transition.due(st.moving, time.time(), idle):
+                log.info("transitions are due to settle: applying")
+                self._dirty.set()
+
     async def _watchdog(self, period: float) -> None:
         """Ping at half the period while the loop runs and no apply is stuck in the kernel."""
         while True:
@@ -330,7 +348,10 @@ class Daemon:
         self.monitor = health.Monitor(spec, self.on_transition, initial_down)
         self.stats.probe_latency = self.monitor.latency
         await self.monitor.start()
-        tasks = [asyncio.create_task(self._reconcile(), name="reconcile")]
+        tasks = [
+            asyncio.create_task(self._reconcile(), name="reconcile"),
+            asyncio.create_task(self._settler(), name="settle"),
+        ]
         period = sdnotify.watchdog_seconds()
         if period:
             tasks.append(asyncio.create_task(self._watchdog(period), name="watchdog"))

@@ -1,0 +1,298 @@
+"""Flow affinity's cost: vipctl's data plane against a hand-written stateless reference.
+
+One command, as root, from the repository root:
+
+    .venv/bin/python -m bench.affinity [--rounds 5] [--seconds 2] [--out FILE]
+
+Lab: `vipctl.lab.topology`, 4 members, mask key, 8 bits, trafgen 60-byte UDP frames from
+65536 sources (10.99.0.0/16, random), one CPU; packets/s handed to the members (router
+member-port tx counters). Every variant is measured in the SAME round as plain routing and
+the reference; rounds interleave all variants in a rotated order; the figures are the
+per-round ratios' median (min-max).
+
+Variants:
+- plain: routed forwarding, `ip route VIP/32 via member 1` (no table);
+- reference: the hand-written stateless ruleset (`REFERENCE` below): `ip saddr & 0.0.0.255
+  vmap` with 256 elements -> a per-member chain that counts, rewrites the MAC and `fwd`s;
+- steer / broadcast: vipctl with pinning moving (the default), steady state;
+- steer-25pct-moving: vipctl steer right after a rebalance that moved 25% of the buckets
+  (weights 3:1:1:1), trafgen running through the change, so its flows in the moving
+  buckets are recorded and every one of their packets takes the transition path;
+- steer-always / steer-off: pinning always (every flow pinned on every packet) and off.
+TCP: iperf3 -P 8 for 3 s, plain vs vipctl steer and broadcast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.common import PY, ROOT, netns, nft, run, summary
+from bench.dataplane import measure_pps, prepare, start_iperf_servers, stop
+from vipctl.lab import topology as labmod
+
+CLUSTER = "aff"
+MEMBERS = 4
+UDP_PORT = 9
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    mode: str = "steer"
+    pinning: str = "moving"
+    moving: bool = False  # measure right after a rebalance that moves 25% of the buckets
+
+
+PLAIN = Variant("plain")
+REF = Variant("reference")
+VARIANTS = [
+    PLAIN,
+    REF,
+    Variant("steer"),
+    Variant("broadcast", mode="broadcast"),
+    Variant("steer-25pct-moving", moving=True),
+    Variant("steer-always", pinning="always"),
+    Variant("steer-off", pinning="off"),
+]
+
+
+def trafgen_conf(lab: labmod.Lab) -> str:
+    """60-byte UDP frames to the VIP from 10.99.R.R (both bytes random: 65536 sources)."""
+    mac = lambda s: ", ".join(f"0x{b}" for b in s.split(":"))  # noqa: E731
+    vip4 = ", ".join(lab.vip4.split("."))
+    return f"""{{
+  {mac(lab.uplink_mac)},
+  {mac(lab.client_mac)},
+  c16(0x0800),
+  0x45, 0x00, c16(46), c16(0), c16(0x4000), 64, 17, csumip(14, 33),
+  10, 99, drnd(), drnd(),
+  {vip4},
+  c16(4000), c16({UDP_PORT}), c16(26), c16(0),
+  fill(0x00, 18),
+}}
+"""
+
+
+def reference(lab: labmod.Lab) -> str:
+    """The hand-written stateless steer: one vmap of 256 buckets to per-member chains."""
+    chains = []
+    elems = []
+    for m in lab.members:
+        chains.append(
+            f"  chain m{m.index} {{ counter name c{m.index} ether daddr set {m.mac} "
+            f'fwd to "{m.port}"; }}'
+        )
+    for b in range(256):
+        elems.append(f"0.0.0.{b} : goto m{1 + b % MEMBERS}")
+    counters = "\n".join(f"  counter c{m.index} {{ }}" for m in lab.members)
+    return (
+        "table netdev ref {\n"
+        f"{counters}\n" + "\n".join(chains) + "\n"
+        f"  map b {{ type ipv4_addr : verdict; elements = {{ {', '.join(elems)} }}; }}\n"
+        f'  chain in {{ type filter hook ingress device "{lab.uplink}" priority 0; '
+        "policy accept;\n"
+        f"    ip daddr {lab.vip4} ip saddr & 0.0.0.255 vmap @b\n  }}\n}}\n"
+    )
+
+
+def spec_path(lab: labmod.Lab, v: Variant, work: Path) -> Path:
+    spec = lab.spec(CLUSTER, mode=v.mode, key="mask", bits=8, vips=[lab.vip4])
+    spec["pinning"] = {"mode": v.pinning}
+    path = work / f"{v.name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def vipctl(lab: labmod.Lab, work: Path, *args: str) -> None:
+    netns(lab.router_ns, [PY, "-m", "vipctl.cli", *args, "--state-dir", str(work / "st")])
+
+
+def install(lab: labmod.Lab, v: Variant, work: Path, conf: Path) -> None:
+    r = lab.router_ns
+    if v is PLAIN:
+        m1 = lab.member(1)
+        run(["ip", "-n", r, "route", "add", f"{lab.vip4}/32", "via", m1.address, "dev", m1.port])
+        return
+    if v is REF:
+        nft(r, reference(lab))
+        return
+    path = spec_path(lab, v, work)
+    vipctl(lab, work, "apply", str(path), "--skip-checks")
+    if v.moving:
+        gen = _trafgen(lab, conf)
+        try:
+            time.sleep(0.5)
+            vipctl(lab, work, "rebalance", str(path), "--weights", "web1=3")
+        finally:
+            _kill(gen)
+
+
+def uninstall(lab: labmod.Lab, v: Variant, work: Path) -> None:
+    r = lab.router_ns
+    if v is PLAIN:
+        run(["ip", "-n", r, "route", "del", f"{lab.vip4}/32"])
+    elif v is REF:
+        nft(r, "delete table netdev ref\n")
+    else:
+        nft(r, f"delete table netdev vipctl_{CLUSTER}\n")
+        subprocess.run(["rm", "-rf", str(work / "st")], check=False)
+
+
+def _trafgen(lab: labmod.Lab, conf: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            *("ip", "netns", "exec", lab.client_ns, "trafgen", "-o", "eth0", "-c", str(conf)),
+            *("-P", "1", "--no-sock-mem", "--notouch-irq"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def transition_state(lab: labmod.Lab) -> dict[str, int]:
+    """Buckets in transition and recorded flows, read back from the kernel."""
+    out = netns(lab.router_ns, ["nft", "-j", "list", "table", "netdev", f"vipctl_{CLUSTER}"])
+    items = json.loads(out.stdout)["nftables"]
+    moving = 0
+    flows = 0
+    for i in items:
+        m = i.get("map")
+        if not m:
+            continue
+        if m["name"].startswith("owners4"):
+            for key, verdict in m.get("elem", []):
+                if str(verdict.get("goto", {}).get("target", "")).startswith("mv4_"):
+                    lo, hi = (
+                        key["range"] if isinstance(key, dict) and "range" in key else (key, key)
+                    )
+                    moving += int(hi.split(".")[-1]) - int(lo.split(".")[-1]) + 1
+        if m["name"].startswith("flows4"):
+            flows += len(m.get("elem", []))
+    return {"moving_buckets": moving, "recorded_flows": flows}
+
+
+def measure_tcp8(lab: labmod.Lab, seconds: float) -> float:
+    proc = netns(
+        lab.client_ns,
+        [
+            *("iperf3", "-c", lab.vip4, "-B", "10.99.3.7", "-P", "8", "-t", str(seconds)),
+            *("-J", "--connect-timeout", "3000"),
+        ],
+        check=False,
+        timeout=seconds + 20,
+    )
+    data = json.loads(proc.stdout or "{}")
+    if "error" in data or proc.returncode != 0:
+        raise RuntimeError(f"iperf3: {data.get('error', proc.stderr.strip())}")
+    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def ratios(values: dict[str, list[float]], base: str) -> dict[str, Any]:
+    return {
+        n: summary([a / b for a, b in zip(v, values[base], strict=True) if b > 0], 3)
+        for n, v in values.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.affinity")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--tcp-rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "affinity.json"))
+    a = ap.parse_args(argv)
+    prefix = f"baff{os.getpid() % 10000}"
+    lab = labmod.build(prefix, MEMBERS, echo=False)
+    work = Path(f"/tmp/{prefix}")
+    work.mkdir(parents=True, exist_ok=True)
+    pps: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
+    seen: list[dict[str, int]] = []
+    try:
+        prepare(lab)
+        conf = work / "udp.trafgen"
+        conf.write_text(trafgen_conf(lab))
+        for r in range(a.rounds):
+            k = (r * 3) % len(VARIANTS)
+            for v in VARIANTS[k:] + VARIANTS[:k]:
+                install(lab, v, work, conf)
+                try:
+                    if v.moving:
+                        seen.append(transition_state(lab))
+                    pps[v.name].append(measure_pps(lab, conf, a.seconds, 0.5)["delivered_pps"])
+                finally:
+                    uninstall(lab, v, work)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{n}={x[-1]:.0f}" for n, x in pps.items()),
+                file=sys.stderr,
+            )
+        tcp: dict[str, list[float]] = {"plain": [], "steer": [], "broadcast": []}
+        tvars = [PLAIN, Variant("steer"), Variant("broadcast", mode="broadcast")]
+        for m in lab.members:  # the members' own stacks take TCP
+            nft(m.ns, "delete table netdev bench_sink\n")
+        servers = start_iperf_servers(lab)
+        try:
+            for r in range(a.tcp_rounds):
+                for v in tvars[r % 3 :] + tvars[: r % 3]:
+                    install(lab, v, work, conf)
+                    try:
+                        tcp[v.name].append(measure_tcp8(lab, 3.0))
+                    finally:
+                        uninstall(lab, v, work)
+        finally:
+            stop(servers)
+    finally:
+        labmod.destroy(prefix)
+    result = {
+        "command": "python -m bench.affinity " + " ".join(argv or sys.argv[1:]),
+        "flows": 65536,
+        "members": MEMBERS,
+        "pps": {n: summary(v, 0) for n, v in pps.items()},
+        "ratio_to_plain": ratios(pps, "plain"),
+        "ratio_to_reference": ratios(pps, "reference"),
+        "transition": seen,
+        "tcp_gbps": {n: summary(v, 3) for n, v in tcp.items()},
+        "tcp_ratio_to_plain": ratios(tcp, "plain"),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "ratio_to_plain",
+                    "ratio_to_reference",
+                    "transition",
+                    "tcp_ratio_to_plain",
+                )
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
