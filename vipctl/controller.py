@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
-from vipctl.core.partition import Layout, Table, count, shares
+from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
 from vipctl.host.doctor import Finding
@@ -401,7 +401,7 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
                 "address": str(m.address),
                 "healthy": m.name not in layout.down,
                 "reason": st.reasons.get(m.name, ""),
-                "weight": planning.fmt_weight(dict(layout.weights).get(m.name, Fraction(0))),
+                "weight": planning.weight_number(dict(layout.weights).get(m.name, Fraction(0))),
                 "buckets": live_counts.get(m.name, 0),
                 "share": round(live_counts.get(m.name, 0) / total, 6),
                 "target": round(share.target, 6) if share else 0.0,
@@ -410,11 +410,14 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
                 "pinned": pinned.get(m.name, 0),
             }
         )
+    p = spec.partition
     report: dict[str, Any] = {
         "cluster": cluster,
         "backend": be.name,
         "generation": live.generation,
         "mode": spec.mode,
+        # of the table packets meet (the kernel's), not of the state's
+        "fingerprint": fingerprint(found[0], p.key, p.bits, p.seed) if found else None,
         "key": spec.partition.key,
         "bits": spec.partition.bits,
         "vips": [str(v) for v in spec.vips],

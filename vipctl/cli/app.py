@@ -18,7 +18,7 @@ from vipctl import __version__, statefile
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.core.spec import Spec, json_schema
+from vipctl.core.spec import Spec
 from vipctl.errors import KernelError, StateError, VipctlError
 
 app = typer.Typer(
@@ -58,9 +58,22 @@ def validate(spec_path: SpecArg) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the spec's JSON Schema (for editors)."""
-    typer.echo(json.dumps(json_schema(), indent=2))
+def schema(
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", help="whose schema: spec (the input), status or plan (--json output)"
+        ),
+    ] = "spec",
+) -> None:
+    """Print a JSON Schema: the spec's (for editors), or that of `status --json` or
+    `plan --json` (for programs that read them)."""
+    from vipctl.core import schemas
+
+    if output not in schemas.NAMES:
+        typer.echo(f"vipctl: --output is one of {', '.join(schemas.NAMES)}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(schemas.schema(output), indent=2))
 
 
 @app.command()
@@ -353,6 +366,7 @@ def _status_text(r: dict[str, object]) -> str:
         f"cluster {r['cluster']}  backend {r.get('backend', 'nftables')}  "
         f"generation {r['generation']}  mode {r['mode']}  "
         f"key {r['key']}/{r['bits']}  vips {', '.join(r['vips'])}  "  # type: ignore[arg-type]
+        f"fingerprint {r.get('fingerprint') or '-'}  "
         f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}{hw}"
     ]
     rows = [
@@ -376,8 +390,8 @@ def _status_text(r: dict[str, object]) -> str:
             (
                 m["name"],
                 m["port"],
-                "up" if m["healthy"] else "DOWN",
-                m["weight"],
+                {True: "up", False: "DOWN"}.get(m["healthy"], "?"),
+                planning.fmt_weight(m["weight"]),
                 str(m["buckets"]),
                 f"{100 * m['share']:.1f}%",
                 f"{100 * m['target']:.1f}%",
