@@ -368,8 +368,13 @@ def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
     return sorted(names)
 
 
-def status(cluster: str, directory: Path, *, backends: Backends | None = None) -> dict[str, Any]:
-    """What the kernel says is live, joined with the state (weights, health)."""
+def status(
+    cluster: str, directory: Path, *, backends: Backends | None = None, pins: bool = True
+) -> dict[str, Any]:
+    """What the kernel says is live, joined with the state (weights, health).
+
+    `pins=False` leaves out each member's `pinned` count, which reads every pin map (up to
+    `pinning.max_flows` elements each): the metrics endpoint counts them on its own clock."""
     pick = backends if backends is not None else backend_for
     st = statefile.load(directory, cluster)
     spec = _recorded(st)
@@ -388,7 +393,7 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
     layout = st.layout
     targets = {s.name: s for s in shares(layout, with_entries=False)}
     counters = be.counters(spec, live)
-    pinned, _ = be.pinned(spec)
+    pinned = be.pin_counts(spec) if pins else {}
     members = []
     total = spec.partition.buckets
     for m in spec.members:
@@ -407,9 +412,10 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
                 "target": round(share.target, 6) if share else 0.0,
                 "packets": packets,
                 "bytes": nbytes,
-                "pinned": pinned.get(m.name, 0),
             }
         )
+        if pins:
+            members[-1]["pinned"] = pinned.get(m.name, 0)
     p = spec.partition
     report: dict[str, Any] = {
         "cluster": cluster,
@@ -431,6 +437,12 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
     if offload is not None:
         report["offload"] = offload
     return report
+
+
+def pin_counts(cluster: str, directory: Path) -> dict[str, int]:
+    """Pinned flows per member of an installed cluster ({} without a state or pinning)."""
+    spec = _recorded(statefile.load(directory, cluster))
+    return backend_for(spec).pin_counts(spec) if spec is not None else {}
 
 
 def live_table(spec: Spec) -> tuple[Table, dict[int, Table]] | None:

@@ -430,6 +430,14 @@ def metrics(
     listen: Annotated[
         str, typer.Option("--listen", help="ADDR:PORT for the Prometheus endpoint")
     ] = "127.0.0.1:9477",
+    pins_max_age: Annotated[
+        float,
+        typer.Option(
+            "--pins-max-age",
+            min=0,
+            help="count pinned flows at most once per SECONDS (a listing of every pin map)",
+        ),
+    ] = 15.0,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Serve Prometheus metrics read from the kernel at every scrape (until SIGTERM)."""
@@ -439,7 +447,9 @@ def metrics(
     from vipctl.service import metrics as exporter
 
     try:
-        server = exporter.serve(listen, statefile.state_dir(state_dir), clusters or None)
+        server = exporter.serve(
+            listen, statefile.state_dir(state_dir), clusters or None, pin_max_age=pins_max_age
+        )
     except VipctlError as exc:
         fail(exc)
     except OSError as exc:
