@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
@@ -24,8 +24,10 @@ from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
-from vipctl.host.doctor import Finding
 from vipctl.render.wiring import Wiring
+
+if TYPE_CHECKING:
+    from vipctl.host.doctor import Finding
 
 
 @dataclass(frozen=True)
@@ -446,10 +448,10 @@ def pin_counts(cluster: str, directory: Path) -> dict[str, int]:
 
 
 def live_table(spec: Spec) -> tuple[Table, dict[int, Table]] | None:
-    """The bucket table packets meet now, read from the kernel (None: not installed)."""
-    be = backend_for(spec)
-    live = be.observe(spec, complete=True)
-    return be.live_table(spec, live) if live is not None else None
+    """The bucket table packets meet now, read from the kernel (None: not installed).
+    Without a Live the backend reads only what the table needs (for `which`: nftables
+    lists the owner maps and nothing else)."""
+    return backend_for(spec).live_table(spec)
 
 
 def live_layout(spec: Spec) -> Layout | None:

@@ -313,8 +313,8 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
 
     Returns (table of the first VIP family, {family: table}); None if not installed.
     """
-    live = live if live is not None else observe(spec.cluster)
-    if live is None:
+    maps = live.maps if live is not None else _owner_maps(spec)
+    if maps is None:
         return None
     by_family: dict[int, Table] = {}
     ifindex = links.port_ifindex(spec)
@@ -323,10 +323,10 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
     size = spec.partition.buckets
     for family in spec.vip_families:
         owner_map = owner_map_name(family, spec)
-        if owner_map not in live.maps:
+        if owner_map not in maps:
             return None
         table: list[Owner] = [None] * size
-        for key, value in live.maps[owner_map]:
+        for key, value in maps[owner_map]:
             if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
                 owner = index_owner.get(int(value))
             else:
@@ -345,6 +345,22 @@ def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[i
         by_family[family] = tuple(table)
     first = by_family[spec.vip_families[0]]
     return first, by_family
+
+
+def _owner_maps(spec: Spec) -> dict[str, list[tuple[Any, Any]]] | None:
+    """Only the owner maps' elements (what `which` needs): one libnftables listing per
+    VIP family, no netlink dump, no counters, no pin maps. None: not installed."""
+    name = table_name(spec.cluster)
+    maps: dict[str, list[tuple[Any, Any]]] = {}
+    for family in spec.vip_families:
+        owner_map = owner_map_name(family, spec)
+        out = _list("map", name, owner_map)
+        if out is None:
+            return None
+        for item in out["nftables"]:
+            if "map" in item:
+                maps[owner_map] = [_elem_pair(e) for e in item["map"].get("elem", [])]
+    return maps
 
 
 def live_layout(spec: Spec) -> Layout | None:

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 from ipaddress import ip_address
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,8 +18,10 @@ from vipctl import __version__, statefile
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.core.spec import Spec
 from vipctl.errors import KernelError, StateError, VipctlError
+
+if TYPE_CHECKING:
+    from vipctl.core.spec import Spec
 
 app = typer.Typer(
     name="vipctl",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vipctl.core.partition import Layout, Weights, compute, count, moved, shares
-from vipctl.core.spec import Spec
 from vipctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from vipctl.core.spec import Spec
 
 
 def parse_weights(text: str, spec: Spec) -> dict[str, Fraction]:

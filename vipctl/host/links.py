@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
 from vipctl.render.wiring import NO_MAC, Wiring
@@ -43,6 +41,8 @@ def iproute() -> Iterator[Any]:
     with _IPR_LOCK:
         ipr = _IPR.get(key)
         if ipr is None:
+            from pyroute2 import IPRoute  # ~100 ms to import: only when a socket is needed
+
             ipr = _IPR[key] = IPRoute()
         try:
             yield ipr
@@ -68,9 +68,13 @@ def ifindex(name: str) -> int:
 
 def port_ifindex(spec: Spec) -> dict[str, int]:
     """ifindex of the uplink and of every member port that exists."""
-    wanted = {spec.uplink, *(m.port for m in spec.members)}
-    found = names()
-    return {name: found[name] for name in wanted if name in found}
+    out = {}
+    for name in {spec.uplink, *(m.port for m in spec.members)}:
+        try:
+            out[name] = socket.if_nametoindex(name)  # an ioctl each: no netlink dump
+        except OSError:
+            continue
+    return out
 
 
 def poke_neighbour(address: IPv4Address | IPv6Address, port: str) -> None:
