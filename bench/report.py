@@ -451,5 +451,11 @@ def write(res: dict[str, Any], json_path: Path) -> list[Path]:
         dest = DOC_IMG / p.name.rsplit("-", 1)[1]  # stable name: members.png, bits.png
         shutil.copyfile(p, dest)
         images.append(f"benchmarks/{dest.name}")
-    (DOCS / "benchmarks.md").write_text(markdown(res, images))
+    doc = DOCS / "benchmarks.md"
+    kept = ""  # the command-line section is bench/cli.py's (its own run): keep it
+    if doc.exists() and "<!-- cli-bench -->" in doc.read_text():
+        old = doc.read_text()
+        kept = "\n" + old[old.index("<!-- cli-bench -->") : old.index("<!-- /cli-bench -->")]
+        kept += "<!-- /cli-bench -->\n"
+    doc.write_text(markdown(res, images) + kept)
     return [*pngs, DOCS / "benchmarks.md"]

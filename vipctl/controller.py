@@ -16,17 +16,19 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
 from vipctl.core import transition
-from vipctl.core.partition import Layout, Table, count, shares
+from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
-from vipctl.host.doctor import Finding
 from vipctl.render.wiring import Wiring
+
+if TYPE_CHECKING:
+    from vipctl.host.doctor import Finding
 
 
 @dataclass(frozen=True)
@@ -425,8 +427,13 @@ def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
     return sorted(names)
 
 
-def status(cluster: str, directory: Path, *, backends: Backends | None = None) -> dict[str, Any]:
-    """What the kernel says is live, joined with the state (weights, health)."""
+def status(
+    cluster: str, directory: Path, *, backends: Backends | None = None, pins: bool = True
+) -> dict[str, Any]:
+    """What the kernel says is live, joined with the state (weights, health).
+
+    `pins=False` leaves out each member's `pinned` count, which reads every pin map (up to
+    `pinning.max_flows` elements each): the metrics endpoint counts them on its own clock."""
     pick = backends if backends is not None else backend_for
     st = statefile.load(directory, cluster)
     spec = _recorded(st)
@@ -445,7 +452,7 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
     layout = st.layout
     targets = {s.name: s for s in shares(layout, with_entries=False)}
     counters = be.counters(spec, live)
-    pinned, _ = be.pinned(spec)
+    pinned = be.pin_counts(spec) if pins else {}
     members = []
     total = spec.partition.buckets
     for m in spec.members:
@@ -458,20 +465,24 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
                 "address": str(m.address),
                 "healthy": m.name not in layout.down,
                 "reason": st.reasons.get(m.name, ""),
-                "weight": planning.fmt_weight(dict(layout.weights).get(m.name, Fraction(0))),
+                "weight": planning.weight_number(dict(layout.weights).get(m.name, Fraction(0))),
                 "buckets": live_counts.get(m.name, 0),
                 "share": round(live_counts.get(m.name, 0) / total, 6),
                 "target": round(share.target, 6) if share else 0.0,
                 "packets": packets,
                 "bytes": nbytes,
-                "pinned": pinned.get(m.name, 0),
             }
         )
+        if pins:
+            members[-1]["pinned"] = pinned.get(m.name, 0)
+    p = spec.partition
     report: dict[str, Any] = {
         "cluster": cluster,
         "backend": be.name,
         "generation": live.generation,
         "mode": spec.mode,
+        # of the table packets meet (the kernel's), not of the state's
+        "fingerprint": fingerprint(found[0], p.key, p.bits, p.seed) if found else None,
         "key": spec.partition.key,
         "bits": spec.partition.bits,
         "vips": [str(v) for v in spec.vips],
@@ -487,11 +498,17 @@ def status(cluster: str, directory: Path, *, backends: Backends | None = None) -
     return report
 
 
+def pin_counts(cluster: str, directory: Path) -> dict[str, int]:
+    """Pinned flows per member of an installed cluster ({} without a state or pinning)."""
+    spec = _recorded(statefile.load(directory, cluster))
+    return backend_for(spec).pin_counts(spec) if spec is not None else {}
+
+
 def live_table(spec: Spec) -> tuple[Table, dict[int, Table]] | None:
-    """The bucket table packets meet now, read from the kernel (None: not installed)."""
-    be = backend_for(spec)
-    live = be.observe(spec, complete=True)
-    return be.live_table(spec, live) if live is not None else None
+    """The bucket table packets meet now, read from the kernel (None: not installed).
+    Without a Live the backend reads only what the table needs (for `which`: nftables
+    lists the owner maps and nothing else)."""
+    return backend_for(spec).live_table(spec)
 
 
 def live_layout(spec: Spec) -> Layout | None:

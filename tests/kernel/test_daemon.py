@@ -714,3 +714,83 @@ def test_daemon_metrics_count_swaps_failovers_and_probe_latency(cluster: Cluster
     # status for a person names the reason of the last transition
     shown = vipctl(c.topo.router_ns, "status", "web", "--state-dir", str(c.state), check=True)
     assert re.search(r"web2: down since \d\d:\d\d:\d\d: ", shown.stdout), shown.stdout
+
+
+SCRAPER = """
+import sys, threading, urllib.request
+url, threads, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import os
+stopping = [False]
+def decide():
+    stopping[0] = os.path.exists(stop)
+# every round: all threads hit the endpoint at the same moment (and stop in the same round)
+barrier = threading.Barrier(threads, action=decide)
+done = {"ok": 0, "bad": []}
+lock = threading.Lock()
+def scrape():
+    while True:
+        barrier.wait()
+        if stopping[0]:
+            return
+        try:
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            good = "vipctl_cluster_info{" in text and "vipctl_member_buckets{" in text
+        except Exception as exc:
+            good, text = False, repr(exc)
+        with lock:
+            if good:
+                done["ok"] += 1
+            else:
+                done["bad"].append(text[:200])
+workers = [threading.Thread(target=scrape) for _ in range(threads)]
+for w in workers:
+    w.start()
+for w in workers:
+    w.join(timeout=60)
+print(done["ok"], len(done["bad"]), done["bad"][:3])
+"""
+
+
+def test_concurrent_scrapes_during_a_failover_keep_the_log(cluster: Cluster) -> None:
+    """8 threads scrape the daemon's endpoint at once, round after round, while the daemon
+    fails a member over and restores it: every scrape answers, and the failover's and the
+    recovery's log lines reach the daemon's stderr (a scrape must never point fd 2 away)."""
+    c = cluster
+    d = c.daemon(extra=("--metrics", "127.0.0.1:9479"))
+    d.wait_note("READY=1")
+    stop = c.tmp / "stop-scraping"
+    scraper = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            c.topo.router_ns,
+            sys.executable,
+            "-c",
+            SCRAPER,
+            "http://127.0.0.1:9479/metrics",
+            "8",
+            str(stop),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        stop_echo(c.topo, "web2")
+        assert wait_for(gone(c, "web2"), 5.0, 0.02)
+        d.wait_log(r"web2 DOWN: ", timeout=5.0)
+        time.sleep(0.5)
+        start_echo(c.topo, "web2")
+        d.wait_log(r"web2 UP: ", timeout=10.0)
+        time.sleep(0.5)
+    finally:
+        stop.touch()
+        out, err = scraper.communicate(timeout=60)
+    ok, bad = (int(x) for x in out.split()[:2])
+    assert bad == 0 and ok >= 8 * 3, (out, err)
+    # and stderr still works after the last scrape: one more line, from a reload
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r"reload: .* is unchanged", timeout=5.0)
+    print(f"\nMEASURED: {ok} scrapes by 8 threads during failover and recovery, 0 failed")

@@ -50,6 +50,8 @@ def test_metrics_count_what_was_sent(topo: Lab, tmp_path: Path) -> None:
         "web",
         "--listen",
         "127.0.0.1:9477",
+        "--pins-max-age",
+        "0",
         "--state-dir",
         state,
         stdout=subprocess.DEVNULL,

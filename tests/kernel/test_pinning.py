@@ -237,7 +237,7 @@ def test_drain_takes_no_new_flows_and_keeps_existing_ones(cluster: Cluster, topo
             time.sleep(0.1)
     report = cluster.status()
     web1 = report["members"][0]
-    assert (web1["weight"], web1["buckets"], web1["healthy"]) == ("0", 0, True)
+    assert (web1["weight"], web1["buckets"], web1["healthy"]) == (0, 0, True)
 
 
 def test_full_pin_table_still_serves_new_flows(topo: Lab, tmp_path: Path) -> None:

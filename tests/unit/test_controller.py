@@ -154,6 +154,9 @@ class FakeBackend:
     def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
         return {}, []
 
+    def pin_counts(self, spec: Spec) -> dict[str, int]:
+        return {}
+
     def offload(self, live: Live) -> dict[str, int] | None:
         return {"rules": 3, "in_hw": 0} if self.name == "tc" else None
 

@@ -20,6 +20,7 @@ place (`backend_for`). The controller runs the same apply for every backend:
                                        counts them
     pinned(spec)                       pinned flows per member and (bucket, member) of each
     flow_buckets(spec)                 buckets that still hold a recorded flow (settling)
+    pin_counts(spec)                   pinned flows per member only (cheaper: no flow list)
     offload(live)                      how many rules the hardware holds (None: not
                                        applicable)
 """
@@ -113,6 +114,8 @@ class Backend(Protocol):
     def counters(self, spec: Spec, live: Live) -> dict[str, tuple[int, int]]: ...
 
     def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]: ...
+
+    def pin_counts(self, spec: Spec) -> dict[str, int]: ...
 
     def offload(self, live: Live) -> dict[str, int] | None: ...
 

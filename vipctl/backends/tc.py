@@ -502,6 +502,9 @@ class TcBackend:
     def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]:
         return {}, []  # no pinning in tc (no dynamic sets)
 
+    def pin_counts(self, spec: Spec) -> dict[str, int]:
+        return {}
+
     def offload(self, live: Live) -> dict[str, int] | None:
         tc: TcLive = live.detail
         return {"rules": 1 + len(tc.filters), "in_hw": tc.in_hw_count}

@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 from ipaddress import ip_address
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,8 +18,10 @@ from vipctl import __version__, statefile
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.core.spec import Spec, json_schema
 from vipctl.errors import KernelError, StateError, VipctlError
+
+if TYPE_CHECKING:
+    from vipctl.core.spec import Spec
 
 app = typer.Typer(
     name="vipctl",
@@ -58,9 +60,22 @@ def validate(spec_path: SpecArg) -> None:
 
 
 @app.command()
-def schema() -> None:
-    """Print the spec's JSON Schema (for editors)."""
-    typer.echo(json.dumps(json_schema(), indent=2))
+def schema(
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", help="whose schema: spec (the input), status or plan (--json output)"
+        ),
+    ] = "spec",
+) -> None:
+    """Print a JSON Schema: the spec's (for editors), or that of `status --json` or
+    `plan --json` (for programs that read them)."""
+    from vipctl.core import schemas
+
+    if output not in schemas.NAMES:
+        typer.echo(f"vipctl: --output is one of {', '.join(schemas.NAMES)}", err=True)
+        raise typer.Exit(2)
+    typer.echo(json.dumps(schemas.schema(output), indent=2))
 
 
 @app.command()
@@ -360,6 +375,7 @@ def _status_text(r: dict[str, object]) -> str:
         f"cluster {r['cluster']}  backend {r.get('backend', 'nftables')}  "
         f"generation {r['generation']}  mode {r['mode']}  "
         f"key {r['key']}/{r['bits']}  vips {', '.join(r['vips'])}  "  # type: ignore[arg-type]
+        f"fingerprint {r.get('fingerprint') or '-'}  "
         f"{'in sync' if r['in_sync'] else 'STATE DIFFERS FROM KERNEL'}{hw}"
     ]
     rows = [
@@ -383,8 +399,8 @@ def _status_text(r: dict[str, object]) -> str:
             (
                 m["name"],
                 m["port"],
-                "up" if m["healthy"] else "DOWN",
-                m["weight"],
+                {True: "up", False: "DOWN"}.get(m["healthy"], "?"),
+                planning.fmt_weight(m["weight"]),
                 str(m["buckets"]),
                 f"{100 * m['share']:.1f}%",
                 f"{100 * m['target']:.1f}%",
@@ -423,6 +439,14 @@ def metrics(
     listen: Annotated[
         str, typer.Option("--listen", help="ADDR:PORT for the Prometheus endpoint")
     ] = "127.0.0.1:9477",
+    pins_max_age: Annotated[
+        float,
+        typer.Option(
+            "--pins-max-age",
+            min=0,
+            help="count pinned flows at most once per SECONDS (a listing of every pin map)",
+        ),
+    ] = 15.0,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Serve Prometheus metrics read from the kernel at every scrape (until SIGTERM)."""
@@ -432,7 +456,9 @@ def metrics(
     from vipctl.service import metrics as exporter
 
     try:
-        server = exporter.serve(listen, statefile.state_dir(state_dir), clusters or None)
+        server = exporter.serve(
+            listen, statefile.state_dir(state_dir), clusters or None, pin_max_age=pins_max_age
+        )
     except VipctlError as exc:
         fail(exc)
     except OSError as exc:

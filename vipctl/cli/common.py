@@ -4,12 +4,14 @@ VipctlError becomes a message on stderr and an exit code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from vipctl.core.spec import Spec, load_spec
 from vipctl.errors import SpecError, VipctlError
+
+if TYPE_CHECKING:
+    from vipctl.core.spec import Spec
 
 SpecArg = Annotated[Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)]
 StateDirOpt = Annotated[
@@ -41,6 +43,8 @@ def usage(message: str) -> NoReturn:
 
 
 def load(path: Path) -> Spec:
+    from vipctl.core.spec import load_spec  # pydantic + PyYAML: only commands that read a spec
+
     try:
         return load_spec(path)
     except VipctlError as exc:

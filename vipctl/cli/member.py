@@ -10,7 +10,6 @@ import typer
 from vipctl import statefile
 from vipctl.cli.common import SpecArg, StateDirOpt, fail, load, usage
 from vipctl.errors import UsageError, VipctlError
-from vipctl.host import member as setup_mod
 
 
 def command(
@@ -41,6 +40,8 @@ def command(
     (run it on the member) with --apply; --remove undoes it (what --apply changed is
     recorded in the state directory).
     """
+    from vipctl.host import member as setup_mod
+
     if apply and remove:
         usage("--apply and --remove exclude each other")
     if fmt not in setup_mod.FORMATS:  # narrows str to Format for mypy

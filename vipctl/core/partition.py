@@ -14,7 +14,9 @@ table just before `down[i]` failed, so recovery of the latest failure is an exac
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +120,26 @@ def count(table: Table) -> dict[str, int]:
 
 def moved(old: Table, new: Table) -> list[int]:
     return [b for b, (o, n) in enumerate(zip(old, new, strict=True)) if o != n]
+
+
+def fingerprint(table: Table, key: str, bits: int, seed: int) -> str:
+    """A short hash of what decides every packet: the owner of each bucket, the key, the
+    bits and (with the hash key) the seed. Two routers with the same fingerprint send every
+    source to the same member (PRODUCT.md). The mask key ignores the seed, so it is left
+    out there: two mask routers that differ only in an unused seed still agree.
+
+    The encoding is canonical JSON (sorted keys, no spaces, owners in bucket order,
+    null for an unowned bucket), so another implementation can recompute it."""
+    if len(table) != 1 << bits:
+        raise ValueError(f"table has {len(table)} buckets, {1 << bits} expected for {bits} bits")
+    canonical = {
+        "bits": bits,
+        "key": key,
+        "owners": list(table),
+        "seed": seed if key == "hash" else None,
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vipctl.core.partition import Layout, Weights, compute, count, moved, shares
-from vipctl.core.spec import Spec
 from vipctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from vipctl.core.spec import Spec
 
 
 def parse_weights(text: str, spec: Spec) -> dict[str, Fraction]:
@@ -83,8 +85,15 @@ class Change:
         return sum(max(0, c - new.get(n, 0)) for n, c in old.items())
 
 
-def fmt_weight(w: Fraction) -> str:
+def fmt_weight(w: Fraction | float) -> str:
+    """A weight for a person: `1`, `0.5`."""
+    w = Fraction(w)
     return str(w.numerator) if w.denominator == 1 else f"{float(w):g}"
+
+
+def weight_number(w: Fraction) -> int | float:
+    """A weight for JSON: an int when whole (`1`, not `"1"` or `1.0`), else a float."""
+    return w.numerator if w.denominator == 1 else float(w)
 
 
 def report(spec: Spec, change: Change) -> dict[str, Any]:
@@ -108,16 +117,14 @@ def report(spec: Spec, change: Change) -> dict[str, Any]:
                 "name": share.name,
                 "port": m.port,
                 "address": str(m.address),
-                "weight": fmt_weight(share.weight),
+                "weight": weight_number(share.weight),
                 "up": share.up,
                 "buckets": share.buckets,
                 "share": round(share.share, 6),
                 "target": round(share.target, 6),
                 "moved_in": moved_to.get(share.name, 0),
                 "moved_out": moved_from.get(share.name, 0),
-                "entries": [
-                    {"value": f"0x{e.value:x}", "mask": f"0x{e.mask:x}"} for e in share.entries
-                ],
+                "entries": [{"value": e.value, "mask": e.mask} for e in share.entries],
             }
         )
     return {
@@ -148,7 +155,7 @@ def render_report(data: Mapping[str, Any]) -> str:
             (
                 m["name"],
                 m["port"],
-                m["weight"],
+                fmt_weight(m["weight"]),
                 "yes" if m["up"] else "DOWN",
                 str(m["buckets"]),
                 f"{100 * m['share']:.2f}%",
@@ -168,7 +175,7 @@ def render_report(data: Mapping[str, Any]) -> str:
         )
     for m in data["members"]:
         if m["entries"]:
-            masks = " ".join(f"{e['value']}/{e['mask']}" for e in m["entries"][:8])
+            masks = " ".join(f"0x{e['value']:x}/0x{e['mask']:x}" for e in m["entries"][:8])
             more = f" ... (+{len(m['entries']) - 8})" if len(m["entries"]) > 8 else ""
             lines.append(f"  {m['port']}: {masks}{more}")
     return "\n".join(lines)

@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
 from vipctl.render.wiring import NO_MAC, Wiring
@@ -44,6 +42,8 @@ def iproute() -> Iterator[Any]:
     with _IPR_LOCK:
         entry = _IPR.get(key)
         if entry is None or entry[0] is not me:
+            from pyroute2 import IPRoute  # ~100 ms to import: only when a socket is needed
+
             _drop_ended_threads()
             entry = _IPR[key] = (me, IPRoute())
         ipr = entry[1]
@@ -82,9 +82,13 @@ def ifindex(name: str) -> int:
 
 def port_ifindex(spec: Spec) -> dict[str, int]:
     """ifindex of the uplink and of every member port that exists."""
-    wanted = {spec.uplink, *(m.port for m in spec.members)}
-    found = names()
-    return {name: found[name] for name in wanted if name in found}
+    out = {}
+    for name in {spec.uplink, *(m.port for m in spec.members)}:
+        try:
+            out[name] = socket.if_nametoindex(name)  # an ioctl each: no netlink dump
+        except OSError:
+            continue
+    return out
 
 
 def poke_neighbour(address: IPv4Address | IPv6Address, port: str) -> None:
