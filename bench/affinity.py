@@ -215,13 +215,119 @@ def ratios(values: dict[str, list[float]], base: str) -> dict[str, Any]:
     }
 
 
+BEGIN, END = "<!-- affinity-bench -->", "<!-- /affinity-bench -->"
+LABELS = {
+    "plain": "plain routing (no table)",
+    "reference": "hand-written stateless steer (`REFERENCE`: 256-element vmap)",
+    "steer": "vipctl steer, pinning moving (default), steady state",
+    "broadcast": "vipctl broadcast, pinning moving (default), steady state",
+    "steer-25pct-moving": "vipctl steer, 25% of buckets in transition, flows recorded",
+    "steer-always": "vipctl steer, pinning always (every flow pinned)",
+    "steer-off": "vipctl steer, pinning off",
+}
+
+
+def _cell(s: dict[str, Any]) -> str:
+    if not s.get("n"):
+        return "-"
+    return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The docs section: ratios to plain and to the reference, TCP, the plot."""
+    rows = [
+        "| ruleset | pps (median) | ratio to plain | ratio to reference |",
+        "|---|---|---|---|",
+    ]
+    for name, label in LABELS.items():
+        pps = res["pps"].get(name, {})
+        rows.append(
+            f"| {label} | {pps.get('median', 0):,.0f} | {_cell(res['ratio_to_plain'][name])} "
+            f"| {_cell(res['ratio_to_reference'][name])} |"
+        )
+    moving = res.get("transition") or [{}]
+    tcp = [
+        f"| {n} | {s['median']:.2f} | {_cell(res['tcp_ratio_to_plain'][n])} |"
+        for n, s in res["tcp_gbps"].items()
+        if s.get("n")
+    ]
+    return "\n".join(
+        [
+            BEGIN,
+            "## Flow affinity's cost (pinning moving)",
+            "",
+            f"`{res['command']}` ({res['when']}): {res['members']} members, mask key, 8 bits, "
+            f"trafgen 60-byte UDP frames from {res['flows']} sources, one CPU; packets/s "
+            "handed to the members; every variant measured in the same interleaved rounds; "
+            "median (min-max) of the per-round ratios. The transition variant: right after "
+            f"a rebalance that moved {moving[0].get('moving_buckets', '?')} of 256 buckets "
+            f"with trafgen running, {moving[0].get('recorded_flows', '?')} flows recorded.",
+            "",
+            "![ratios](benchmarks/affinity.png)",
+            "",
+            *rows,
+            "",
+            "TCP, `iperf3 -P 8` for 3 s from the client to the VIP (members' own stacks):",
+            "",
+            "| ruleset | Gbit/s (median) | ratio to plain |",
+            "|---|---|---|",
+            *tcp,
+            END,
+            "",
+        ]
+    )
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in LABELS if n != "plain"]
+    med = [res["ratio_to_plain"][n]["median"] for n in names]
+    lo = [m - res["ratio_to_plain"][n]["min"] for m, n in zip(med, names, strict=True)]
+    hi = [res["ratio_to_plain"][n]["max"] - m for m, n in zip(med, names, strict=True)]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.barh(names, med, xerr=[lo, hi], color="#4a7ab5", capsize=3)
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("packets/s relative to plain routing (same round)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_docs(section: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    result = ROOT / "bench" / "results" / "affinity.json"
+    if result.exists():
+        try:
+            plot(json.loads(result.read_text()), ROOT / "docs" / "benchmarks" / "affinity.png")
+        except ImportError:
+            print("matplotlib missing: no plot (pip install matplotlib)", file=sys.stderr)
+    text = doc.read_text() if doc.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.affinity")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--tcp-rounds", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "affinity.json"))
+    ap.add_argument(
+        "--write-docs", action="store_true", help="replace the section in docs/benchmarks.md"
+    )
+    ap.add_argument("--report", help="only render the docs section from this JSON file")
     a = ap.parse_args(argv)
+    if a.report:
+        write_docs(markdown(json.loads(Path(a.report).read_text())))
+        return 0
     prefix = f"baff{os.getpid() % 10000}"
     lab = labmod.build(prefix, MEMBERS, echo=False)
     work = Path(f"/tmp/{prefix}")
@@ -277,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
+    if a.write_docs:
+        write_docs(markdown(result))
     print(
         json.dumps(
             {

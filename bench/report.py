@@ -452,10 +452,12 @@ def write(res: dict[str, Any], json_path: Path) -> list[Path]:
         shutil.copyfile(p, dest)
         images.append(f"benchmarks/{dest.name}")
     doc = DOCS / "benchmarks.md"
-    kept = ""  # the command-line section is bench/cli.py's (its own run): keep it
-    if doc.exists() and "<!-- cli-bench -->" in doc.read_text():
-        old = doc.read_text()
-        kept = "\n" + old[old.index("<!-- cli-bench -->") : old.index("<!-- /cli-bench -->")]
-        kept += "<!-- /cli-bench -->\n"
+    # sections written by their own runs (bench/cli.py, bench/affinity.py): keep them
+    kept = ""
+    old = doc.read_text() if doc.exists() else ""
+    for tag in ("affinity-bench", "cli-bench"):
+        begin, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
+        if begin in old and end in old:
+            kept += "\n" + old[old.index(begin) : old.index(end)] + end + "\n"
     doc.write_text(markdown(res, images) + kept)
     return [*pngs, DOCS / "benchmarks.md"]
