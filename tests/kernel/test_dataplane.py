@@ -245,7 +245,7 @@ def test_a_kernel_refusal_leaves_the_previous_rules(topo: Lab, tmp_path: Path, s
         )
         assert refused.returncode != 0
         assert _snapshot(topo, state) == before
-        assert "jump vip4" in run(topo.router_ns, "nft list chain netdev vipctl_web in_up0")
+        assert "vmap @owners4" in run(topo.router_ns, "nft list chain netdev vipctl_web in_up0")
     finally:
         down(topo, state, "web")
 

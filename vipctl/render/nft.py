@@ -161,6 +161,9 @@ def member_chain(family: int, member: str) -> str:
     return f"to{family}_{member}"
 
 
+EXACT_BITS = 12  # up to 2**12 buckets the owners map holds one element per bucket
+
+
 def owners_map_name(family: int, spec: Spec) -> str:
     """Name of the bucket -> verdict map of one family (pinning moving or off)."""
     p = spec.partition
@@ -288,7 +291,9 @@ def build_table(
         literals = _bucket_literals(family, p.key, p.bits)
         flow = _flow_key(ip)
         deliver = f"deliver{family}"
-        rules = [f"{_ICMP_ERRORS[family]} goto {icmp_chain(family)}"]
+        icmp = f"{_ICMP_ERRORS[family]} goto {icmp_chain(family)}"
+        comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
+        rules = [icmp]  # pinning always: the chain vipN that the uplink jumps to
         member_body: dict[str, list[str]] = {m.name: [] for m in present}
         if mode == "always":
             owner_name = owner_map_name(family, spec)
@@ -338,15 +343,23 @@ def build_table(
                     pairs.add((move.old, move.new))
                     verdicts.append(f"goto {move_chain(family, mark[move.old], mark[move.new])}")
             owners = owners_map_name(family, spec)
-            sets.append(
-                NftSet(
-                    owners,
-                    "map",
-                    (f"typeof {typeof} : verdict", "flags interval"),
-                    tuple(_element(literals, lo, hi, v) for lo, hi, v in runs(tuple(verdicts))),
-                )
-            )
-            rules.append(f"{expr} vmap @{owners}")
+            if p.bits <= EXACT_BITS:
+                # a hash lookup of the exact bucket: measured 1-2% faster than the interval
+                # map's tree at 8 bits, and a swap of 2**12 elements is still cheap
+                decl: tuple[str, ...] = (f"typeof {typeof} : verdict",)
+                elems = tuple(f"{literals[b]} : {v}" for b, v in enumerate(verdicts) if v)
+            else:
+                # an interval map of runs: a few elements per member at 2**16 buckets
+                decl = (f"typeof {typeof} : verdict", "flags interval")
+                elems = tuple(_element(literals, lo, hi, v) for lo, hi, v in runs(tuple(verdicts)))
+            sets.append(NftSet(owners, "map", decl, elems))
+            # The lookup sits in the uplink's base chain: no jump (a jump measured ~1.5% of
+            # the forwarding rate); ICMP errors are caught in the member chains, where the
+            # check costs one protocol compare (in the base chain it cost ~3%).
+            ingress.append(f"{is_vip[family]} {expr} vmap @{owners}{comment}")
+            ingress.append(f"{is_vip[family]} drop")
+            for m in present:
+                member_body[m.name].append(icmp)
             need_deliver = bool(pairs)
             if mode == "moving":
                 fmap = flows_name(family, spec)
@@ -357,6 +370,7 @@ def build_table(
                             record_chain(family, old),
                             None,
                             (
+                                icmp,
                                 f"meta l4proto udp update @{fmap} {{ {flow} : {mark[old]} }}",
                                 f"goto {member_chain(family, old)}",
                             ),
@@ -370,6 +384,7 @@ def build_table(
                             move_chain(family, o, n),
                             None,
                             (
+                                icmp,
                                 # a recorded flow: refresh its entry, go to its member
                                 f"meta mark set {flow} map @{fmap}",
                                 f"meta mark != 0 update @{fmap} {{ {flow} : meta mark }}",
@@ -399,14 +414,14 @@ def build_table(
                     tuple(f"{mark[m.name]} : goto {member_chain(family, m.name)}" for m in alive),
                 )
             )
-        rules.append("drop")
-        chains.append(NftChain(f"vip{family}", None, tuple(rules)))
+        if mode == "always":
+            rules.append("drop")
+            chains.append(NftChain(f"vip{family}", None, tuple(rules)))
+            ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
         chains.append(NftChain(icmp_chain(family), None, _icmp_rules(ctx)))
         for m in present:
             body = (*member_body[m.name], ctx.deliver(m.name))
             chains.append(NftChain(member_chain(family, m.name), None, body))
-        comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
-        ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
     chains.insert(
         0,
         NftChain(
