@@ -25,7 +25,7 @@ from vipctl.core import transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError
-from vipctl.render.wiring import Wiring
+from vipctl.render.wiring import NO_MAC, Wiring
 
 if TYPE_CHECKING:
     from vipctl.host.doctor import Finding
@@ -114,6 +114,58 @@ def preflight(spec: Spec, down: Collection[str] = ()) -> list[Finding]:
 # --------------------------------------------------------------------------------------
 
 
+@dataclass
+class Cache:
+    """What a long-running caller (the daemon) keeps between its applies: the structure
+    and wiring of its own last commit. While the state's generation is that commit's (no
+    one else committed since: every commit holds the cluster's lock and writes the
+    state), a failover skips the netlink reads before the commit and the read-back after
+    it (`verify_live` does that off the critical path)."""
+
+    generation: int = -1
+    backend: str = ""
+    live: Live | None = None
+    wiring: Wiring | None = None
+    last: Plan | None = None
+
+    def covers(self, spec: Spec, layout: Layout) -> bool:
+        """Does the cached wiring hold every port, and the MAC of every member that is up?"""
+        w = self.wiring
+        if w is None:
+            return False
+        return all(
+            m.port in w.ifindex and w.macs.get(m.name, NO_MAC) != NO_MAC
+            for m in spec.members
+            if m.name not in layout.down
+        )
+
+    def remember(self, be: Backend, plan: Plan, wiring: Wiring) -> None:
+        self.generation, self.backend, self.wiring, self.last = (
+            plan.generation,
+            be.name,
+            wiring,
+            plan,
+        )
+        self.live = be.assumed(plan)
+
+    def forget(self) -> None:
+        self.generation, self.live, self.wiring, self.last = -1, None, None, None
+
+
+def verify_live(cache: Cache, backends: Backends | None = None) -> None:
+    """Read back the cache's last commit (KernelError on a difference; the cache is then
+    forgotten, so the next apply reads the kernel)."""
+    plan = cache.last
+    if plan is None:
+        return
+    pick = backends if backends is not None else backend_for
+    try:
+        pick(plan.spec).verify(plan, whole=False)
+    except KernelError:
+        cache.forget()
+        raise
+
+
 def _previous(
     spec: Spec, st: statefile.ClusterState | None, live: Live | None, backend: Backend
 ) -> tuple[Layout | None, int]:
@@ -163,6 +215,7 @@ def apply(
     reasons: Mapping[str, str] | None = None,
     backends: Backends | None = None,
     box: Box | None = None,
+    cache: Cache | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ApplyResult:
@@ -187,7 +240,15 @@ def apply(
     with statefile.locked(directory, spec.cluster):
         st = statefile.load(directory, spec.cluster)
         recorded = _recorded(st)
-        live = be.observe(spec)
+        # the daemon's own last commit, when nobody committed since: no netlink read
+        fast = (
+            cache is not None
+            and st is not None
+            and cache.generation == st.generation
+            and cache.backend == be.name
+            and cache.live is not None
+        )
+        live = cache.live if fast and cache is not None else be.observe(spec)
         if (
             live is not None
             and not live.complete
@@ -197,7 +258,10 @@ def apply(
             live = be.observe(spec, complete=True)
         previous, generation = _previous(spec, st, live, be)
         layout = planning.desired(spec, previous, down=down)
-        wiring = bx.wiring(spec, set(layout.down))
+        if fast and cache is not None and cache.wiring is not None and cache.covers(spec, layout):
+            wiring = cache.wiring  # every member that is up has its MAC and port already
+        else:
+            wiring = bx.wiring(spec, set(layout.down))
         if preflight and not dry_run:
             _preflight(bx, spec, layout.down)
         # The state describes the kernel exactly when the live generation is the one it
@@ -296,7 +360,11 @@ def apply(
             new_state = dataclasses.replace(
                 new_state, generation=generation + 1, digest=plan.digest
             )
-        _commit(be, plan, directory, new_state, whole=not trusted and record_s == 0)
+        _commit(
+            be, plan, directory, new_state, whole=not trusted and record_s == 0, verify=not fast
+        )
+        if cache is not None:
+            cache.remember(be, plan, wiring)
         if recorded is not None and recorded.backend != spec.backend:
             # the cluster moved to another backend: the new rules are live, remove the old
             pick(recorded).down(recorded, spec.cluster)
@@ -333,11 +401,19 @@ def _flow_buckets(be: Backend, spec: Spec) -> set[int] | None:
 
 
 def _commit(
-    be: Backend, plan: Plan, directory: Path, state: statefile.ClusterState, *, whole: bool
+    be: Backend,
+    plan: Plan,
+    directory: Path,
+    state: statefile.ClusterState,
+    *,
+    whole: bool,
+    verify: bool = True,
 ) -> None:
     """The state is written first: a crash between the two leaves a state that is ahead of
     the kernel, which the next apply converges to. The other order would leave the kernel
-    ahead with stale health in the state. A refused commit puts the old state back."""
+    ahead with stale health in the state. A refused commit puts the old state back.
+    `verify` False (the daemon's fast path): the commit's all-or-nothing answer is taken
+    as it is; the daemon reads back after the swap (`verify_live`)."""
     saved = statefile.read_raw(directory, state.cluster)
     statefile.save(directory, state)
     try:
@@ -345,7 +421,8 @@ def _commit(
     except BaseException:
         statefile.restore_raw(directory, state.cluster, saved)
         raise
-    be.verify(plan, whole=whole)
+    if verify:
+        be.verify(plan, whole=whole)
 
 
 def _preflight(box: Box, spec: Spec, down: tuple[str, ...]) -> None:

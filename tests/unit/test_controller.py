@@ -122,6 +122,10 @@ class FakeBackend:
         self.kernel.calls.append(f"{self.name}.flow_buckets")
         return self.flows
 
+    def assumed(self, plan: Plan) -> Live | None:
+        got = Installed(plan.generation, plan.digest, plan.layout.table, plan.spec)
+        return Live(self.name, plan.generation, got)
+
     def check(self, plan: Plan) -> None:
         self.kernel.calls.append(f"{self.name}.check")
 
@@ -493,3 +497,28 @@ def test_dry_run_shows_the_transition_without_waiting(rig: Rig) -> None:
     rig.apply(make_spec(), down={"web2"})
     result = rig.apply(make_spec(), down=set(), dry_run=True)
     assert result.moving > 0 and rig.slept == [] and "mv4_" in result.ruleset
+
+
+def test_the_daemons_cache_skips_the_reads_of_a_failover(rig: Rig) -> None:
+    cache = controller.Cache()
+    spec = make_spec()
+    rig.apply(spec, cache=cache)
+    wired: list[str] = []
+    rig.box.wiring = lambda s, o: (
+        wired.append("w")
+        or Wiring(  # type: ignore[method-assign]
+            ifindex=dict(PORTS), macs=dict(MACS)
+        )
+    )
+    rig.kernel.calls.clear()
+    result = rig.apply(spec, down={"web2"}, cache=cache)
+    assert result.changed and rig.commits() == ["nftables.commit(2)"]
+    # no observe, no wiring, no read-back before the answer ...
+    assert not [c for c in rig.kernel.calls if "observe" in c or "verify" in c] and not wired
+    controller.verify_live(cache, backends=rig.pick)  # ... the read-back comes after
+    assert rig.kernel.calls[-1] == "nftables.verify(whole=False)"
+    # a commit by someone else (the CLI) makes the cache stale: the next apply reads
+    rig.apply(spec, down=set())
+    rig.kernel.calls.clear()
+    rig.apply(spec, down={"web3"}, cache=cache)
+    assert "nftables.observe(complete=False)" in rig.kernel.calls and wired

@@ -12,6 +12,8 @@ place (`backend_for`). The controller runs the same apply for every backend:
                                        state says is live, when the state is trusted)
     check(plan) / commit(plan) / verify(plan, whole)   kernel check mode, atomic commit,
                                        read-back
+    assumed(plan)                      what observe() returns right after `plan` was
+                                       committed (None: the backend cannot say)
     down(spec, cluster)                remove the cluster's kernel objects, nothing else
     clusters(known)                    the clusters this backend has installed (`known`:
                                        the specs in the state directory, for backends
@@ -100,6 +102,8 @@ class Backend(Protocol):
     ) -> Plan: ...
 
     def flow_buckets(self, spec: Spec) -> set[int] | None: ...
+
+    def assumed(self, plan: Plan) -> Live | None: ...
 
     def check(self, plan: Plan) -> None: ...
 

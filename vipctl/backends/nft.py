@@ -599,6 +599,18 @@ class NftBackend:
             buckets.add(bucket)
         return buckets
 
+    def assumed(self, plan: Plan) -> Live | None:
+        table: NftTable = plan.payload.table
+        observed = Observed(
+            sets=frozenset(s.name for s in table.sets if s.kind == "set"),
+            maps=frozenset(s.name for s in table.sets if s.kind == "map"),
+            counters=frozenset(table.counters),
+            chains=frozenset(c.name for c in table.chains),
+            exists=True,
+        )
+        name = table.name
+        return Live(self.name, plan.generation, LiveTable(name, observed, plan.generation))
+
     def check(self, plan: Plan) -> None:
         check(plan.payload.batch)
 

@@ -471,6 +471,9 @@ class TcBackend:
     def flow_buckets(self, spec: Spec) -> set[int] | None:
         return set()
 
+    def assumed(self, plan: Plan) -> Live | None:
+        return None  # observe() reads the dispatcher: cheap enough for a failover
+
     def check(self, plan: Plan) -> None:
         # tc has no check mode: rendering (done) is what can be checked without a commit
         return None

@@ -38,7 +38,7 @@ from vipctl.service import sdnotify
 from vipctl.service.stats import DaemonStats
 
 if TYPE_CHECKING:
-    from vipctl.controller import ApplyResult
+    from vipctl.controller import ApplyResult, Cache
     from vipctl.core.partition import Layout
     from vipctl.service.health import Monitor, Transition
 
@@ -139,6 +139,7 @@ class Daemon:
         self._host_pending = False
         self.reasons: dict[str, str] = {}  # member -> last transition, shown by `status`
         self.stats = DaemonStats()  # what `--metrics` exports beyond the kernel's counters
+        self.cache: Cache | None = None  # the structure of our last commit (controller)
 
     # -- transitions --------------------------------------------------------------------
     def on_transition(self, t: Transition) -> None:
@@ -159,6 +160,8 @@ class Daemon:
         # Host setup (ARP/ND answering) depends on the spec only: done at start and after a
         # reload, skipped on failovers, where every millisecond before the commit counts.
         host = down is None or self._host_pending
+        if self.cache is None:
+            self.cache = controller.Cache()
         try:
             result = await asyncio.to_thread(
                 controller.apply,
@@ -167,6 +170,8 @@ class Daemon:
                 down=down,
                 host=host,
                 reasons=dict(self.reasons),
+                cache=self.cache,
+                want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
             )
             self._host_pending = False
             return result
@@ -242,6 +247,20 @@ class Daemon:
                 continue
             self._backoff = RETRY_FIRST_S
             self._applied(result, since, "health change" if since is not None else "retry")
+            if result.changed and self.cache is not None:
+                await self._verify()
+
+    async def _verify(self) -> None:
+        """Read back what the fast path committed without reading (after the swap, off its
+        critical path); a difference is logged and the next apply reads the kernel."""
+        from vipctl import controller
+
+        assert self.cache is not None
+        try:
+            await asyncio.to_thread(controller.verify_live, self.cache)
+        except VipctlError as exc:
+            log.error("read-back after the swap found a difference: %s; re-applying", exc)
+            self._dirty.set()
 
     # -- signals ------------------------------------------------------------------------
     def reload(self) -> None:
