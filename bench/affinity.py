@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import dataplane
 from bench.common import PY, ROOT, netns, nft, run, summary
 from bench.dataplane import measure_pps, prepare, start_iperf_servers, stop
 from vipctl.lab import topology as labmod
@@ -67,19 +68,7 @@ VARIANTS = [
 
 def trafgen_conf(lab: labmod.Lab) -> str:
     """60-byte UDP frames to the VIP from 10.99.R.R (both bytes random: 65536 sources)."""
-    mac = lambda s: ", ".join(f"0x{b}" for b in s.split(":"))  # noqa: E731
-    vip4 = ", ".join(lab.vip4.split("."))
-    return f"""{{
-  {mac(lab.uplink_mac)},
-  {mac(lab.client_mac)},
-  c16(0x0800),
-  0x45, 0x00, c16(46), c16(0), c16(0x4000), 64, 17, csumip(14, 33),
-  10, 99, drnd(), drnd(),
-  {vip4},
-  c16(4000), c16({UDP_PORT}), c16(26), c16(0),
-  fill(0x00, 18),
-}}
-"""
+    return dataplane.trafgen_conf(lab, "drnd(), drnd()")
 
 
 def reference(lab: labmod.Lab) -> str:

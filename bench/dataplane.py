@@ -76,8 +76,9 @@ CORE_AT_8 = [PLAIN, vip("steer"), vip("broadcast"), NFTLB, CTMARK]
 # --------------------------------------------------------------------------- topology
 
 
-def trafgen_conf(lab: labmod.Lab) -> str:
-    """60-byte UDP frames to the VIP; source 10.99.(16*k).r for k in 0..15, r random."""
+def trafgen_conf(lab: labmod.Lab, sources: str = "dinc(0, 240, 16), drnd()") -> str:
+    """60-byte UDP frames to the VIP; source 10.99.(16*k).r for k in 0..15, r random
+    (`sources`: trafgen's expressions for the last two bytes of the source address)."""
     mac = lambda s: ", ".join(f"0x{b}" for b in s.split(":"))  # noqa: E731
     vip4 = ", ".join(lab.vip4.split("."))
     return f"""{{
@@ -85,7 +86,7 @@ def trafgen_conf(lab: labmod.Lab) -> str:
   {mac(lab.client_mac)},
   c16(0x0800),
   0x45, 0x00, c16(46), c16(0), c16(0x4000), 64, 17, csumip(14, 33),
-  10, 99, dinc(0, 240, 16), drnd(),
+  10, 99, {sources},
   {vip4},
   c16(4000), c16({UDP_PORT}), c16(26), c16(0),
   fill(0x00, 18),

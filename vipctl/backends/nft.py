@@ -389,25 +389,6 @@ def _owner_maps(spec: Spec) -> dict[str, list[tuple[Any, Any]]] | None:
     return maps
 
 
-def live_layout(spec: Spec) -> Layout | None:
-    """For `which`: the live table as a Layout (None when not installed)."""
-    try:
-        found = live_table(spec)
-    except KernelError:
-        return None
-    if found is None:
-        return None
-    table, _ = found
-    return Layout(
-        bits=spec.partition.bits, weights=tuple(spec.weights.items()), base=table, table=table
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Whole-table operations
-# --------------------------------------------------------------------------------------
-
-
 def delete_table(cluster: str) -> bool:
     name = table_name(cluster)
     if observe(cluster) is None:

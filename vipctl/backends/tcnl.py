@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pyroute2.netlink import NLA_F_NESTED, nla
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
+from vipctl.core.net import mac_bytes
 from vipctl.render.tc import (
     ETH_P_ALL,
     ETH_P_IP,
@@ -239,10 +240,6 @@ class TcMsg(tcmsg):  # type: ignore[misc]
 # --------------------------------------------------------------------------------------
 
 
-def _mac_bytes(mac: str) -> bytes:
-    return bytes(int(x, 16) for x in mac.split(":"))
-
-
 def pedit_sel_bytes(keys: list[tuple[int, bytes, bytes]], action: int) -> bytes:
     """struct tc_pedit_sel + keys: (offset, keep-mask, value), mask/value in wire order."""
     out = struct.pack("=IIiiiBBxx", 0, 0, action, 0, 0, len(keys), 0)
@@ -252,7 +249,7 @@ def pedit_sel_bytes(keys: list[tuple[int, bytes, bytes]], action: int) -> bytes:
 
 
 def _set_eth_dst_keys(mac: str) -> list[tuple[int, bytes, bytes]]:
-    b = _mac_bytes(mac)
+    b = mac_bytes(mac)
     # new = (old & mask) ^ val: words 0..3 replaced, word 4..7 keeps the source MAC's head
     return [(0, b"\0\0\0\0", b[:4]), (4, b"\0\0\xff\xff", b[4:6] + b"\0\0")]
 
@@ -352,7 +349,7 @@ def _u32_keys(m: Match) -> list[tuple[int, int, int]]:
     """(offset from the network header, mask, value) words; link-layer at negative offsets."""
     keys: list[tuple[int, int, int]] = []
     if m.eth_dst is not None:
-        b = _mac_bytes(m.eth_dst)
+        b = mac_bytes(m.eth_dst)
         keys.append((-14, 0xFFFFFFFF, int.from_bytes(b[:4], "big")))
         keys.append((-10, 0xFFFF0000, int.from_bytes(b[4:] + b"\0\0", "big")))
     for field, v4off, v6off in ((m.src, 12, 8), (m.dst, 16, 24)):

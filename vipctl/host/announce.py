@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import ip_network
 
+from vipctl.core.net import family
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
 from vipctl.host import rtnl
@@ -74,7 +75,7 @@ def commands(spec: Spec) -> list[str]:
     a = build(spec)
     out = [f"sysctl -w {sysctl(k, v).key}={v}" for k, v in a.sysctls]
     for vip in a.proxies:
-        fam = "-6 " if ":" in vip else ""
+        fam = "-6 " if family(vip) == 6 else ""
         out.append(f"ip {fam}neigh replace proxy {vip} dev {a.uplink} protocol {PROTO}")
     for dst, ports in a.routes:
         hops = " ".join(f"nexthop dev {p}" for p in ports)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from vipctl.core.net import family
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError, UsageError
 from vipctl.host import rtnl
@@ -100,7 +101,7 @@ def build_setup(spec: Spec, name: str, interface: str) -> MemberSetup:
 
 
 def _ip_addr_cmd(verb: str, prefix: str) -> str:
-    nodad = " nodad" if ":" in prefix and verb != "del" else ""
+    nodad = " nodad" if family(prefix) == 6 and verb != "del" else ""
     return f"ip addr {verb} {prefix} dev lo{nodad}"
 
 
@@ -118,7 +119,7 @@ def render(setup: MemberSetup, fmt: Format) -> str:
     """The setup as shell commands or as persistent configuration files."""
     head = f"vipctl cluster {setup.cluster}, member {setup.member}, router link {setup.interface}"
     v4 = [a for a in setup.addresses if ":" not in a]
-    v6 = [a for a in setup.addresses if ":" in a]
+    v6 = [a for a in setup.addresses if family(a) == 6]
     if fmt == "commands":
         lines = [f"# {head}", "ip link set lo up"]
         lines += [_ip_addr_cmd("replace", a) for a in setup.addresses]

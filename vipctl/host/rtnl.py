@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
 
+from vipctl.core.net import family
 from vipctl.errors import KernelError
 from vipctl.host.links import iproute
 
@@ -395,7 +396,7 @@ def _split(prefix: str) -> tuple[str, int]:
 def addr_replace(index: int, dev: str, prefix: str) -> None:
     """`ip addr replace PREFIX dev DEV` (IPv6 with nodad: no duplicate address detection)."""
     address, plen = _split(prefix)
-    extra = {"flags": IFA_F_NODAD} if ":" in address else {}
+    extra = {"flags": IFA_F_NODAD} if family(address) == 6 else {}
     with _kernel(f"cannot add {prefix} to {dev}"), iproute() as ipr:
         ipr.addr("replace", index=index, address=address, prefixlen=plen, **extra)
 

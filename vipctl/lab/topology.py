@@ -22,7 +22,6 @@ target namespace before it writes anything.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -35,6 +34,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vipctl.host import links
+from vipctl.host.sysctl import read_sysctl, sysctl, write_sysctl
 
 NETNS_DIR = Path("/run/netns")
 WORK_ROOT = Path("/tmp/vipctl-lab")
@@ -52,8 +54,6 @@ UPLINK_MAC = "02:00:00:00:00:01"
 CLIENT_MAC = "02:00:00:00:00:02"
 ECHO_PORT = 7000
 MAX_MEMBERS = 29
-
-_CLONE_NEWNET = 0x40000000
 
 
 class LabError(RuntimeError):
@@ -292,8 +292,6 @@ def ip_json(ns: str, args: Sequence[str]) -> Any:
 
 # --------------------------------------------------------------------------- sysctls
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _in_netns(ns: str, fn: Any) -> None:
     """Run ``fn()`` in a fresh thread that has joined namespace ``ns``; re-raise its error."""
@@ -302,17 +300,11 @@ def _in_netns(ns: str, fn: Any) -> None:
 
     def worker() -> None:
         try:
-            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({target}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            # Never write a sysctl unless this thread provably sits in the lab namespace.
-            if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(target).st_ino:
-                raise LabError(f"setns into {ns} did not take effect")
-            fn()
+            with links.in_netns(ns):
+                # Never write a sysctl unless this thread provably sits in the lab namespace.
+                if links.netns_inode() != os.stat(target).st_ino:
+                    raise LabError(f"setns into {ns} did not take effect")
+                fn()
         except BaseException as e:
             errors.append(e)
 
@@ -331,21 +323,16 @@ def set_sysctls(ns: str, values: Mapping[str, str | int]) -> None:
 
     def write() -> None:
         for key, value in values.items():
-            path = "/proc/sys/" + key.replace(".", "/")
-            with open(path, "w") as f:
-                f.write(f"{value}\n")
+            write_sysctl(sysctl(key, 0).path, value)
 
     _in_netns(ns, write)
 
 
 def get_sysctl(ns: str, key: str) -> str:
-    out: list[str] = []
-
-    def read() -> None:
-        with open("/proc/sys/" + key.replace(".", "/")) as f:
-            out.append(f.read().strip())
-
-    _in_netns(ns, read)
+    out: list[str | None] = []
+    _in_netns(ns, lambda: out.append(read_sysctl(key)))
+    if out[0] is None:
+        raise LabError(f"sysctl {key} does not exist in {ns}")
     return out[0]
 
 

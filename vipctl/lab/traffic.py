@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, NamedTuple
 
+from vipctl.core.net import family, mac_bytes
 from vipctl.lab import topology as labmod
 from vipctl.lab.topology import Lab
 
@@ -78,7 +79,7 @@ def expand(cidr: str, n: int | None = None) -> list[str]:
 
 
 def _family(addr: str) -> int:
-    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+    return socket.AF_INET6 if family(addr) == 6 else socket.AF_INET
 
 
 def _norm(addr: str) -> str:
@@ -104,7 +105,7 @@ def _bigbuf(s: socket.socket, size: int = 32 << 20) -> None:
 
 
 def _pktinfo(src: str) -> tuple[int, int, bytes]:
-    if ":" in src:
+    if family(src) == 6:
         return (
             socket.IPPROTO_IPV6,
             socket.IPV6_PKTINFO,
@@ -302,10 +303,6 @@ def _ipv4_csum(hdr: bytes) -> int:
     return (~_fold(_csum_add(hdr))) & 0xFFFF
 
 
-def _mac(s: str) -> bytes:
-    return bytes(int(x, 16) for x in s.split(":"))
-
-
 def numbered_here(
     vip: str,
     sources: Sequence[str],
@@ -337,7 +334,7 @@ def numbered_here(
         head = struct.pack("!4sI", NUMBERED_MAGIC, run_id)
         plen = len(head) + 4
         ulen = 8 + plen
-        eth = _mac(dst_mac) + src_mac
+        eth = mac_bytes(dst_mac) + src_mac
         pre: list[bytes] = []
         base: list[int] = []
         for src in sources:
