@@ -261,10 +261,27 @@ def markdown(res: dict[str, Any]) -> str:
             "| ruleset | Gbit/s (median) | ratio to plain |",
             "|---|---|---|",
             *tcp,
+            *_swap_lines(),
             END,
             "",
         ]
     )
+
+
+def _swap_lines() -> list[str]:
+    """The daemon's failover swap, from bench/swap.py's last run (if any)."""
+    path = ROOT / "bench" / "results" / "swap.json"
+    if not path.exists():
+        return []
+    s = json.loads(path.read_text())
+    c, u = s["cached"], s["uncached"]
+    return [
+        "",
+        f"The daemon's failover swap in-process (`{s['command'].strip()}`: 3 members, steer, "
+        f"8 bits, {c['n']} failovers each): {c['median_ms']} ms median "
+        f"({c['min_ms']}-{c['max_ms']}) with the daemon's cache of its last commit, "
+        f"{u['median_ms']} ms ({u['min_ms']}-{u['max_ms']}) reading the kernel first.",
+    ]
 
 
 def plot(res: dict[str, Any], path: Path) -> None:

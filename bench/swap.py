@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         for k, v in out.items()
     }
-    print(json.dumps({"command": "python -m bench.swap " + " ".join(sys.argv[1:]), **summary}))
+    res = {"command": "python -m bench.swap " + " ".join(sys.argv[1:]), **summary}
+    out_path = Path(__file__).resolve().parent / "results" / "swap.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(res, indent=2))
+    print(json.dumps(res))
     return 0
 
 
