@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
@@ -45,6 +45,17 @@ class ApplyResult:
     backend: str = "nftables"
     moving: int = 0  # buckets in transition once applied
     recorded_s: float = 0.0  # how long the record step waited
+    # What the state file should hold now, and why it does not (state_write_failure=
+    # "continue" only): the caller keeps `state` and passes it back as `unsaved`.
+    state: statefile.ClusterState | None = None
+    state_error: str | None = None
+
+
+# "raise": the state cannot be written, nothing changes (the CLI: exit 1, nothing done).
+# "continue": commit anyway and report it in ApplyResult.state_error (the daemon: a dead
+# member must leave the table even when the disk is full or read-only; the kernel is the
+# truth and the daemon keeps the state in memory until it can write it).
+StateWriteFailure = Literal["raise", "continue"]
 
 
 # --------------------------------------------------------------------------------------
@@ -218,6 +229,8 @@ def apply(
     cache: Cache | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    state_write_failure: StateWriteFailure = "raise",
+    unsaved: statefile.ClusterState | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
@@ -231,14 +244,19 @@ def apply(
     not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
     converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
     only on the spec, so a failover can skip it. `down=None` keeps the health the state
-    recorded."""
+    recorded. `unsaved` is a state a previous apply could not write (see StateWriteFailure):
+    it stands for the file while it is newer, and is written when the file can be."""
     started = time.perf_counter()
     pick = backends if backends is not None else backend_for
     be = pick(spec)
     bx = box if box is not None else LiveBox()
     be.refuse(spec)
-    with statefile.locked(directory, spec.cluster):
+    keep_going = state_write_failure == "continue"
+    with statefile.locked(directory, spec.cluster, required=not keep_going):
         st = statefile.load(directory, spec.cluster)
+        behind = unsaved is not None and (st is None or unsaved.generation > st.generation)
+        if behind:
+            st = unsaved
         recorded = _recorded(st)
         # the daemon's own last commit, when nobody committed since: no netlink read
         fast = (
@@ -293,6 +311,8 @@ def apply(
         )
         change = planning.Change(previous, layout)
 
+        state_error: str | None = None
+
         def result(changed: bool, text: str = "", diff: str = "") -> ApplyResult:
             return ApplyResult(
                 generation=generation + (1 if changed and not dry_run else 0),
@@ -307,6 +327,8 @@ def apply(
                 backend=be.name,
                 moving=len(moving),
                 recorded_s=record_s if changed else 0.0,
+                state=new_state,
+                state_error=state_error,
             )
 
         new_state = statefile.ClusterState(
@@ -321,13 +343,16 @@ def apply(
             moving=moving,
         )
         if trusted and st is not None and st.digest == plan.digest:
+            new_state = dataclasses.replace(new_state, generation=st.generation)
             if not dry_run:
-                if (new_state.spec, new_state.reasons, moving) != (st.spec, st.reasons, st.moving):
+                if behind or (new_state.spec, new_state.reasons, moving) != (
+                    st.spec,
+                    st.reasons,
+                    st.moving,
+                ):
                     # the kernel is right; the state learns the spec (addresses, health
                     # settings) and the reasons, keeping its generation
-                    statefile.save(
-                        directory, dataclasses.replace(new_state, generation=st.generation)
-                    )
+                    state_error = _save(directory, new_state, keep_going)
                 if host:
                     bx.announce(spec)  # not part of the ruleset digest
             return result(False, plan.text if want_diff or dry_run else "")
@@ -346,12 +371,13 @@ def apply(
             first = be.plan(
                 spec, layout, wiring, generation + 1, live, recorded if trusted else None, rec
             )
-            _commit(
+            state_error = _commit(
                 be,
                 first,
                 directory,
                 dataclasses.replace(new_state, digest=first.digest, moving=rec),
                 whole=not trusted,
+                keep_going=keep_going,
             )
             sleep(record_s)
             generation += 1
@@ -360,8 +386,17 @@ def apply(
             new_state = dataclasses.replace(
                 new_state, generation=generation + 1, digest=plan.digest
             )
-        _commit(
-            be, plan, directory, new_state, whole=not trusted and record_s == 0, verify=not fast
+        state_error = (
+            _commit(
+                be,
+                plan,
+                directory,
+                new_state,
+                whole=not trusted and record_s == 0,
+                verify=not fast,
+                keep_going=keep_going,
+            )
+            or state_error
         )
         if cache is not None:
             cache.remember(be, plan, wiring)
@@ -400,6 +435,19 @@ def _flow_buckets(be: Backend, spec: Spec) -> set[int] | None:
         return None
 
 
+def _save(directory: Path, state: statefile.ClusterState, keep_going: bool) -> str | None:
+    """Write the state; on failure raise StateError (nothing changed yet), or with
+    `keep_going` return what failed."""
+    try:
+        statefile.save(directory, state)
+    except OSError as exc:
+        what = f"cannot write the state of {state.cluster} in {directory}: {exc.strerror}"
+        if keep_going:
+            return what
+        raise StateError(f"{what}; nothing changed") from None
+    return None
+
+
 def _commit(
     be: Backend,
     plan: Plan,
@@ -408,21 +456,37 @@ def _commit(
     *,
     whole: bool,
     verify: bool = True,
-) -> None:
+    keep_going: bool = False,
+) -> str | None:
     """The state is written first: a crash between the two leaves a state that is ahead of
     the kernel, which the next apply converges to. The other order would leave the kernel
     ahead with stale health in the state. A refused commit puts the old state back.
     `verify` False (the daemon's fast path): the commit's all-or-nothing answer is taken
-    as it is; the daemon reads back after the swap (`verify_live`)."""
-    saved = statefile.read_raw(directory, state.cluster)
-    statefile.save(directory, state)
+    as it is; the daemon reads back after the swap (`verify_live`).
+
+    A state that cannot be written stops the commit, unless `keep_going`: then the commit
+    happens anyway and the failure is returned (a crash before the state is written later
+    leaves the kernel ahead of the file, which the next apply adopts without moving a
+    bucket)."""
+    try:
+        saved = statefile.read_raw(directory, state.cluster)
+    except OSError:
+        if not keep_going:
+            raise
+        saved = None
+        readable = False
+    else:
+        readable = True
+    error = _save(directory, state, keep_going)
     try:
         be.commit(plan)
     except BaseException:
-        statefile.restore_raw(directory, state.cluster, saved)
+        if error is None and readable:
+            statefile.restore_raw(directory, state.cluster, saved)
         raise
     if verify:
         be.verify(plan, whole=whole)
+    return error
 
 
 def _preflight(box: Box, spec: Spec, down: tuple[str, ...]) -> None:

@@ -125,13 +125,27 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def locked(directory: Path, cluster: str) -> Iterator[None]:
-    """Serialize changes to one cluster (two applies at once take turns)."""
+def locked(directory: Path, cluster: str, *, required: bool = True) -> Iterator[None]:
+    """Serialize changes to one cluster (two applies at once take turns).
+
+    flock() needs no write access: in a directory that became read-only (a remount, EROFS)
+    the existing lock file is opened read-only. `required=False` (the daemon) goes on
+    without the lock when even that is impossible: failing over matters more, and no other
+    vipctl command can change the cluster then anyway (each needs to write its state)."""
+    path = directory / f".{cluster}.lock"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fh = open(directory / f".{cluster}.lock", "a+")  # noqa: SIM115
+        fh = open(path, "a+")  # noqa: SIM115
     except OSError as exc:
-        raise StateError(f"cannot use state directory {directory}: {exc.strerror}") from None
+        try:
+            fh = open(path)  # noqa: SIM115
+        except OSError:
+            if required:
+                raise StateError(
+                    f"cannot use state directory {directory}: {exc.strerror}"
+                ) from None
+            yield
+            return
     with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:

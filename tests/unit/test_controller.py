@@ -9,7 +9,9 @@ restore on a refusal, a backend switch), the same for nftables and tc.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from vipctl.backends.base import Live, Plan, text_digest
 from vipctl.core.partition import Layout, Table
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.core.transition import Moving
-from vipctl.errors import KernelError, SpecError
+from vipctl.errors import KernelError, SpecError, StateError
 from vipctl.host.doctor import Finding
 from vipctl.render import nft as render_nft
 from vipctl.render import tc as render_tc
@@ -522,3 +524,82 @@ def test_the_daemons_cache_skips_the_reads_of_a_failover(rig: Rig) -> None:
     rig.kernel.calls.clear()
     rig.apply(spec, down={"web3"}, cache=cache)
     assert "nftables.observe(complete=False)" in rig.kernel.calls and wired
+
+
+# -- a state file that cannot be written (full or read-only disk) ------------------------
+
+
+class ReadOnlyDisk:
+    """statefile.save fails as on a read-only remount (EROFS) while `on`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on = True
+        real = statefile.save
+
+        def save(directory: Path, state: statefile.ClusterState) -> None:
+            if self.on:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            real(directory, state)
+
+        monkeypatch.setattr(statefile, "save", save)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cli_refuses_when_the_state_cannot_be_written(
+    rig: Rig, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(backend)
+    rig.apply(spec)
+    before = rig.state_bytes()
+    ReadOnlyDisk(monkeypatch)
+    with pytest.raises(StateError, match="Read-only file system; nothing changed"):
+        rig.apply(spec, down={"web2"})
+    assert rig.commits() == [f"{backend}.commit(1)"] and rig.state_bytes() == before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_daemon_fails_over_and_restores_exactly_without_a_writable_state(
+    rig: Rig, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """state_write_failure="continue": the commit happens, the state is kept in memory
+    (`unsaved`) and stands for the file: restoration is the exact undo, and the state
+    catches up once the disk is writable; a restart after that moves no bucket."""
+    spec = make_spec(backend)
+    base = rig.apply(spec).layout.table
+    on_disk = rig.state_bytes()
+    disk = ReadOnlyDisk(monkeypatch)
+    kw: dict[str, Any] = {"state_write_failure": "continue"}
+    r2 = rig.apply(spec, down={"web2"}, **kw)
+    assert r2.changed and r2.generation == 2 and "web2" not in rig.kernel.tables[backend].table
+    assert r2.state_error is not None and "Read-only file system" in r2.state_error
+    assert r2.state is not None and r2.state.generation == 2
+    r3 = rig.apply(spec, down={"web2", "web3"}, unsaved=r2.state, **kw)
+    assert set(r3.layout.table) == {"web1"} and r3.state is not None
+    r4 = rig.apply(spec, down={"web3"}, unsaved=r3.state, **kw)
+    r5 = rig.apply(spec, down=set(), unsaved=r4.state, **kw)
+    assert r5.layout.table == base, "restoration is not the exact undo of the failovers"
+    assert rig.state_bytes() == on_disk  # nothing could be written all along
+    disk.on = False
+    r6 = rig.apply(spec, down=set(), unsaved=r5.state, **kw)
+    assert not r6.changed and r6.state_error is None
+    st = statefile.load(rig.dir, "web")
+    # nftables: the restorations went through transitions (record, then move)
+    assert st is not None and st.generation == r5.generation >= 5
+    assert st.layout == r5.layout
+    commits = rig.commits()
+    restarted = rig.apply(spec, **kw)  # a restart: no `unsaved`, the file is current
+    assert not restarted.changed and restarted.layout.table == base
+    assert rig.commits() == commits
+
+
+def test_a_restart_before_the_state_caught_up_adopts_the_live_table(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec("nftables")
+    rig.apply(spec)
+    disk = ReadOnlyDisk(monkeypatch)
+    failed = rig.apply(spec, down={"web2"}, state_write_failure="continue")
+    disk.on = False
+    # the daemon died with its state in memory: the file says generation 1, the kernel 2
+    restarted = rig.apply(spec, state_write_failure="continue")
+    assert restarted.layout.table == failed.layout.table and restarted.moved == 0

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
+import os
+import resource
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -296,7 +300,7 @@ def test_monitor_measures_probe_latency_on_its_clock() -> None:
             return True, "ok"
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(health, "prober", lambda _spec, _member: slow_probe)
+            mp.setattr(m, "prober", lambda _spec, _member: slow_probe)
             m._start_probes()
             for _ in range(100):
                 if len(m.latency) == 2:
@@ -429,3 +433,135 @@ def test_sdnotify_never_blocks_on_a_full_queue(
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         sent = [sdnotify.notify("WATCHDOG=1") for _ in range(2000)]
         assert sent[0] and not sent[-1]
+
+
+# -- the prober's own failures are not the member's ----------------------------------------
+
+
+def test_local_errors_are_told_from_the_members() -> None:
+    emfile = health.local_error(OSError(errno.EMFILE, "x"), "tcp connect 10.0.0.1:80")
+    assert emfile is not None and emfile.cause == "EMFILE"
+    assert emfile.detail == "tcp connect 10.0.0.1:80: too many open files"
+    for member_side in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT, errno.ECONNRESET):
+        assert health.local_error(OSError(member_side, "x"), "probe") is None
+    assert health.local_error(ValueError("not HTTP"), "probe") is None
+
+
+def test_inflight_cap_keeps_detection_and_bounds_sockets() -> None:
+    assert health.inflight_cap(0.1, 0.3, 3) == 3  # fall probes staggered by the interval
+    assert health.inflight_cap(0.1, 0.05, 3) == 1  # timeout < interval: one at a time
+    assert health.inflight_cap(0.01, 60.0, 3) == 3  # was 6002 sockets per silent member
+    assert health.inflight_cap(0.01, 60.0, 100) == health.MAX_INFLIGHT
+
+
+def test_tcp_probe_out_of_file_descriptors_is_a_local_error() -> None:
+    async def probe() -> None:
+        spare = os.dup(0)  # the lowest free descriptor: a limit of it leaves none
+        os.close(spare)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spare, hard))
+        try:
+            with pytest.raises(health.LocalProbeError) as info:
+                await health.probe_tcp(_member(), 9, 1.0)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert info.value.cause == "EMFILE"
+        assert info.value.detail == "tcp connect 127.0.0.1:9: too many open files"
+
+    asyncio.run(probe())
+
+
+def _fast_spec(interval_ms: int, timeout_ms: int, fall: int = 3) -> Spec:
+    data = _spec().model_dump(mode="json")
+    data["health"].update(interval_ms=interval_ms, timeout_ms=timeout_ms, fall=fall, rise=1)
+    return parse_spec(data)
+
+
+def test_monitor_keeps_health_while_it_cannot_probe(caplog: pytest.LogCaptureFixture) -> None:
+    """EMFILE on every probe for 30 rounds: nobody is declared down, the cause is logged
+    once and counted, the trouble reported; then real failures count again."""
+    seen: list[Transition] = []
+    troubles: list[str | None] = []
+    mode = {"now": "emfile"}
+
+    def fake(spec: Spec, member: Member) -> Callable[[], Awaitable[health.ProbeResult]]:
+        async def run() -> health.ProbeResult:
+            if mode["now"] == "emfile":
+                raise OSError(errno.EMFILE, "Too many open files")
+            return False, "tcp connect: connection refused"
+
+        async def probe() -> health.ProbeResult:
+            try:
+                return await run()
+            except OSError as exc:
+                local = health.local_error(exc, f"tcp connect {member.address}")
+                assert local is not None
+                raise local from None
+
+        return probe
+
+    async def scenario() -> None:
+        m = health.Monitor(_fast_spec(10, 5), seen.append, on_trouble=troubles.append, probers=fake)
+        m._start_probes()
+        await asyncio.sleep(0.3)
+        assert seen == [] and m.down() == set()
+        assert set(m.unprobed) == {"web1", "web2"} and m.local_errors["EMFILE"] >= 20
+        assert troubles[-1] == "probes failing locally: too many open files (web1, web2)"
+        mode["now"] = "refused"
+        await asyncio.sleep(0.2)
+        assert m.down() == {"web1", "web2"} and m.unprobed == {}
+        assert troubles[-1] is None
+        await m.stop()
+
+    with caplog.at_level(logging.INFO, logger="vipctl.health"):
+        asyncio.run(scenario())
+    cannot = [r for r in caplog.records if r.getMessage().startswith("cannot probe")]
+    assert len(cannot) == 1, [r.getMessage() for r in cannot]
+    assert "too many open files" in cannot[0].getMessage()
+    assert any("probes work again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_probe_bug_is_not_a_failure() -> None:
+    seen: list[Transition] = []
+
+    def buggy(spec: Spec, member: Member) -> Callable[[], Awaitable[health.ProbeResult]]:
+        async def probe() -> health.ProbeResult:
+            raise KeyError("oops")
+
+        return probe
+
+    async def scenario() -> None:
+        m = health.Monitor(_fast_spec(10, 5), seen.append, probers=buggy)
+        m._start_probes()
+        await asyncio.sleep(0.1)
+        assert seen == [] and m.unprobed["web1"].cause == "bug"
+        await m.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_member_holds_a_bounded_number_of_probes() -> None:
+    """10 ms probes with a 60 s timeout: at most inflight_cap() at once (was 6002)."""
+    now = {"inflight": 0, "max": 0}
+
+    def silent(spec: Spec, member: Member) -> Callable[[], Awaitable[health.ProbeResult]]:
+        async def probe() -> health.ProbeResult:
+            now["inflight"] += 1
+            now["max"] = max(now["max"], now["inflight"])
+            try:
+                await asyncio.sleep(60)
+            finally:
+                now["inflight"] -= 1
+            return False, "no answer"
+
+        return probe
+
+    async def scenario() -> None:
+        m = health.Monitor(_fast_spec(10, 60_000), lambda t: None, probers=silent)
+        m._start_probes()
+        await asyncio.sleep(0.5)
+        assert max(m.inflight.values()) <= 3
+        await m.stop()
+
+    asyncio.run(scenario())
+    assert now["max"] == 2 * 3, now  # two members, fall=3 each

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from vipctl.core.spec import load_spec, load_text
+from vipctl.core.spec import MAX_SPEC_BYTES, load_spec, load_text, read_spec_file
 from vipctl.errors import SpecError
 
 GOOD = """
@@ -156,3 +157,50 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path / "absent.yaml")
     assert "cannot read" in info.value.problems[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "web.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(SpecError) as info:
+        load_spec(fifo)  # a plain open() would wait for a writer forever
+    assert info.value.problems == [f"spec: {fifo} is not a regular file"]
+
+
+def test_a_directory_and_a_device_are_refused(tmp_path: Path) -> None:
+    for path in (tmp_path, Path("/dev/zero")):
+        with pytest.raises(SpecError) as info:
+            load_spec(path)
+        assert (
+            "not a regular file" in info.value.problems[0]
+            or "cannot read" in (info.value.problems[0])
+        )
+
+
+def test_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_bytes(b"cluster: web\n# caf\xe9\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.problems == ["spec: not UTF-8 (invalid byte at offset 18)"]
+    assert info.value.exit_code == 78
+
+
+def test_size_cap(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text("#" * 100)
+    assert read_spec_file(path, limit=100) == "#" * 100
+    with pytest.raises(SpecError) as info:
+        read_spec_file(path, limit=99)
+    assert "100 bytes, more than the 99 allowed" in info.value.problems[0]
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as fh:
+        fh.truncate(MAX_SPEC_BYTES + 1)  # sparse: the size check comes before any read
+    with pytest.raises(SpecError):
+        load_spec(big)
+
+
+def test_deep_nesting_is_a_spec_error() -> None:
+    assert problems("[" * 100_000)[0] == "spec: not valid YAML/JSON: nested too deeply"
+    with pytest.raises(SpecError):
+        load_text("[" * 100_000, "web.json")

@@ -7,6 +7,8 @@ vips, uplink and members has a default an operator would pick.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +38,9 @@ MemberName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
 MacAddress = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
 
 MAX_MEMBERS = 256
+# A spec of MAX_MEMBERS members with comments is ~40 kB; 1 MiB leaves room and bounds the
+# time a load can take (a 50 MB file took the daemon's YAML parser 50 s).
+MAX_SPEC_BYTES = 1 << 20
 
 
 class _Model(BaseModel):
@@ -313,16 +318,52 @@ def load_text(text: str, source: str = "spec") -> Spec:
             data = yaml.load(text, Loader=_UniqueKeyLoader)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise SpecError(source, [f"spec: not valid YAML/JSON: {exc}".replace("\n", " ")]) from None
+    except RecursionError:  # `[[[[...` deeper than the parsers' recursion limit
+        raise SpecError(source, ["spec: not valid YAML/JSON: nested too deeply"]) from None
     return parse_spec(data, source)
 
 
-def load_spec(path: str | Path) -> Spec:
+def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
+    """The spec file's text, or SpecError; never blocks on a FIFO or a device and never
+    reads more than `limit` bytes. O_NONBLOCK: opening a FIFO without a writer would
+    otherwise wait forever; it is then refused by the S_ISREG check."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
-    return load_text(text, str(path))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(str(path), [f"spec: {path} is not a regular file"])
+        if info.st_size > limit:
+            raise SpecError(
+                str(path), [f"spec: {path} is {info.st_size} bytes, more than the {limit} allowed"]
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # the file may grow after fstat: read at most limit + 1 bytes
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise SpecError(str(path), [f"spec: {path} is more than the {limit} bytes allowed"])
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            str(path), [f"spec: not UTF-8 (invalid byte at offset {exc.start})"]
+        ) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    return load_text(read_spec_file(path), str(path))
 
 
 def json_schema() -> dict[str, Any]:

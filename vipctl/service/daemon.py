@@ -9,7 +9,14 @@ The loop (one asyncio event loop, one thread for kernel work):
 * the reconciler applies `down = every member currently down` in ONE transaction
   (`controller.apply(..., down=...)`), off the event loop so probes keep their rhythm;
   transitions that arrive during an apply are folded into the next one;
-* SIGHUP reloads the spec (a bad spec is logged, the last good one stays in force);
+* SIGHUP reloads the spec: read and validated in a worker thread (the loop keeps probing,
+  failing over and pinging the watchdog), a bad spec is logged and the last good one stays
+  in force; every reload ends with READY=1 and a STATUS line, whatever happened;
+* failover first: a state file that cannot be written (full or read-only disk) does not
+  stop a commit (controller.apply(state_write_failure="continue")); the state is kept in
+  memory, handed to every apply, and written again until it can be;
+* the prober's own errors (EMFILE...) fail no member; while the daemon cannot do its job
+  fully it says so first in STATUS= and in the metrics (vipctl_daemon_degraded);
   SIGTERM/SIGINT exit 0 and leave the rules in place: the data plane never needs us;
 * systemd: READY=1 after the first successful apply, STATUS= after every change,
   WATCHDOG=1 every WatchdogSec/2 while the loop is healthy, RELOADING=1/STOPPING=1.
@@ -28,6 +35,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -41,12 +49,14 @@ if TYPE_CHECKING:
     from vipctl.controller import ApplyResult, Cache
     from vipctl.core.partition import Layout
     from vipctl.service.health import Monitor, Transition
+    from vipctl.statefile import ClusterState
 
 log = logging.getLogger("vipctl.daemon")
 
 EX_CONFIG = 78
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
+RELOAD_TIMEOUT_S = 10.0  # a spec read that hangs (a dead NFS mount) is given up
 
 
 # --------------------------------------------------------------------------------------
@@ -116,16 +126,31 @@ def status_line(spec: Spec, generation: int, down: set[str]) -> str:
     return text
 
 
+def status_text(base: str, problems: list[str]) -> str:
+    """The STATUS= line: what keeps the daemon from doing its job comes first."""
+    if not problems:
+        return base
+    return "DEGRADED: " + "; ".join(problems) + " | " + base
+
+
 # --------------------------------------------------------------------------------------
 # The daemon
 # --------------------------------------------------------------------------------------
 
 
 class Daemon:
-    def __init__(self, spec_path: Path, state_dir: Path, spec: Spec) -> None:
+    def __init__(
+        self,
+        spec_path: Path,
+        state_dir: Path,
+        spec: Spec,
+        loader: Callable[[Path], Spec] = load_spec,
+    ) -> None:
         self.spec_path = spec_path
         self.state_dir = state_dir
         self.spec = spec
+        self.loader = loader  # runs in a worker thread: never on the event loop
+        self.reload_timeout = RELOAD_TIMEOUT_S
         self.layout: Layout | None = None
         self.generation = 0
         self.ready = False
@@ -140,6 +165,42 @@ class Daemon:
         self.reasons: dict[str, str] = {}  # member -> last transition, shown by `status`
         self.stats = DaemonStats()  # what `--metrics` exports beyond the kernel's counters
         self.cache: Cache | None = None  # the structure of our last commit (controller)
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False  # a SIGHUP arrived while a reload ran: read again
+        self._reload_problem: str | None = None  # the last reload was refused: why
+        self._probe_trouble: str | None = None  # health.trouble(): probes failing locally
+        self._unsaved: ClusterState | None = None  # committed, not yet in the state file
+        self._state_error: str | None = None
+        self._state_backoff = RETRY_FIRST_S
+        self._state_retry: asyncio.TimerHandle | None = None
+
+    # -- what STATUS= says --------------------------------------------------------------
+    def problems(self) -> list[str]:
+        out = []
+        if self._probe_trouble:
+            out.append(self._probe_trouble)
+        if self._state_error:
+            out.append(f"state not written ({self._state_error}), kept in memory")
+        if self._reload_problem:
+            out.append(self._reload_problem)
+        return out
+
+    def status(self) -> str:
+        if self.layout is None:
+            base = f"cluster {self.spec.cluster}: not applied yet"
+        else:
+            base = status_line(self.spec, self.generation, set(self.layout.down))
+        return status_text(base, self.problems())
+
+    def on_trouble(self, text: str | None) -> None:
+        """health.Monitor: the set of members the prober cannot probe changed."""
+        self._probe_trouble = text
+        if self.monitor is not None:
+            with self.stats.lock:
+                self.stats.unprobed = len(self.monitor.unprobed)
+        if text:
+            log.error("%s: their health is kept as it is until they can be probed", text)
+        sdnotify.notify(f"STATUS={self.status()}")
 
     # -- transitions --------------------------------------------------------------------
     def on_transition(self, t: Transition) -> None:
@@ -172,11 +233,49 @@ class Daemon:
                 reasons=dict(self.reasons),
                 cache=self.cache,
                 want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
+                state_write_failure="continue",
+                unsaved=self._unsaved,
             )
             self._host_pending = False
-            return result
         finally:
             self._apply_started = None
+        self._state_written(result)
+        return result
+
+    def _state_written(self, result: ApplyResult) -> None:
+        """Keep the state in memory while it cannot be written, retry, say so."""
+        if result.state_error is None:
+            if self._unsaved is not None:
+                log.warning(
+                    "state written again: %s has caught up with the kernel (generation %d)",
+                    self.state_dir,
+                    result.generation,
+                )
+            self._unsaved = None
+            self._state_error = None
+            self._state_backoff = RETRY_FIRST_S
+            with self.stats.lock:
+                self.stats.state_write_failing = False
+            return
+        if self._state_error is None:
+            log.error(
+                "STATE NOT WRITTEN: %s. The kernel has generation %d (failovers are not "
+                "held back by this); the state is kept in memory and written as soon as "
+                "the directory is writable again",
+                result.state_error,
+                result.generation,
+            )
+        self._unsaved = result.state
+        self._state_error = result.state_error
+        with self.stats.lock:
+            self.stats.state_write_failing = True
+            self.stats.state_write_failures += 1
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+        self._state_retry = asyncio.get_running_loop().call_later(
+            self._state_backoff, self._dirty.set
+        )
+        self._state_backoff = min(self._state_backoff * 2, RETRY_MAX_S)
 
     def _applied(self, result: ApplyResult, since: float | None, what: str) -> None:
         before, self.layout = self.layout, result.layout
@@ -204,6 +303,8 @@ class Daemon:
                 describe_moves(before, result.layout),
                 pins,
             )
+        elif result.state_error is None and what == "retry":
+            log.debug("retry: the live table (generation %d) matches", result.generation)
         else:
             log.info(
                 "%s: the live table (generation %d) already matches, nothing written",
@@ -216,7 +317,7 @@ class Daemon:
                 "dropped until a member passes its probes again",
                 self.spec.cluster,
             )
-        status = status_line(self.spec, result.generation, down)
+        status = self.status()
         if not self.ready:
             self.ready = True
             sdnotify.notify("READY=1", f"STATUS={status}")
@@ -264,9 +365,37 @@ class Daemon:
 
     # -- signals ------------------------------------------------------------------------
     def reload(self) -> None:
-        sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        """SIGHUP: start a reload, or ask the running one to read the file once more."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self._reload(), name="reload")
+
+    async def _reload(self) -> None:
+        """RELOADING=1, read and validate in a worker thread, READY=1 and STATUS=: always,
+        whatever the file holds or the worker raises."""
+        while True:
+            self._reload_again = False
+            sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                await self._reload_once()
+            except Exception as exc:  # never a traceback, never stuck in "reloading"
+                log.error("reload failed (%r): keeping the last good spec", exc)
+                self._rejected(f"last reload failed ({type(exc).__name__}: {exc})")
+            sdnotify.notify("READY=1", f"STATUS={self.status()}")
+            if not self._reload_again:
+                return
+
+    def _rejected(self, why: str) -> None:
+        self._reload_problem = f"{why}; running the last good spec"
+        with self.stats.lock:
+            self.stats.reload_failures += 1
+
+    async def _reload_once(self) -> None:
         try:
-            spec = load_spec(self.spec_path)
+            spec = await asyncio.wait_for(
+                asyncio.to_thread(self.loader, self.spec_path), self.reload_timeout
+            )
             if spec.cluster != self.spec.cluster:
                 raise SpecError(
                     str(self.spec_path),
@@ -275,6 +404,14 @@ class Daemon:
                         f"'{self.spec.cluster}'; a new cluster needs its own service"
                     ],
                 )
+        except TimeoutError:
+            log.error(
+                "reload rejected: reading %s took more than %g s; keeping the last good spec",
+                self.spec_path,
+                self.reload_timeout,
+            )
+            self._rejected(f"last reload rejected (reading took over {self.reload_timeout:g} s)")
+            return
         except SpecError as exc:
             for line in exc.problems:
                 log.error("reload rejected: %s: %s", exc.source, line)
@@ -283,11 +420,12 @@ class Daemon:
                 self.spec.cluster,
                 self.generation,
             )
-            sdnotify.notify("READY=1", "STATUS=reload rejected (bad spec), running the last good")
+            first = exc.problems[0] if exc.problems else "bad spec"
+            self._rejected(f"last reload rejected ({first})")
             return
+        self._reload_problem = None
         if spec == self.spec:
             log.info("reload: %s is unchanged", self.spec_path)
-            sdnotify.notify("READY=1")
             return
         log.info("reload: %s accepted, applying it", self.spec_path)
         self.spec = spec
@@ -295,7 +433,6 @@ class Daemon:
         if self.monitor is not None:
             self.monitor.update(spec)
         self._dirty.set()
-        sdnotify.notify("READY=1")
 
     async def _settler(self) -> None:
         """Buckets in transition return to the stateless path once their recorded flows
@@ -364,8 +501,11 @@ class Daemon:
             self._applied(result, None, "start")
         if initial_down:
             log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
-        self.monitor = health.Monitor(spec, self.on_transition, initial_down)
+        self.monitor = health.Monitor(
+            spec, self.on_transition, initial_down, on_trouble=self.on_trouble
+        )
         self.stats.probe_latency = self.monitor.latency
+        self.stats.probe_local_errors = self.monitor.local_errors
         await self.monitor.start()
         tasks = [
             asyncio.create_task(self._reconcile(), name="reconcile"),
@@ -381,8 +521,11 @@ class Daemon:
             self.generation,
         )
         sdnotify.notify("STOPPING=1")
-        if self._retry is not None:
-            self._retry.cancel()
+        for timer in (self._retry, self._state_retry):
+            if timer is not None:
+                timer.cancel()
+        if self._reload_task is not None:
+            self._reload_task.cancel()
         await self.monitor.stop()
         for task in tasks:
             task.cancel()

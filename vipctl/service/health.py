@@ -9,6 +9,13 @@ Two layers:
   RTM_DELLINK): a member port that loses carrier or is set down marks its member down at
   once, without waiting for `fall` failed probes.
 
+A probe has three outcomes: the member answered (success), the member did not or
+answered wrong (refused, unreachable, timed out, a wrong status: a failure, counted
+toward `fall`), or the prober itself could not probe (`LocalProbeError`: out of file
+descriptors, buffers or memory, a local firewall's EPERM). The last says nothing about
+the member: it is not counted, the member keeps its health, and the Monitor reports the
+cause (`unprobed`, `local_errors`) so the daemon can say it cannot do its job.
+
 The state machine (per member):
 
 * up -> down after `fall` consecutive failed probes, or at once when its port loses link;
@@ -39,6 +46,7 @@ log = logging.getLogger("vipctl.health")
 
 FLAP_WINDOW_S = 60.0
 FLAP_MAX_FACTOR = 8
+MAX_INFLIGHT = 8  # probes in flight per member, whatever the timeout and interval
 
 
 # --------------------------------------------------------------------------------------
@@ -138,6 +146,51 @@ def carrier(flags: int) -> bool:
 
 ProbeResult = tuple[bool, str]
 
+# errno values of the prober's own failures: this process or this router ran out of
+# something, or refuses to send (a local firewall answers EPERM). They are no evidence
+# about the member. Refused, reset, unreachable and timeouts are the member's (or its
+# path's) and count toward `fall`.
+LOCAL_ERRNOS = frozenset(
+    {
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOBUFS,
+        errno.ENOMEM,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EADDRNOTAVAIL,
+        errno.EAFNOSUPPORT,
+        errno.EPROTONOSUPPORT,
+    }
+)
+
+
+class LocalProbeError(Exception):
+    """The prober could not probe: `cause` is the errno's name ("EMFILE") or "bug",
+    `reason` the errno's text ("too many open files"), `detail` the probe in words."""
+
+    def __init__(self, cause: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.reason = reason
+        self.detail = detail
+
+
+def local_error(exc: BaseException, what: str) -> LocalProbeError | None:
+    """`exc` as a LocalProbeError when it is the prober's own failure, else None."""
+    if isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS:
+        reason = os.strerror(exc.errno).lower()
+        return LocalProbeError(errno.errorcode[exc.errno], reason, f"{what}: {reason}")
+    return None
+
+
+def inflight_cap(interval: float, timeout: float, fall: int) -> int:
+    """Probes of one member allowed in flight at once. Enough for a silent member to be
+    detected after timeout + (fall-1) * interval (fall probes staggered by the interval),
+    and never more than MAX_INFLIGHT: a 60 s timeout every 10 ms would otherwise hold
+    6000 sockets per silent member, until the daemon runs out of file descriptors."""
+    return max(1, min(int(timeout // interval) + 1, fall, MAX_INFLIGHT))
+
 
 def _addr(member: Member) -> str:
     return str(member.address)
@@ -162,6 +215,8 @@ async def probe_tcp(member: Member, port: int, timeout: float) -> ProbeResult:
     except TimeoutError:
         return False, f"{what}: no answer within {timeout * 1000:.0f} ms"
     except OSError as exc:
+        if (local := local_error(exc, what)) is not None:
+            raise local from None
         return False, f"{what}: {_oserror(exc)}"
     writer.close()  # no data was written: the socket closes at once, nothing to wait for
     return True, f"{what}: ok"
@@ -198,6 +253,8 @@ async def probe_http(
     except TimeoutError:
         return False, f"{what}: no answer within {timeout * 1000:.0f} ms"
     except (OSError, ValueError) as exc:
+        if (local := local_error(exc, what)) is not None:
+            raise local from None
         return False, f"{what}: {_oserror(exc)}"
     if status != expect:
         return False, f"{what}: status {status}, expected {expect}"
@@ -242,8 +299,12 @@ async def probe_icmp(member: Member, timeout: float) -> ProbeResult:
     loop = asyncio.get_running_loop()
     try:
         sock, raw = _icmp_socket(address.version)
-    except OSError as exc:
-        return False, f"{what}: cannot open an ICMP socket: {_oserror(exc)}"
+    except OSError as exc:  # always ours: no socket says nothing about the member
+        reason = _oserror(exc)
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        raise LocalProbeError(
+            name, reason, f"{what}: cannot open an ICMP socket: {reason}"
+        ) from None
     with sock:
         sock.setblocking(False)
         header = struct.pack("!BBHHH", request, 0, 0, ident, seq)
@@ -274,6 +335,8 @@ async def probe_icmp(member: Member, timeout: float) -> ProbeResult:
         except TimeoutError:
             return False, f"{what}: no reply within {timeout * 1000:.0f} ms"
         except OSError as exc:
+            if (local := local_error(exc, what)) is not None:
+                raise local from None
             return False, f"{what}: {_oserror(exc)}"
     return True, f"{what}: reply"
 
@@ -305,6 +368,18 @@ def prober(spec: Spec, member: Member) -> Callable[[], Awaitable[ProbeResult]]:
 OnTransition = Callable[[Transition], None]
 
 
+def trouble(unprobed: dict[str, LocalProbeError]) -> str | None:
+    """`probes failing locally: too many open files (web1, web2)`, or None."""
+    if not unprobed:
+        return None
+    by_reason: dict[str, list[str]] = {}
+    for member, exc in sorted(unprobed.items()):
+        by_reason.setdefault(exc.reason, []).append(member)
+    return "probes failing locally: " + "; ".join(
+        f"{reason} ({', '.join(members)})" for reason, members in sorted(by_reason.items())
+    )
+
+
 class Monitor:
     """Keeps every member's `MemberHealth` current; calls `on_transition` for each change.
 
@@ -322,15 +397,24 @@ class Monitor:
         on_transition: OnTransition,
         initial_down: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        on_trouble: Callable[[str | None], None] | None = None,
+        probers: Callable[[Spec, Member], Callable[[], Awaitable[ProbeResult]]] | None = None,
     ) -> None:
         self.spec = spec
         self.on_transition = on_transition
+        self.on_trouble = on_trouble  # called with trouble(self.unprobed) when it changes
+        self.prober = probers if probers is not None else prober
         self.clock = clock
         down = set(initial_down)
         self.health: dict[str, MemberHealth] = {
             m.name: MemberHealth(up=m.name not in down) for m in spec.members
         }
         self.latency: dict[str, float] = {}  # member -> seconds of its last successful probe
+        # members whose latest probe failed locally (their health is frozen), and the
+        # count of such failures by cause (errno name)
+        self.unprobed: dict[str, LocalProbeError] = {}
+        self.local_errors: dict[str, int] = {}
+        self.inflight: dict[str, int] = {}  # member -> probes in flight now
         self._probe_tasks: dict[str, asyncio.Task[None]] = {}
         self._link_task: asyncio.Task[None] | None = None
 
@@ -355,6 +439,34 @@ class Monitor:
         now = self.clock()
         new, changed = observe(h, ok, detail, self.thresholds, now)
         self._set(name, new, changed, now)
+
+    def local_failure(self, name: str, exc: LocalProbeError) -> None:
+        """The prober could not probe `name`: no evidence, the health stays as it is."""
+        if name not in self.health:
+            return
+        self.local_errors[exc.cause] = self.local_errors.get(exc.cause, 0) + 1
+        before = self.unprobed.get(name)
+        if before is not None and before.reason == exc.reason:
+            return
+        if exc.reason not in {e.reason for e in self.unprobed.values()}:
+            # once per cause, not once per probe (10 ms probes would flood the journal)
+            log.error(
+                "cannot probe: %s; health is kept as it is, no member is failed over for this (%s)",
+                exc.detail,
+                exc.cause,
+            )
+        self.unprobed[name] = exc
+        self._trouble_changed()
+
+    def _probed(self, name: str) -> None:
+        if self.unprobed.pop(name, None) is not None:
+            if not self.unprobed:
+                log.warning("probes work again: every member is probed")
+            self._trouble_changed()
+
+    def _trouble_changed(self) -> None:
+        if self.on_trouble is not None:
+            self.on_trouble(trouble(self.unprobed))
 
     def link_event(self, ifname: str, up: bool, why: str) -> None:
         for m in self.spec.members:
@@ -382,6 +494,8 @@ class Monitor:
         self._probe_tasks.clear()
         self.health = {m.name: self.health.get(m.name, MemberHealth(up=True)) for m in spec.members}
         self.spec = spec
+        if any(self.unprobed.pop(n) for n in list(self.unprobed) if n not in self.health):
+            self._trouble_changed()
         self._start_probes()
 
     async def stop(self) -> None:
@@ -405,11 +519,12 @@ class Monitor:
     async def _probe_loop(self, member: Member) -> None:
         """A probe every interval, each with its own timeout; several may be in flight when
         timeout > interval (a silent member is then detected after timeout + (fall-1) *
-        interval, not fall * timeout)."""
-        run = prober(self.spec, member)
+        interval, not fall * timeout), at most `inflight_cap()`: while that many are
+        waiting, the next probe is skipped."""
+        run = self.prober(self.spec, member)
         interval = self.spec.health.interval_ms / 1000
         timeout = self.spec.health.timeout_ms / 1000
-        max_inflight = int(timeout // interval) + 2
+        max_inflight = inflight_cap(interval, timeout, self.spec.health.fall)
         inflight: set[asyncio.Task[None]] = set()
         sent = 0
         newest_fed = -1
@@ -419,8 +534,15 @@ class Monitor:
             started = self.clock()
             try:
                 ok, detail = await run()
-            except Exception as exc:  # a probe bug must not stop probing
-                ok, detail = False, f"probe error: {exc!r}"
+            except LocalProbeError as exc:
+                self.local_failure(member.name, exc)
+                return
+            except Exception as exc:  # a probe bug: must not stop probing, nor fail members
+                self.local_failure(
+                    member.name, LocalProbeError("bug", f"probe error {exc!r}", repr(exc))
+                )
+                return
+            self._probed(member.name)
             if ok:
                 self.latency[member.name] = self.clock() - started
             # A probe that finishes after a later one carries older news: drop it, so the
@@ -438,6 +560,7 @@ class Monitor:
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
                     sent += 1
+                self.inflight[member.name] = len(inflight)
                 next_at += interval
                 now = loop.time()
                 if next_at < now:  # we were starved (CPU): do not burst to catch up
@@ -486,10 +609,21 @@ class Monitor:
                     # fresh dump rather than trust a state we may have missed changes of.
                     log.warning("link events interrupted (%s); subscribing again", exc)
                     ipr.close()
-                    await asyncio.sleep(0.1)
-                    ipr = await self._subscribe_links()
+                    ipr = await self._resubscribe()
         finally:
             ipr.close()
+
+    async def _resubscribe(self) -> Any:
+        """Subscribe again until it works (EMFILE, ENOBUFS: the prober's own trouble must
+        not end link watching for good)."""
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                return await self._subscribe_links()
+            except OSError as exc:
+                log.error("cannot watch links: %s; retrying in %.1f s", _oserror(exc), delay)
+                delay = min(delay * 2, 5.0)
 
     def _on_link_message(self, msg: Any) -> None:
         """One rtnetlink link message (pyroute2 ifinfmsg: a dict with get_attr())."""

@@ -16,6 +16,15 @@ Names follow the Prometheus conventions (base units, `_total` for counters):
   vipctl_cluster_swaps_total{cluster}                 ruleset swaps done (daemon only)
   vipctl_cluster_last_swap_seconds{cluster}           duration of the last swap (daemon)
   vipctl_cluster_failovers_total{cluster}             members declared down (daemon only)
+  vipctl_daemon_degraded{cluster}                     1 while the daemon cannot fully do its
+                                                      job (probes failing locally, state
+                                                      not written)
+  vipctl_daemon_members_unprobed{cluster}             members the prober cannot probe now
+  vipctl_daemon_probe_local_errors_total{cluster,cause}  probes that failed on this router
+                                                      (cause: EMFILE, ENOBUFS, EPERM, bug)
+  vipctl_daemon_state_write_failing{cluster}          1 while the state file is behind
+  vipctl_daemon_state_write_failures_total{cluster}   state writes that failed
+  vipctl_daemon_reload_failures_total{cluster}        SIGHUP reloads rejected or failed
 
 Concurrency: the HTTP server answers every scrape in a thread of its own; the kernel reads
 under them serialize on the nftables backend's lock, and counting pinned flows (a listing
@@ -145,10 +154,51 @@ class ClusterCollector(Collector):
             "Age of vipctl_member_pinned_flows",
             labels=["cluster"],
         )
+        degraded = GaugeMetricFamily(
+            "vipctl_daemon_degraded",
+            "1 while the daemon cannot fully do its job",
+            labels=["cluster"],
+        )
+        unprobed = GaugeMetricFamily(
+            "vipctl_daemon_members_unprobed",
+            "Members whose probes fail locally",
+            labels=["cluster"],
+        )
+        local_errors = CounterMetricFamily(
+            "vipctl_daemon_probe_local_errors",
+            "Probes that failed on this router, not at the member",
+            labels=["cluster", "cause"],
+        )
+        state_failing = GaugeMetricFamily(
+            "vipctl_daemon_state_write_failing",
+            "1 while the state file is behind",
+            labels=["cluster"],
+        )
+        state_failures = CounterMetricFamily(
+            "vipctl_daemon_state_write_failures", "State writes that failed", labels=["cluster"]
+        )
+        reload_failures = CounterMetricFamily(
+            "vipctl_daemon_reload_failures", "Reloads rejected or failed", labels=["cluster"]
+        )
         for name in self._clusters():
+            st = self._stats.get(name)
+            if st is not None:  # first: they must be there even when the kernel is not
+                with st.lock:
+                    swaps.add_metric([name], float(st.swaps))
+                    last_swap.add_metric([name], st.last_swap_seconds)
+                    failovers.add_metric([name], float(st.failovers))
+                    for member, seconds in list(st.probe_latency.items()):
+                        latency.add_metric([name, member], seconds)
+                    degraded.add_metric([name], 1.0 if st.degraded else 0.0)
+                    unprobed.add_metric([name], float(st.unprobed))
+                    for cause, n in sorted(st.probe_local_errors.items()):
+                        local_errors.add_metric([name, cause], float(n))
+                    state_failing.add_metric([name], 1.0 if st.state_write_failing else 0.0)
+                    state_failures.add_metric([name], float(st.state_write_failures))
+                    reload_failures.add_metric([name], float(st.reload_failures))
             try:
                 report = self._status(name)
-            except VipctlError:
+            except (VipctlError, OSError):  # OSError: e.g. EMFILE, out of descriptors
                 continue
             generation.add_metric([name], float(report.get("generation") or 0))
             info.add_metric(
@@ -168,16 +218,10 @@ class ClusterCollector(Collector):
                     pinned.add_metric(key, float(counted[0].get(m["name"], 0)))
                 elif "pinned" in m:
                     pinned.add_metric(key, float(m["pinned"]))
-            st = self._stats.get(name)
-            if st is not None:
-                with st.lock:
-                    swaps.add_metric([name], float(st.swaps))
-                    last_swap.add_metric([name], st.last_swap_seconds)
-                    failovers.add_metric([name], float(st.failovers))
-                    for member, seconds in st.probe_latency.items():
-                        latency.add_metric([name, member], seconds)
         yield from (packets, nbytes, buckets, target, healthy, pinned, latency, generation)
         yield from (swaps, last_swap, failovers, info, pins_age)
+        yield from (degraded, unprobed, local_errors, state_failing, state_failures)
+        yield reload_failures
 
 
 def parse_listen(text: str) -> tuple[str, int]:

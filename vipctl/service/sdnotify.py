@@ -11,10 +11,34 @@ from __future__ import annotations
 import os
 import socket
 
+_sock: socket.socket | None = None
+_sock_for: str | None = None
+
+
+def _send(address: str, payload: bytes) -> None:
+    """On the socket kept open from the last call: a daemon out of file descriptors must
+    still be able to tell systemd so (STATUS=probes failing locally: too many open files)."""
+    global _sock, _sock_for
+    if _sock is None or _sock_for != address:
+        if _sock is not None:
+            _sock.close()
+        _sock = None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(address)
+        except OSError:
+            s.close()
+            raise
+        _sock, _sock_for = s, address
+    # MSG_DONTWAIT: a receiver that does not read (its queue holds only
+    # net.unix.max_dgram_qlen = 10 datagrams) must never stall the daemon's loop.
+    _sock.send(payload, socket.MSG_DONTWAIT)
+
 
 def notify(*fields: str) -> bool:
     """Send `fields` (e.g. "READY=1", "STATUS=...") to systemd; False when not under systemd
     (no $NOTIFY_SOCKET) or the socket is gone. Never raises: notification is best effort."""
+    global _sock
     address = os.environ.get("NOTIFY_SOCKET")
     if not address or not fields:
         return False
@@ -22,13 +46,17 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]
     payload = "\n".join(f.replace("\n", " ") for f in fields).encode()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(address)
-            # MSG_DONTWAIT: a receiver that does not read (its queue holds only
-            # net.unix.max_dgram_qlen = 10 datagrams) must never stall the daemon's loop.
-            s.send(payload, socket.MSG_DONTWAIT)
-    except OSError:  # includes BlockingIOError: the message is dropped
+        _send(address, payload)
+    except BlockingIOError:  # the receiver's queue is full: the message is dropped
         return False
+    except OSError:  # e.g. systemd re-created its socket (ECONNREFUSED): connect again once
+        if _sock is not None:
+            _sock.close()
+            _sock = None
+        try:
+            _send(address, payload)
+        except OSError:
+            return False
     return True
 
 

@@ -15,4 +15,14 @@ class DaemonStats:
     last_swap_seconds: float = 0.0
     failovers: int = 0
     probe_latency: dict[str, float] = field(default_factory=dict)
+    # the daemon's own trouble: it cannot fully do its job while any of these is set
+    probe_local_errors: dict[str, int] = field(default_factory=dict)  # cause -> count
+    unprobed: int = 0  # members whose probes fail locally (their health is frozen)
+    state_write_failing: bool = False  # the kernel is ahead of the state file
+    state_write_failures: int = 0
+    reload_failures: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def degraded(self) -> bool:
+        return self.unprobed > 0 or self.state_write_failing
