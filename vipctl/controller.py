@@ -315,7 +315,9 @@ def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
 def down(
     cluster: str, directory: Path, *, box: Box | None = None, backends: Backends | None = None
 ) -> bool:
-    """Remove the cluster's kernel objects (any backend) and state; touches nothing else."""
+    """Remove the cluster's kernel objects (any backend) and state; touches nothing else.
+    A cluster with neither is "not installed" (KernelError, exit 1), as for `status`."""
+    statefile.checked(cluster)
     bx = box if box is not None else LiveBox()
     pick = backends if backends is not None else backend_for
     with statefile.locked(directory, cluster):
@@ -335,6 +337,8 @@ def down(
             # a tc cluster on a box whose nftables cannot be read: there is no table
 
         statefile.remove(directory, cluster)
+        if not removed and st is None:
+            raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
         return removed
 
 
@@ -370,6 +374,7 @@ def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
 
 def status(cluster: str, directory: Path, *, backends: Backends | None = None) -> dict[str, Any]:
     """What the kernel says is live, joined with the state (weights, health)."""
+    statefile.checked(cluster)
     pick = backends if backends is not None else backend_for
     st = statefile.load(directory, cluster)
     spec = _recorded(st)

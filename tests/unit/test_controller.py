@@ -162,9 +162,7 @@ class Rig:
         self.dir = tmp_path / "state"
         self.kernel = FakeKernel()
         self.box = FakeBox()
-        self.backends = {
-            n: FakeBackend(n, self.kernel, self.dir) for n in ("nftables", "tc")
-        }
+        self.backends = {n: FakeBackend(n, self.kernel, self.dir) for n in ("nftables", "tc")}
 
     def pick(self, spec: Spec | str) -> FakeBackend:
         return self.backends[spec if isinstance(spec, str) else spec.backend]
@@ -367,3 +365,52 @@ def test_status_and_clusters_list_every_backend(rig: Rig, backend: str) -> None:
 def test_status_of_an_unknown_cluster(rig: Rig) -> None:
     with pytest.raises(KernelError, match="not installed"):
         controller.status("nope", rig.dir, backends=rig.pick)
+
+
+def test_an_address_change_alone_is_recorded(rig: Rig) -> None:
+    spec = make_spec("nftables")
+    rig.apply(spec)
+    data = spec.model_dump(mode="json")
+    data["members"][0]["address"] = "198.51.100.99"
+    result = rig.apply(parse_spec(data))
+    assert not result.changed and rig.commits() == ["nftables.commit(1)"]
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.spec is not None
+    assert st.spec["members"][0]["address"] == "198.51.100.99"
+
+
+def test_down_of_an_unknown_cluster_is_not_installed_as_for_status(rig: Rig) -> None:
+    with pytest.raises(KernelError, match="not installed") as down_info:
+        controller.down("nope", rig.dir, box=rig.box, backends=rig.pick)
+    with pytest.raises(KernelError, match="not installed") as status_info:
+        controller.status("nope", rig.dir, backends=rig.pick)
+    assert down_info.value.exit_code == status_info.value.exit_code == 1
+
+
+def test_a_held_lock_makes_apply_busy_and_changes_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vipctl.errors import BusyError
+
+    rig.apply(make_spec("nftables"))
+    before = rig.state_bytes()
+    monkeypatch.setattr(statefile, "LOCK_WAIT_S", 0.2)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with statefile.locked(rig.dir, "web"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    assert held.wait(5)
+    try:
+        with pytest.raises(BusyError):
+            rig.apply(make_spec("nftables", mode="steer"))
+    finally:
+        release.set()
+        t.join(5)
+    assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before

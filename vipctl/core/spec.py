@@ -74,12 +74,14 @@ def _not_loopback(name: str) -> str:
 IfName = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"), AfterValidator(_not_loopback)
 ]
-ClusterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
+CLUSTER_NAME = "[a-z][a-z0-9-]{0,23}"
+ClusterName = Annotated[str, Field(pattern=f"^{CLUSTER_NAME}$")]
 # Member names become nftables object names (counters, sets): letters first, no dots.
 MemberName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
 MacAddress = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
 
 MAX_MEMBERS = 256
+MAX_WEIGHT = 1_000_000
 # broadcast copies a VIP packet to every member port in ONE rule (`dup to "m1" dup to "m2"
 # ... drop`); each `dup to` is two expressions (immediate device + dup) and the kernel
 # refuses a rule of more than NFT_RULE_MAXEXPRS = 128 (nf_tables_api.c, kernel 6.18):
@@ -119,7 +121,7 @@ class Member(_Model):
     port: IfName
     address: IPAddress
     # strict float: an int or a float, never a bool or a string; finite
-    weight: float = Field(default=1.0, ge=0, le=1_000_000, allow_inf_nan=False)
+    weight: float = Field(default=1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
     mac: MacAddress | None = Field(
         default=None,
         description="member MAC; default: resolved from the router's neighbour table",
@@ -503,6 +505,12 @@ def format_errors(exc: ValidationError) -> list[str]:
         path = ".".join(loc) if loc else "spec"
         lines.append(f"{path}: {message}")
     return lines
+
+
+def is_cluster_name(name: str) -> bool:
+    """The spec's cluster name rule, for names given on a command line (fullmatch: a
+    trailing newline is not accepted as `$` would)."""
+    return re.fullmatch(CLUSTER_NAME, name) is not None
 
 
 def parse_spec(data: object, source: str = "spec") -> Spec:
