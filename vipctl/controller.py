@@ -71,6 +71,9 @@ class Box(Protocol):
 
     def announce(self, spec: Spec, enabled: bool | None = None) -> list[str]: ...
 
+    def announce_check(self, spec: Spec) -> None:
+        """Raise KernelError if `announce(spec)` could not succeed (checked before a commit)."""
+
 
 class LiveBox:
     """This network namespace."""
@@ -87,6 +90,11 @@ class LiveBox:
         from vipctl.host import announce
 
         return announce.sync(spec, enabled)
+
+    def announce_check(self, spec: Spec) -> None:
+        from vipctl.host import announce
+
+        announce.check(spec)
 
 
 def preflight(spec: Spec, down: Collection[str] = ()) -> list[Finding]:
@@ -245,6 +253,8 @@ def apply(
         if dry_run:
             be.check(plan)
             return result(True, plan.text, diff)
+        if host:
+            bx.announce_check(spec)  # a refusal after the commit would be too late
         _commit(be, plan, directory, new_state, whole=not trusted)
         if recorded is not None and recorded.backend != spec.backend:
             # the cluster moved to another backend: the new rules are live, remove the old
@@ -320,6 +330,9 @@ def down(
     statefile.checked(cluster)
     bx = box if box is not None else LiveBox()
     pick = backends if backends is not None else backend_for
+    if statefile.read_raw(directory, cluster) is None and not _nft_has(pick, cluster):
+        # checked before the lock, so an unknown name leaves no lock file behind
+        raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
     with statefile.locked(directory, cluster):
         st = statefile.load(directory, cluster)
         spec = _recorded(st)
@@ -340,6 +353,14 @@ def down(
         if not removed and st is None:
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
         return removed
+
+
+def _nft_has(pick: Backends, cluster: str) -> bool:
+    """An nftables table of that cluster exists (found by name, with or without a state)."""
+    try:
+        return cluster in pick("nftables").clusters([])
+    except KernelError:
+        return False
 
 
 def _known_specs(directory: Path) -> list[Spec]:

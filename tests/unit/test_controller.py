@@ -145,6 +145,11 @@ class FakeBox:
         self.findings: list[Finding] = []
         self.announced: list[tuple[str, bool | None]] = []
         self.ifindex = dict(PORTS)
+        self.announce_refusal: str | None = None
+
+    def announce_check(self, spec: Spec) -> None:
+        if spec.announce_vips and self.announce_refusal:
+            raise KernelError(self.announce_refusal)
 
     def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
         return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS))
@@ -385,6 +390,7 @@ def test_down_of_an_unknown_cluster_is_not_installed_as_for_status(rig: Rig) -> 
     with pytest.raises(KernelError, match="not installed") as status_info:
         controller.status("nope", rig.dir, backends=rig.pick)
     assert down_info.value.exit_code == status_info.value.exit_code == 1
+    assert not rig.dir.exists() or list(rig.dir.iterdir()) == []  # and no lock file left
 
 
 def test_a_held_lock_makes_apply_busy_and_changes_nothing(
@@ -413,4 +419,15 @@ def test_a_held_lock_makes_apply_busy_and_changes_nothing(
     finally:
         release.set()
         t.join(5)
+    assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before
+
+
+def test_an_announcement_that_cannot_be_made_refuses_before_the_commit(rig: Rig) -> None:
+    """Under ProtectKernelTunables the uplink sysctls are read-only: apply used to commit
+    the ruleset and then exit 1 on the sysctl write."""
+    rig.apply(make_spec("nftables"))
+    before = rig.state_bytes()
+    rig.box.announce_refusal = "cannot announce the VIPs: read-only"
+    with pytest.raises(KernelError, match="read-only"):
+        rig.apply(make_spec("nftables", announce_vips=True, mode="steer"))
     assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before
