@@ -291,6 +291,9 @@ def test_port_lo_is_refused() -> None:
     assert any(p.startswith("members.0.port:") for p in found), found
     found = problems(with_line("uplink: lo"))
     assert any(p.startswith("uplink:") for p in found), found
+    for name in ("all", "default"):  # the kernel refuses these interface names
+        found = problems(GOOD.replace("port: m1", f"port: {name}"))
+        assert any(p.startswith("members.0.port:") for p in found), found
 
 
 @pytest.mark.parametrize("path", ["'/x\\r\\nHost: evil'", "'/a b'", "'/\\u00e9'", "'/x\\0'"])

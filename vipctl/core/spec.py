@@ -64,15 +64,19 @@ IPAddress = Annotated[
 # would need escaping in nftables strings.
 
 
-def _not_loopback(name: str) -> str:
-    # lo takes no netdev ingress/egress rules for a member or an uplink: nothing would flow
+def _usable_ifname(name: str) -> str:
+    # lo carries no traffic to or from a member or an upstream router; "all" and "default"
+    # are /proc/sys/net/*/conf entries, so the kernel refuses them as interface names
+    # (dev_valid_name + devinet sysctl registration: EINVAL)
     if name == "lo":
         raise ValueError("'lo' (loopback) cannot be a cluster port")
+    if name in ("all", "default"):
+        raise ValueError(f"'{name}' cannot be an interface name (the kernel refuses it)")
     return name
 
 
 IfName = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"), AfterValidator(_not_loopback)
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"), AfterValidator(_usable_ifname)
 ]
 CLUSTER_NAME = "[a-z][a-z0-9-]{0,23}"
 ClusterName = Annotated[str, Field(pattern=f"^{CLUSTER_NAME}$")]
@@ -487,11 +491,20 @@ def _parse(text: str, source: str) -> object:
         loader.dispose()
 
 
+def _loc_part(part: object) -> str:
+    """A path element as printed: an unknown key is the user's text (it may hold a newline,
+    quotes or 10 kB), so anything but a plain name is shown quoted and cut."""
+    text = str(part)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", text):
+        return text
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
+
+
 def format_errors(exc: ValidationError) -> list[str]:
     """One `field.path: message` line per problem."""
     lines: list[str] = []
     for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
+        loc = [_loc_part(part) for part in err["loc"]]
         # Discriminated unions add the tag as a path element ("probe.tcp.port"): drop it.
         if len(loc) >= 2 and loc[-2] in {"icmp", "tcp", "http", "none"} and "probe" in loc:
             loc = [p for p in loc if p not in {"icmp", "tcp", "http", "none"}]
