@@ -87,6 +87,9 @@ class Box(Protocol):
 
     def announce(self, spec: Spec, enabled: bool | None = None) -> list[str]: ...
 
+    def announce_check(self, spec: Spec) -> None:
+        """Raise KernelError if `announce(spec)` could not succeed (checked before a commit)."""
+
 
 class LiveBox:
     """This network namespace."""
@@ -103,6 +106,11 @@ class LiveBox:
         from vipctl.host import announce
 
         return announce.sync(spec, enabled)
+
+    def announce_check(self, spec: Spec) -> None:
+        from vipctl.host import announce
+
+        announce.check(spec)
 
 
 def preflight(spec: Spec, down: Collection[str] = ()) -> list[Finding]:
@@ -364,6 +372,8 @@ def apply(
         if dry_run:
             be.check(plan)
             return result(True, plan.text, diff)
+        if host:
+            bx.announce_check(spec)  # a refusal after the commit would be too late
         if record_s > 0:
             # record first: the newly moving buckets deliver to their old owner and record
             # their UDP flows; then the move below. Each step is one transaction.
@@ -515,9 +525,14 @@ def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
 def down(
     cluster: str, directory: Path, *, box: Box | None = None, backends: Backends | None = None
 ) -> bool:
-    """Remove the cluster's kernel objects (any backend) and state; touches nothing else."""
+    """Remove the cluster's kernel objects (any backend) and state; touches nothing else.
+    A cluster with neither is "not installed" (KernelError, exit 1), as for `status`."""
+    statefile.checked(cluster)
     bx = box if box is not None else LiveBox()
     pick = backends if backends is not None else backend_for
+    if statefile.read_raw(directory, cluster) is None and not _nft_has(pick, cluster):
+        # checked before the lock, so an unknown name leaves no lock file behind
+        raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
     with statefile.locked(directory, cluster):
         st = statefile.load(directory, cluster)
         spec = _recorded(st)
@@ -535,7 +550,17 @@ def down(
             # a tc cluster on a box whose nftables cannot be read: there is no table
 
         statefile.remove(directory, cluster)
+        if not removed and st is None:
+            raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
         return removed
+
+
+def _nft_has(pick: Backends, cluster: str) -> bool:
+    """An nftables table of that cluster exists (found by name, with or without a state)."""
+    try:
+        return cluster in pick("nftables").clusters([])
+    except KernelError:
+        return False
 
 
 def _known_specs(directory: Path) -> list[Spec]:
@@ -575,6 +600,7 @@ def status(
 
     `pins=False` leaves out each member's `pinned` count, which reads every pin map (up to
     `pinning.max_flows` elements each): the metrics endpoint counts them on its own clock."""
+    statefile.checked(cluster)
     pick = backends if backends is not None else backend_for
     st = statefile.load(directory, cluster)
     spec = _recorded(st)

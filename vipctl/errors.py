@@ -36,3 +36,10 @@ class StateError(VipctlError):
     """The state directory is unreadable or inconsistent (exit 1)."""
 
     exit_code = 1
+
+
+class BusyError(VipctlError):
+    """Another vipctl command held the cluster's lock past the wait limit (EX_TEMPFAIL, 75:
+    nothing changed, try again)."""
+
+    exit_code = 75

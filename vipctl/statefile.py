@@ -7,24 +7,52 @@ The kernel is the truth about what is live; the state file keeps what the kernel
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vipctl.core.partition import Layout
+from vipctl.core.spec import CLUSTER_NAME, is_cluster_name
 from vipctl.core.transition import Move, moving_from_json, moving_to_json
-from vipctl.errors import StateError
+from vipctl.errors import BusyError, StateError, UsageError
 
 DEFAULT_STATE_DIR = "/var/lib/vipctl"
+# How long a command waits for another one's lock on the same cluster before it says busy
+# (exit 75). An apply takes well under a second; the daemon holds the lock only per apply.
+LOCK_WAIT_S = 30.0
 
 
 def state_dir(explicit: str | None = None) -> Path:
+    if explicit == "":  # `--state-dir ''` is a mistake, not a request for the default
+        raise UsageError("--state-dir: an empty path is not a state directory")
     return Path(explicit or os.environ.get("VIPCTL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def checked(cluster: str) -> str:
+    """A cluster name as the spec allows it: file names under the state directory are made
+    of it, so `../x`, `/abs` or a newline never reach a path."""
+    if not is_cluster_name(cluster):
+        raise UsageError(f"{cluster[:40]!r} is not a cluster name ({CLUSTER_NAME})")
+    return cluster
+
+
+def ensure_dir(directory: Path) -> None:
+    """The state directory, created 0700 whatever the umask (it holds the lock files)."""
+    if directory.is_dir():
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(directory, 0o700)  # mkdir's mode is masked by the umask
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ class ClusterState:
 
 
 def _path(directory: Path, cluster: str) -> Path:
-    return directory / f"{cluster}.json"
+    return directory / f"{checked(cluster)}.json"
 
 
 def clusters(directory: Path) -> list[str]:
@@ -109,8 +137,9 @@ def write_json(path: Path, data: object) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace `path` with `data` in one rename: a reader sees the old or the new file.
+    (mkstemp creates the file 0600.)"""
+    ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -125,33 +154,57 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def locked(directory: Path, cluster: str, *, required: bool = True) -> Iterator[None]:
-    """Serialize changes to one cluster (two applies at once take turns).
+def locked(
+    directory: Path, cluster: str, *, timeout: float | None = None, required: bool = True
+) -> Iterator[None]:
+    """Serialize changes to one cluster (two applies at once take turns). Waits at most
+    `timeout` (default LOCK_WAIT_S) seconds, then raises BusyError. The lock file is
+    created 0600 and never through a symlink (O_NOFOLLOW).
 
     flock() needs no write access: in a directory that became read-only (a remount, EROFS)
     the existing lock file is opened read-only. `required=False` (the daemon) goes on
     without the lock when even that is impossible: failing over matters more, and no other
     vipctl command can change the cluster then anyway (each needs to write its state)."""
-    path = directory / f".{cluster}.lock"
+    name = f".{checked(cluster)}.lock"
+    wait = LOCK_WAIT_S if timeout is None else timeout
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")  # noqa: SIM115
+        ensure_dir(directory)
+        fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | flags, 0o600)
     except OSError as exc:
+        why = "its lock file is a symlink" if exc.errno == errno.ELOOP else exc.strerror
         try:
-            fh = open(path)  # noqa: SIM115
+            if exc.errno == errno.ELOOP:
+                raise
+            fd = os.open(directory / name, os.O_RDONLY | flags)
         except OSError:
             if required:
-                raise StateError(
-                    f"cannot use state directory {directory}: {exc.strerror}"
-                ) from None
+                raise StateError(f"cannot use state directory {directory}: {why}") from None
             yield
             return
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        with contextlib.suppress(OSError):  # read-only: keep the mode it has
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by the umask
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BusyError(
+                        f"cluster {cluster} is busy: another vipctl command has held its "
+                        f"lock for {wait:g} s; nothing changed, try again"
+                    ) from None
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, 0.2)
         try:
             yield
         finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def read_raw(directory: Path, cluster: str) -> bytes | None:

@@ -172,6 +172,11 @@ class FakeBox:
         self.findings: list[Finding] = []
         self.announced: list[tuple[str, bool | None]] = []
         self.ifindex = dict(PORTS)
+        self.announce_refusal: str | None = None
+
+    def announce_check(self, spec: Spec) -> None:
+        if spec.announce_vips and self.announce_refusal:
+            raise KernelError(self.announce_refusal)
 
     def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
         return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS))
@@ -603,3 +608,64 @@ def test_a_restart_before_the_state_caught_up_adopts_the_live_table(
     # the daemon died with its state in memory: the file says generation 1, the kernel 2
     restarted = rig.apply(spec, state_write_failure="continue")
     assert restarted.layout.table == failed.layout.table and restarted.moved == 0
+
+
+def test_an_address_change_alone_is_recorded(rig: Rig) -> None:
+    spec = make_spec("nftables")
+    rig.apply(spec)
+    data = spec.model_dump(mode="json")
+    data["members"][0]["address"] = "198.51.100.99"
+    result = rig.apply(parse_spec(data))
+    assert not result.changed and rig.commits() == ["nftables.commit(1)"]
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.spec is not None
+    assert st.spec["members"][0]["address"] == "198.51.100.99"
+
+
+def test_down_of_an_unknown_cluster_is_not_installed_as_for_status(rig: Rig) -> None:
+    with pytest.raises(KernelError, match="not installed") as down_info:
+        controller.down("nope", rig.dir, box=rig.box, backends=rig.pick)
+    with pytest.raises(KernelError, match="not installed") as status_info:
+        controller.status("nope", rig.dir, backends=rig.pick)
+    assert down_info.value.exit_code == status_info.value.exit_code == 1
+    assert not rig.dir.exists() or list(rig.dir.iterdir()) == []  # and no lock file left
+
+
+def test_a_held_lock_makes_apply_busy_and_changes_nothing(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from vipctl.errors import BusyError
+
+    rig.apply(make_spec("nftables"))
+    before = rig.state_bytes()
+    monkeypatch.setattr(statefile, "LOCK_WAIT_S", 0.2)
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with statefile.locked(rig.dir, "web"):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    assert held.wait(5)
+    try:
+        with pytest.raises(BusyError):
+            rig.apply(make_spec("nftables", mode="steer"))
+    finally:
+        release.set()
+        t.join(5)
+    assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before
+
+
+def test_an_announcement_that_cannot_be_made_refuses_before_the_commit(rig: Rig) -> None:
+    """Under ProtectKernelTunables the uplink sysctls are read-only: apply used to commit
+    the ruleset and then exit 1 on the sysctl write."""
+    rig.apply(make_spec("nftables"))
+    before = rig.state_bytes()
+    rig.box.announce_refusal = "cannot announce the VIPs: read-only"
+    with pytest.raises(KernelError, match="read-only"):
+        rig.apply(make_spec("nftables", announce_vips=True, mode="steer"))
+    assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before

@@ -120,9 +120,8 @@ def commit(batch: str) -> None:
     """Send one batch: the kernel commits all of it or none of it."""
     rc, _out, err = _cmd(batch, json_output=False)
     if rc != 0:
-        first = str(err).strip().splitlines()
         raise KernelError(
-            "the kernel refused the ruleset, nothing changed: " + " | ".join(first[:6])
+            "the kernel refused the ruleset, nothing changed: " + _refusal(batch, str(err))
         )
 
 
@@ -140,7 +139,36 @@ def check(batch: str) -> None:
     nft.set_dry_run(True)
     rc, _out, err = nft.cmd(batch)
     if rc != 0:
-        raise KernelError("the kernel would refuse the ruleset: " + str(err).strip())
+        raise KernelError("the kernel would refuse the ruleset: " + _refusal(batch, str(err)))
+
+
+def _refusal(batch: str, err: str) -> str:
+    """The kernel's reason and the batch line it refused.
+
+    nft 1.0.6 quotes a refusal that the kernel reports (a netlink error, e.g. EBUSY from
+    `delete chain`) with the columns of the right command but on line 1 of a multi-line
+    buffer ("add table ..."). So find the line itself: the shortest prefix of the batch
+    that the kernel refuses in a dry run (a bisection: ~log2(lines) dry runs, only on
+    this error path). Each command of a vipctl batch is one line."""
+    messages = [ln.strip() for ln in err.splitlines() if ln.startswith("Error:")]
+    reason = messages[0].removeprefix("Error:").strip() if messages else err.strip()[:300]
+    lines = batch.splitlines()
+    dry = _new_context(False)
+    dry.set_dry_run(True)
+
+    def _accepted(text: str) -> bool:
+        return bool(dry.cmd(text)[0] == 0)
+
+    if not lines or _accepted(batch):  # refused at commit only: no line to blame
+        return reason
+    lo, hi = 1, len(lines)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _accepted("\n".join(lines[:mid]) + "\n"):
+            lo = mid + 1
+        else:
+            hi = mid
+    return f"{reason} (batch line {lo}: {lines[lo - 1][:200]})"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The command line (thin shell): parse, call the core, print, map errors to exit codes.
 
 Exit codes: 0 ok; 2 usage; 78 invalid spec (nothing changed); 1 kernel refused, interface
-missing or state unusable (the previous rules stay in place).
+missing, cluster not installed or state unusable (the previous rules stay in place);
+75 busy (another command held the cluster's lock past the wait limit; nothing changed).
 """
 
 from __future__ import annotations
@@ -332,9 +333,9 @@ def status(
 
     from vipctl import controller
 
-    directory = statefile.state_dir(state_dir)
     while True:
         try:
+            directory = statefile.state_dir(state_dir)
             names = [cluster] if cluster else controller.clusters(directory)
             reports = [controller.status(name, directory) for name in names]
         except VipctlError as exc:

@@ -21,7 +21,13 @@ def command(
 ) -> None:
     """The service: apply, probe members, fail over and restore, reload on SIGHUP, notify
     systemd. SIGTERM leaves the rules in place."""
+    from vipctl.cli.common import fail
+    from vipctl.errors import VipctlError
     from vipctl.service import daemon
 
-    code = daemon.main(spec_path, statefile.state_dir(state_dir), verbose=verbose, metrics=metrics)
+    try:
+        directory = statefile.state_dir(state_dir)
+    except VipctlError as exc:
+        fail(exc)
+    code = daemon.main(spec_path, directory, verbose=verbose, metrics=metrics)
     raise typer.Exit(code)

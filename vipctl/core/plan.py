@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -13,27 +14,47 @@ from vipctl.errors import UsageError
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
 
+# a plain decimal, as in the spec: ASCII digits, no sign, no underscores, a short exponent
+# (Fraction("1e-99999999") would compute a 10**99999999 denominator)
+_WEIGHT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+# the spec's limit (core/spec.py MAX_WEIGHT), here so that planning needs no pydantic
+MAX_WEIGHT = 1_000_000
+
 
 def parse_weights(text: str, spec: Spec) -> dict[str, Fraction]:
-    """`NAME=W,...` -> exact weights; names must be members of the spec."""
+    """`NAME=W,...` -> exact weights; names must be members of the spec, each given once,
+    with the range the spec allows (0..MAX_WEIGHT), so plan, rebalance and the spec the
+    state records agree."""
     out: dict[str, Fraction] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, raw = item.partition("=")
         if not sep:
             raise UsageError(f"--weights: '{item}' is not NAME=WEIGHT")
-        name = name.strip()
+        name, raw = name.strip(), raw.strip()
         if name not in spec.member_names:
             raise UsageError(f"--weights: '{name}' is not a member of cluster {spec.cluster}")
-        try:
-            weight = Fraction(raw.strip())
-        except (ValueError, ZeroDivisionError):
-            raise UsageError(f"--weights: '{raw}' is not a number (member {name})") from None
-        if weight < 0:
-            raise UsageError(f"--weights: weight of {name} must be >= 0")
-        out[name] = weight
+        if name in out:
+            raise UsageError(f"--weights: {name} is given twice")
+        out[name] = _weight(name, raw)
     if not out:
         raise UsageError("--weights: give at least one NAME=WEIGHT")
     return out
+
+
+def _weight(name: str, raw: str) -> Fraction:
+    if raw.startswith("-") and _WEIGHT.fullmatch(raw[1:]):
+        raise UsageError(f"--weights: weight of {name} must be >= 0")
+    if not _WEIGHT.fullmatch(raw):
+        if raw.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            raise UsageError(f"--weights: '{raw}' is not a finite number (member {name})")
+        raise UsageError(f"--weights: '{raw[:32]}' is not a number (member {name})")
+    weight = Fraction(raw)
+    if weight > MAX_WEIGHT:
+        raise UsageError(f"--weights: weight of {name} must be at most {MAX_WEIGHT}")
+    if weight and not float(weight):
+        # the state records a float: this one would be 0, a drained member
+        raise UsageError(f"--weights: weight of {name} ({raw}) is too small to tell from 0")
+    return weight
 
 
 def parse_names(text: str, spec: Spec, option: str = "--down") -> set[str]:

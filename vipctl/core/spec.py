@@ -8,43 +8,95 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping
 from fractions import Fraction
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from vipctl.errors import SpecError
 
-IPAddress = IPvAnyAddress
+
+def _address(value: object) -> IPv4Address | IPv6Address:
+    """A string that is an IPv4 or IPv6 address, nothing else: `vips: [7]` is not 0.0.0.7
+    and `true` is not 0.0.0.1. No scope id: it would be written into the rules verbatim
+    and means nothing to a VIP or a member on its own port."""
+    if isinstance(value, IPv4Address | IPv6Address):  # a model built in code, or a copy
+        addr = value
+    elif not isinstance(value, str):
+        raise ValueError("must be an IP address written as a string")
+    else:
+        if "%" in value:
+            raise ValueError("an address with a scope id (%...) is not accepted")
+        try:
+            addr = ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value[:64]!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(addr, IPv6Address) and addr.scope_id is not None:
+        raise ValueError("an address with a scope id (%...) is not accepted")
+    return addr
+
+
+IPAddress = Annotated[
+    IPv4Address | IPv6Address,
+    PlainValidator(_address),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
+]
 
 # Linux IFNAMSIZ is 16 including the NUL; we also keep names free of characters that
 # would need escaping in nftables strings.
-IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")]
-ClusterName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,23}$")]
+
+
+def _usable_ifname(name: str) -> str:
+    # lo carries no traffic to or from a member or an upstream router; "all" and "default"
+    # are /proc/sys/net/*/conf entries, so the kernel refuses them as interface names
+    # (dev_valid_name + devinet sysctl registration: EINVAL)
+    if name == "lo":
+        raise ValueError("'lo' (loopback) cannot be a cluster port")
+    if name in ("all", "default"):
+        raise ValueError(f"'{name}' cannot be an interface name (the kernel refuses it)")
+    return name
+
+
+IfName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"), AfterValidator(_usable_ifname)
+]
+CLUSTER_NAME = "[a-z][a-z0-9-]{0,23}"
+ClusterName = Annotated[str, Field(pattern=f"^{CLUSTER_NAME}$")]
 # Member names become nftables object names (counters, sets): letters first, no dots.
 MemberName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")]
 MacAddress = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
 
 MAX_MEMBERS = 256
-# A spec of MAX_MEMBERS members with comments is ~40 kB; 1 MiB leaves room and bounds the
-# time a load can take (a 50 MB file took the daemon's YAML parser 50 s).
-MAX_SPEC_BYTES = 1 << 20
+MAX_WEIGHT = 1_000_000
+# broadcast copies a VIP packet to every member port in ONE rule (`dup to "m1" dup to "m2"
+# ... drop`); each `dup to` is two expressions (immediate device + dup) and the kernel
+# refuses a rule of more than NFT_RULE_MAXEXPRS = 128 (nf_tables_api.c, kernel 6.18):
+# 63 members apply, 64 are E2BIG. The spec's limit is the kernel's.
+MAX_BROADCAST_MEMBERS = 63
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a YAML `true` is not 1, "8" is not 8, 8.0 is not 8; the few coercions a
+    # user expects (an int weight, a seed written "0x5eed") are explicit validators
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class Partition(_Model):
@@ -55,12 +107,12 @@ class Partition(_Model):
     @field_validator("seed", mode="before")
     @classmethod
     def _seed_from_text(cls, value: object) -> object:
-        # YAML 1.1 already reads 0x5eed as an int; JSON and quoted YAML give a string.
+        # YAML reads 0x5eed as an int; JSON has no hex numbers, so "0x5eed" is accepted as
+        # a string, spelled exactly (no spaces, underscores or non-ASCII digits int() takes)
         if isinstance(value, str):
-            try:
-                return int(value, 0)
-            except ValueError:
-                raise ValueError("must be an integer such as 24301 or 0x5eed") from None
+            if not re.fullmatch(r"0[xX][0-9a-fA-F]{1,8}|[0-9]{1,10}", value):
+                raise ValueError("must be an integer such as 24301 or 0x5eed")
+            return int(value, 0)
         return value
 
     @property
@@ -72,18 +124,34 @@ class Member(_Model):
     name: MemberName
     port: IfName
     address: IPAddress
-    weight: float = Field(default=1.0, ge=0, le=1_000_000)
+    # strict float: an int or a float, never a bool or a string; finite
+    weight: float = Field(default=1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
     mac: MacAddress | None = Field(
         default=None,
         description="member MAC; default: resolved from the router's neighbour table",
     )
 
-    @field_validator("weight", mode="before")
+    @field_validator("address")
     @classmethod
-    def _weight_is_number(cls, value: object) -> object:
-        if isinstance(value, bool):
-            raise ValueError("must be a number >= 0")
-        return value
+    def _unicast(cls, addr: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+        # probes go to it and its MAC is resolved from it: one host on the member's port
+        if addr.is_unspecified or addr.is_multicast:
+            raise ValueError(f"{addr} is not a member's unicast address")
+        if addr == IPv4Address("255.255.255.255"):
+            raise ValueError(f"{addr} is the broadcast address")
+        return addr
+
+    @field_validator("mac")
+    @classmethod
+    def _unicast_mac(cls, mac: str | None) -> str | None:
+        # the destination MAC of every packet to the member: a group address (broadcast,
+        # multicast: low bit of the first octet) would flood the port's segment
+        if mac is not None:
+            if int(mac[:2], 16) & 1:
+                raise ValueError(f"{mac} is a broadcast or multicast MAC")
+            if int(mac.replace(":", ""), 16) == 0:
+                raise ValueError(f"{mac} is not a MAC of any host")
+        return mac
 
     @property
     def exact_weight(self) -> Fraction:
@@ -103,7 +171,9 @@ class TcpProbe(_Model):
 class HttpProbe(_Model):
     kind: Literal["http"]
     port: int = Field(default=80, ge=1, le=65535)
-    path: str = Field(default="/", pattern=r"^/")
+    # one request target: printable ASCII, no space, CR, LF or NUL (those would write a
+    # second request or extra headers to the member, and forge log lines)
+    path: str = Field(default="/", pattern=r"^/[!-~]{0,1023}$")
     expect: int = Field(default=200, ge=100, le=599)
 
 
@@ -195,7 +265,12 @@ class Spec(_Model):
         for vip in vips:
             if vip in seen:
                 raise ValueError(f"{vip} is listed twice")
-            if vip.is_multicast or vip.is_unspecified or vip.is_loopback:
+            if (
+                vip.is_multicast
+                or vip.is_unspecified
+                or vip.is_loopback
+                or vip == IPv4Address("255.255.255.255")
+            ):
                 raise ValueError(f"{vip} cannot be a virtual IP")
             seen.add(vip)
         return vips
@@ -220,6 +295,8 @@ class Spec(_Model):
             ports.setdefault(member.port, i)
             if member.port == self.uplink:
                 problems.append(f"members.{i}.port: '{member.port}' is the uplink")
+            if member.address in self.vips:
+                problems.append(f"members.{i}.address: {member.address} is a VIP")
             if member.address.version not in families:
                 problems.append(
                     f"members.{i}.address: IPv{member.address.version} address but no IPv"
@@ -229,6 +306,12 @@ class Spec(_Model):
             problems.append(
                 "partition.key: the tc backend needs key: mask (hash buckets cannot be "
                 "written as value/mask rules)"
+            )
+        if self.mode == "broadcast" and len(self.members) > MAX_BROADCAST_MEMBERS:
+            problems.append(
+                f"members: broadcast copies each packet to every member in one kernel rule, "
+                f"which takes at most {MAX_BROADCAST_MEMBERS} members ({len(self.members)} "
+                "given); use mode: steer for more"
             )
         if not any(m.weight > 0 for m in self.members):
             problems.append("members: at least one member needs a weight > 0")
@@ -259,33 +342,205 @@ class Spec(_Model):
 # -- loading ----------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+# A spec is small (256 members fit in ~40 KB): these bounds keep a hostile or mistaken file
+# from costing more than a fraction of a second before it is refused.
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32  # the spec nests 4 deep; YAML/JSON parsers recurse per level
+MAX_NODES = 100_000  # values after alias expansion (billion laughs: 9**9 from 1 KB)
+MAX_NUMBER_CHARS = 64  # int() of 4300+ digits raises; nothing in a spec needs 64
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    mapping: dict[Any, Any] = {}
+class _Refused(Exception):
+    """A loader limit or rule: becomes one `spec: ...` line."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with the YAML 1.2 core schema and the limits above.
+
+    PyYAML implements YAML 1.1, where `1:2:3:4:5:6:7:8` and an all-digit MAC are base-60
+    integers, `on/off/yes/no/y/n` are booleans, `010` is octal, `2001-12-14` a date and `<<`
+    merges. Operators write IPv6 addresses and MACs unquoted, so the implicit resolvers are
+    replaced by the 1.2 core schema's (null, true/false, decimal/0o/0x ints, floats); any
+    other plain scalar is a string. Duplicate keys are refused, keys must be strings, and
+    nesting depth and the size after alias expansion are bounded while composing.
+    """
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class registry
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, depth)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+        try:
+            node: Any = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) in self._sizes:  # an alias: the anchored node, measured already
+            return node
+        if isinstance(node, yaml.ScalarNode):
+            size, depth = 1, 1
+        else:
+            children = (
+                [c for pair in node.value for c in pair]
+                if isinstance(node, yaml.MappingNode)
+                else list(node.value)
+            )
+            measured = [self._sizes[id(c)] for c in children]
+            size = 1 + sum(m[0] for m in measured)
+            depth = 1 + max((m[1] for m in measured), default=0)
+        if size > MAX_NODES:
+            raise _Refused(f"more than {MAX_NODES} values once aliases are expanded")
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
+        self._sizes[id(node)] = (size, depth)
+        return node
+
+
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(
+    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
+)
+_CORE_RESOLVERS = [
+    ("tag:yaml.org,2002:null", r"null|Null|NULL|~|", "nN~"),
+    ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("tag:yaml.org,2002:int", _CORE_INT.pattern, "-+0123456789"),
+    ("tag:yaml.org,2002:float", _CORE_FLOAT.pattern, "-+.0123456789"),
+]
+for _tag, _pattern, _first in _CORE_RESOLVERS:
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+# an empty plain scalar is null too (the resolver is looked up by first character)
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
+
+
+def _number_text(text: str) -> str:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Refused(f"a number {len(text)} characters long is too long")
+    return text
+
+
+def _int(text: str) -> int:
+    text = _number_text(text)
+    if not _CORE_INT.fullmatch(text):  # an explicit !!int tag on something else
+        raise _Refused(f"{text[:32]!r} is not an integer")
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+def _float(text: str) -> float:
+    text = _number_text(text)
+    if not _CORE_FLOAT.fullmatch(text):
+        raise _Refused(f"{text[:32]!r} is not a number")
+    lowered = text.lower()
+    if lowered.endswith((".inf", ".nan")):
+        return float(lowered.replace(".", ""))
+    value = float(text)
+    if value == 0 and re.search(r"[1-9]", text.lower().split("e")[0]):
+        # 1e-400 is not zero but its float is: a member would be drained without a word
+        raise _Refused(f"{text} is too small to be told apart from 0")
+    return value
+
+
+def _construct_int(loader: _Yaml12Loader, node: yaml.ScalarNode) -> int:
+    return _int(loader.construct_scalar(node))
+
+
+def _construct_float(loader: _Yaml12Loader, node: yaml.ScalarNode) -> float:
+    return _float(loader.construct_scalar(node))
+
+
+def _construct_bool(loader: _Yaml12Loader, node: yaml.ScalarNode) -> bool:
+    text = loader.construct_scalar(node)
+    if text.lower() not in ("true", "false"):
+        raise _Refused(f"{text[:32]!r} is not true or false")
+    return text.lower() == "true"
+
+
+def _construct_mapping(loader: _Yaml12Loader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping: dict[str, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str):
+            raise _Refused(f"mapping keys must be strings (line {key_node.start_mark.line + 1})")
         if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise _Refused(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
         mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# 1.1-only types: a tagged value of these is refused instead of becoming bytes, a date,
+# a set (keys of null) or an ordered list of pairs
+for _tag in ("binary", "timestamp", "set", "omap", "pairs", "merge", "value", "yaml"):
+    _Yaml12Loader.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    mapping: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in mapping:  # json.loads keeps the last one silently
+            raise _Refused(f"duplicate key {key!r}")
+        mapping[key] = value
+    return mapping
+
+
+def _json_constant(name: str) -> float:
+    raise _Refused(f"{name} is not a JSON number")
+
+
+def _json_depth(text: str) -> None:
+    """json.loads recurses per level (RecursionError past ~1000): measure the nesting first,
+    skipping strings."""
+    depth = 0
+    for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{\]}]', text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+        elif token in "]}":
+            depth -= 1
+
+
+def _parse(text: str, source: str) -> object:
+    if source.endswith(".json"):
+        _json_depth(text)
+        return json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_json_constant,
+        )
+    loader = _Yaml12Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _loc_part(part: object) -> str:
+    """A path element as printed: an unknown key is the user's text (it may hold a newline,
+    quotes or 10 kB), so anything but a plain name is shown quoted and cut."""
+    text = str(part)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,40}", text):
+        return text
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 def format_errors(exc: ValidationError) -> list[str]:
     """One `field.path: message` line per problem."""
     lines: list[str] = []
     for err in exc.errors():
-        loc = [str(part) for part in err["loc"]]
+        loc = [_loc_part(part) for part in err["loc"]]
         # Discriminated unions add the tag as a path element ("probe.tcp.port"): drop it.
         if len(loc) >= 2 and loc[-2] in {"icmp", "tcp", "http", "none"} and "probe" in loc:
             loc = [p for p in loc if p not in {"icmp", "tcp", "http", "none"}]
@@ -301,6 +556,12 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def is_cluster_name(name: str) -> bool:
+    """The spec's cluster name rule, for names given on a command line (fullmatch: a
+    trailing newline is not accepted as `$` would)."""
+    return re.fullmatch(CLUSTER_NAME, name) is not None
+
+
 def parse_spec(data: object, source: str = "spec") -> Spec:
     if not isinstance(data, Mapping):
         raise SpecError(source, ["spec: must be a mapping of fields"])
@@ -312,24 +573,20 @@ def parse_spec(data: object, source: str = "spec") -> Spec:
 
 def load_text(text: str, source: str = "spec") -> Spec:
     try:
-        if source.endswith(".json"):
-            data = json.loads(text)
-        else:
-            data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(source, [f"spec: not valid YAML/JSON: {exc}".replace("\n", " ")]) from None
-    except RecursionError:  # `[[[[...` deeper than the parsers' recursion limit
-        raise SpecError(source, ["spec: not valid YAML/JSON: nested too deeply"]) from None
+        data = _parse(text, source)
+    except _Refused as exc:
+        raise SpecError(source, [f"spec: {exc}"]) from None
+    except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        message = " ".join(str(exc).split())
+        raise SpecError(source, [f"spec: not valid YAML/JSON: {message[:300]}"]) from None
     return parse_spec(data, source)
 
 
-def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
-    """The spec file's text, or SpecError; never blocks on a FIFO or a device and never
-    reads more than `limit` bytes. O_NONBLOCK: opening a FIFO without a writer would
-    otherwise wait forever; it is then refused by the S_ISREG check."""
-    path = Path(path)
+def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
+    """The file's bytes, read once: a regular file of at most `limit` bytes. Opened
+    non-blocking, so a FIFO (or a device) is refused instead of hanging the reader."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
     try:
@@ -337,29 +594,39 @@ def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise SpecError(str(path), [f"spec: {path} is not a regular file"])
         if info.st_size > limit:
-            raise SpecError(
-                str(path), [f"spec: {path} is {info.st_size} bytes, more than the {limit} allowed"]
-            )
+            raise SpecError(str(path), [_too_large(path, limit)])
         chunks: list[bytes] = []
-        size = 0
-        while size <= limit:  # the file may grow after fstat: read at most limit + 1 bytes
-            chunk = os.read(fd, limit + 1 - size)
+        left = limit + 1  # a file that grows while read is caught too
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
             if not chunk:
                 break
             chunks.append(chunk)
-            size += len(chunk)
+            left -= len(chunk)
     except OSError as exc:
         raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
     finally:
         os.close(fd)
-    if size > limit:
-        raise SpecError(str(path), [f"spec: {path} is more than the {limit} bytes allowed"])
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise SpecError(str(path), [_too_large(path, limit)])
+    return data
+
+
+def _too_large(path: Path, limit: int) -> str:
+    return f"spec: {path} is larger than {limit} bytes ({limit // 1024} KiB)"
+
+
+def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
+    """The spec file's text (a regular UTF-8 file of at most `limit` bytes, read once),
+    or SpecError; never blocks on a FIFO or a device."""
+    path = Path(path)
+    data = read_spec_bytes(path, limit)
     try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(
-            str(path), [f"spec: not UTF-8 (invalid byte at offset {exc.start})"]
-        ) from None
+        where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        raise SpecError(str(path), [f"spec: not UTF-8 text ({where})"]) from None
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -29,6 +29,7 @@ set on removal: without proxy entries they change nothing.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from ipaddress import ip_network
 
@@ -110,6 +111,23 @@ def _index(names: dict[str, int], dev: str) -> int:
     if dev not in names:
         raise KernelError(f"interface {dev} does not exist")
     return names[dev]
+
+
+def check(spec: Spec) -> None:
+    """Refuse, before anything is committed, an announcement that `sync` could not make:
+    a uplink sysctl it must change under a read-only /proc/sys (systemd's
+    ProtectKernelTunables=yes). Otherwise apply would commit the ruleset and then fail."""
+    if not spec.announce_vips:
+        return
+    for key, value in build(spec).sysctls:
+        s = sysctl(key, value)
+        current = read_sysctl(s.path)
+        if current is not None and current != str(value) and not os.access(s.proc, os.W_OK):
+            raise KernelError(
+                f"cannot announce the VIPs: {s.proc} is {current}, needs {value}, and is "
+                "read-only here (ProtectKernelTunables?); set it before vipctl runs, e.g. "
+                f"in /etc/sysctl.d (nothing changed)"
+            )
 
 
 def sync(spec: Spec, enabled: bool | None = None) -> list[str]:

@@ -541,13 +541,17 @@ def transaction(table: NftTable, observed: Observed) -> str:
             cmds.append(f"add element {ref} {s.name} {{ {', '.join(s.elements)} }}")
     for ch in table.chains:
         cmds.extend(f"add rule {ref} {ch.name} {rule}" for rule in ch.rules)
-    for name in sorted(observed.chains - wanted_chains):
-        cmds.append(f"delete chain {ref} {name}")
+    # Maps before chains: a verdict map's elements (`deliver6`: mark -> goto to6_web1) hold
+    # references to chains, and the kernel refuses to delete a chain still referenced
+    # (EBUSY, nf_tables_delchain, kernel 6.18). Dropping a whole family (dual-stack ->
+    # IPv4-only) deletes both in this one transaction, so the map goes first.
     wanted_sets = {s.name for s in table.sets}
     for name in sorted(observed.maps - wanted_sets):
         cmds.append(f"delete map {ref} {name}")
     for name in sorted(observed.sets - wanted_sets):
         cmds.append(f"delete set {ref} {name}")
+    for name in sorted(observed.chains - wanted_chains):
+        cmds.append(f"delete chain {ref} {name}")
     for name in sorted(observed.counters - set(table.counters)):
         cmds.append(f"delete counter {ref} {name}")
     return "\n".join(cmds) + "\n"
