@@ -26,8 +26,7 @@ import pytest
 from tests.kernel import test_daemon as base
 from tests.kernel.helpers import write_spec
 from tests.kernel.test_daemon import (
-    FAILOVER_BOUND_S,
-    NOISE_S,
+    EVENT_WAIT_S,
     Cluster,
     Daemon,
     block_tcp,
@@ -38,7 +37,9 @@ from tests.kernel.test_daemon import (
 )
 from vipctl import statefile
 
-BOUND_S = FAILOVER_BOUND_S + NOISE_S
+# a deadline to wait for the failover, not a timing assertion (bench/failover.py measures):
+# a reload that blocked the loop took 50 s, far past it
+BOUND_S = EVENT_WAIT_S
 topo = base.topo  # the module's lab and the per-test cluster, as in test_daemon.py
 cluster = base.cluster
 
@@ -82,7 +83,7 @@ def test_a_50mb_spec_on_sighup_then_a_member_killed(cluster: Cluster) -> None:
     print(f"\nMEASURED 50 MB reload + failover: {took * 1000:.0f} ms; ping gaps {gaps}")
     assert len(pings) >= 3 and max(gaps) <= 1.0, gaps
     assert "READY=1" in d.notes[mark:]
-    assert re.search(r"reload rejected: .*web\.yaml is \d+ bytes, more than the", d.text())
+    assert re.search(r"reload rejected: .*web\.yaml is larger than", d.text())
     no_traceback(d)
     _, after = c.live()
     assert all(after[i] == table[i] for i in range(len(table)) if table[i] != "web2")
