@@ -218,6 +218,7 @@ def apply(
     cache: Cache | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
+    layout: Layout | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
@@ -231,7 +232,8 @@ def apply(
     not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
     converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
     only on the spec, so a failover can skip it. `down=None` keeps the health the state
-    recorded."""
+    recorded. `layout` installs exactly that layout (another router's, `apply --layout`)
+    instead of computing one from the previous."""
     started = time.perf_counter()
     pick = backends if backends is not None else backend_for
     be = pick(spec)
@@ -257,7 +259,12 @@ def apply(
             # the state does not describe the kernel: read the table the full way
             live = be.observe(spec, complete=True)
         previous, generation = _previous(spec, st, live, be)
-        layout = planning.desired(spec, previous, down=down)
+        if layout is not None:
+            # `apply --layout`: exactly the peer's table (checked against the spec by
+            # core/layoutfile.py); `down` given still overrides its health
+            layout = layout if down is None else layout.with_down(down)
+        else:
+            layout = planning.desired(spec, previous, down=down)
         if fast and cache is not None and cache.wiring is not None and cache.covers(spec, layout):
             wiring = cache.wiring  # every member that is up has its MAC and port already
         else:
@@ -573,6 +580,31 @@ def status(
     if offload is not None:
         report["offload"] = offload
     return report
+
+
+def exportable(
+    cluster: str, directory: Path, *, backends: Backends | None = None
+) -> tuple[Spec, Layout]:
+    """The spec and layout of an installed cluster, when the kernel holds exactly the
+    table the state describes (else a peer would copy a table that is not live)."""
+    pick = backends if backends is not None else backend_for
+    st = statefile.load(directory, cluster)
+    spec = _recorded(st)
+    if st is None or spec is None:
+        raise StateError(f"cluster {cluster} has no state in {directory}; run vipctl apply")
+    found = pick(spec).live_table(spec)
+    if found is None:
+        raise KernelError(f"cluster {cluster} is not installed")
+    if found[0] != st.layout.table:
+        raise StateError(
+            f"cluster {cluster}: the kernel's table differs from the state's; run vipctl "
+            "apply first"
+        )
+    layout = st.layout
+    if not layout.canonical():
+        # a state from an older version: export the table its base and set give
+        layout = Layout.of(layout.bits, layout.weights, layout.base, layout.down)
+    return spec, layout
 
 
 def pin_counts(cluster: str, directory: Path) -> dict[str, int]:
