@@ -465,6 +465,12 @@ def down(
         st = statefile.load(directory, cluster)
         spec = _recorded(st)
         removed = False
+        if spec is not None and spec.bgp is not None:
+            # withdraw first and let the upstream move the traffic to the other routers,
+            # then remove the rules (no black hole)
+            from vipctl.host import bgp
+
+            bgp.withdraw(spec, directory)
         if spec is not None:
             bx.announce(spec, False)  # stop answering ARP/ND for its VIPs
             if spec.backend != "nftables":
@@ -477,6 +483,10 @@ def down(
                 raise
             # a tc cluster on a box whose nftables cannot be read: there is no table
 
+        if spec is not None and spec.bgp is not None:
+            from vipctl.host import bgp
+
+            bgp.stop(cluster, directory)
         statefile.remove(directory, cluster)
         return removed
 

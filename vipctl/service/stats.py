@@ -15,4 +15,5 @@ class DaemonStats:
     last_swap_seconds: float = 0.0
     failovers: int = 0
     probe_latency: dict[str, float] = field(default_factory=dict)
+    announced: bool | None = None  # bgp: are the VIPs announced (None: no bgp section)
     lock: threading.Lock = field(default_factory=threading.Lock)
