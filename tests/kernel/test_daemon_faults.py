@@ -26,8 +26,7 @@ import pytest
 from tests.kernel import test_daemon as base
 from tests.kernel.helpers import write_spec
 from tests.kernel.test_daemon import (
-    FAILOVER_BOUND_S,
-    NOISE_S,
+    EVENT_WAIT_S,
     Cluster,
     Daemon,
     block_tcp,
@@ -38,7 +37,9 @@ from tests.kernel.test_daemon import (
 )
 from vipctl import statefile
 
-BOUND_S = FAILOVER_BOUND_S + NOISE_S
+# a deadline to wait for the failover, not a timing assertion (bench/failover.py measures):
+# a reload that blocked the loop took 50 s, far past it
+BOUND_S = EVENT_WAIT_S
 topo = base.topo  # the module's lab and the per-test cluster, as in test_daemon.py
 cluster = base.cluster
 
