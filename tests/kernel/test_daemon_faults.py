@@ -83,7 +83,7 @@ def test_a_50mb_spec_on_sighup_then_a_member_killed(cluster: Cluster) -> None:
     print(f"\nMEASURED 50 MB reload + failover: {took * 1000:.0f} ms; ping gaps {gaps}")
     assert len(pings) >= 3 and max(gaps) <= 1.0, gaps
     assert "READY=1" in d.notes[mark:]
-    assert re.search(r"reload rejected: .*web\.yaml is \d+ bytes, more than the", d.text())
+    assert re.search(r"reload rejected: .*web\.yaml is larger than", d.text())
     no_traceback(d)
     _, after = c.live()
     assert all(after[i] == table[i] for i in range(len(table)) if table[i] != "web2")

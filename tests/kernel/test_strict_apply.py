@@ -50,7 +50,7 @@ def test_dual_stack_to_ipv4_only_and_back_exactly_once(
             for path in (v4_path, dual_path, v4_path, dual_path):
                 proc = vipctl(topo.router_ns, "apply", str(path), "--state-dir", state)
                 assert proc.returncode == 0, proc.stderr
-                has_v6 = "vip6" in ruleset(topo.router_ns)
+                has_v6 = "owners6" in ruleset(topo.router_ns)
                 assert has_v6 == (path == dual_path)
                 time.sleep(0.3)
         finally:
