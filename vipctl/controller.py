@@ -239,6 +239,7 @@ def apply(
     sleep: Callable[[float], None] = time.sleep,
     state_write_failure: StateWriteFailure = "raise",
     unsaved: statefile.ClusterState | None = None,
+    layout: Layout | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
@@ -253,7 +254,9 @@ def apply(
     converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
     only on the spec, so a failover can skip it. `down=None` keeps the health the state
     recorded. `unsaved` is a state a previous apply could not write (see StateWriteFailure):
-    it stands for the file while it is newer, and is written when the file can be."""
+    it stands for the file while it is newer, and is written when the file can be.
+    `layout` installs exactly that layout (another router's, `apply --layout`) instead
+    of computing one from the previous."""
     started = time.perf_counter()
     pick = backends if backends is not None else backend_for
     be = pick(spec)
@@ -283,7 +286,12 @@ def apply(
             # the state does not describe the kernel: read the table the full way
             live = be.observe(spec, complete=True)
         previous, generation = _previous(spec, st, live, be)
-        layout = planning.desired(spec, previous, down=down)
+        if layout is not None:
+            # `apply --layout`: exactly the peer's table (checked against the spec by
+            # core/layoutfile.py); `down` given still overrides its health
+            layout = layout if down is None else layout.with_down(down)
+        else:
+            layout = planning.desired(spec, previous, down=down)
         if fast and cache is not None and cache.wiring is not None and cache.covers(spec, layout):
             wiring = cache.wiring  # every member that is up has its MAC and port already
         else:
@@ -537,6 +545,12 @@ def down(
         st = statefile.load(directory, cluster)
         spec = _recorded(st)
         removed = False
+        if spec is not None and spec.bgp is not None:
+            # withdraw first and let the upstream move the traffic to the other routers,
+            # then remove the rules (no black hole)
+            from vipctl.host import bgp
+
+            bgp.withdraw(spec, directory)
         if spec is not None:
             bx.announce(spec, False)  # stop answering ARP/ND for its VIPs
             if spec.backend != "nftables":
@@ -549,6 +563,10 @@ def down(
                 raise
             # a tc cluster on a box whose nftables cannot be read: there is no table
 
+        if spec is not None and spec.bgp is not None:
+            from vipctl.host import bgp
+
+            bgp.stop(cluster, directory)
         statefile.remove(directory, cluster)
         if not removed and st is None:
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
@@ -663,6 +681,31 @@ def status(
     if offload is not None:
         report["offload"] = offload
     return report
+
+
+def exportable(
+    cluster: str, directory: Path, *, backends: Backends | None = None
+) -> tuple[Spec, Layout]:
+    """The spec and layout of an installed cluster, when the kernel holds exactly the
+    table the state describes (else a peer would copy a table that is not live)."""
+    pick = backends if backends is not None else backend_for
+    st = statefile.load(directory, cluster)
+    spec = _recorded(st)
+    if st is None or spec is None:
+        raise StateError(f"cluster {cluster} has no state in {directory}; run vipctl apply")
+    found = pick(spec).live_table(spec)
+    if found is None:
+        raise KernelError(f"cluster {cluster} is not installed")
+    if found[0] != st.layout.table:
+        raise StateError(
+            f"cluster {cluster}: the kernel's table differs from the state's; run vipctl "
+            "apply first"
+        )
+    layout = st.layout
+    if not layout.canonical():
+        # a state from an older version: export the table its base and set give
+        layout = Layout.of(layout.bits, layout.weights, layout.base, layout.down)
+    return spec, layout
 
 
 def pin_counts(cluster: str, directory: Path) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """State files under the state directory: JSON, written atomically (temp file + rename).
 
 The kernel is the truth about what is live; the state file keeps what the kernel cannot
-(the base table and the failure stack that make recovery an exact undo).
+(the base table and the set of members down, from which the live table follows).
 """
 
 from __future__ import annotations

@@ -91,23 +91,96 @@ def test_fresh_table_is_balanced(ws: list[float], bits: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(ws=weights_st, bits=st.integers(1, 10), data=st.data())
-def test_failure_moves_only_the_failed_members_buckets(
+def test_one_failure_moves_only_the_failed_members_buckets(
     ws: list[float], bits: int, data: st.DataObject
 ) -> None:
     weights = as_weights(ws)
     names = [n for n, _ in weights]
     layout = compute(bits, weights)
+    victim = data.draw(st.sampled_from(names))
+    after = layout.fail(victim)
+    assert_balanced(after)
+    assert len(moved(layout.table, after.table)) == lower_bound(layout.table, after.table)
+    if only_victim_can_move(layout, victim):
+        for b in moved(layout.table, after.table):
+            assert layout.table[b] == victim, "a bucket of a healthy member moved"
+    # and recovery is an exact undo
+    assert after.recover(victim).table == layout.table
+    assert after.recover(victim) == layout
+
+
+def base_owners_allow(layout: Layout, down: set[str]) -> bool:
+    """Whether balance lets every up member keep its base buckets with `down` down: no up
+    member holds more base buckets than the ceiling of its new quota (tiny quotas only)."""
+    pool = [(n, w) for n, w in layout.weights if n not in down and w > 0]
+    if not pool:
+        return True
+    total = sum(w for _, w in pool)
+    base = count(layout.base)
+    over = 0
+    for name, w in pool:
+        quota = Fraction(layout.buckets) * w / total
+        if base.get(name, 0) > math.ceil(quota):
+            return False
+        over += base.get(name, 0) > math.floor(quota)
+    extra = layout.buckets - sum(math.floor(Fraction(layout.buckets) * w / total) for _, w in pool)
+    return over <= extra
+
+
+@settings(max_examples=300, deadline=None)
+@given(ws=weights_st, bits=st.integers(1, 10), data=st.data())
+def test_several_members_down_what_holds(ws: list[float], bits: int, data: st.DataObject) -> None:
+    """With a set D down: balance; every bucket whose base owner is up keeps it (when the
+    quotas allow, `base_owners_allow`); D -> D + {x} moves only buckets whose base owner
+    is in D + {x}; going back to any earlier set gives its exact table."""
+    weights = as_weights(ws)
+    names = [n for n, _ in weights]
+    layout = compute(bits, weights)
+    seen = {(): layout.table}
     for victim in data.draw(st.permutations(names))[: len(names) - 1]:
         after = layout.fail(victim)
         assert_balanced(after)
-        assert len(moved(layout.table, after.table)) == lower_bound(layout.table, after.table)
-        if only_victim_can_move(layout, victim):
-            for b in moved(layout.table, after.table):
-                assert layout.table[b] == victim, "a bucket of a healthy member moved"
-        # and recovery of the latest failure is an exact undo
-        assert after.recover(victim).table == layout.table
-        assert after.recover(victim) == layout
+        gone = set(after.down)
+        for b in moved(layout.table, after.table):
+            if base_owners_allow(layout, gone):
+                assert layout.base[b] in gone, "a bucket whose base owner is up moved"
+        if base_owners_allow(layout, gone):
+            for b, owner in enumerate(layout.base):
+                if owner not in gone and owner is not None:
+                    assert after.table[b] == owner
+        seen[after.down] = after.table
         layout = after
+    for down, table in seen.items():
+        assert compute(bits, weights, down, layout).table == table
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ws=st.lists(st.integers(0, 9), min_size=2, max_size=12).filter(any),
+    bits=st.integers(1, 10),
+    data=st.data(),
+)
+def test_the_table_depends_only_on_the_set_of_members_down(
+    ws: list[int], bits: int, data: st.DataObject
+) -> None:
+    """Two routers see random sequences of failures and recoveries, each in its own order,
+    ending with the same set down: byte-identical tables (same fingerprint)."""
+    from vipctl.core.partition import fingerprint
+
+    weights = as_weights(ws)
+    names = [n for n, _ in weights]
+    start = compute(bits, weights)
+    final = data.draw(st.sets(st.sampled_from(names)))
+    tables = []
+    for _ in range(2):
+        layout = start
+        for _ in range(data.draw(st.integers(0, 12))):
+            layout = compute(bits, weights, data.draw(st.sets(st.sampled_from(names))), layout)
+        layout = compute(bits, weights, final, layout)
+        tables.append(layout.table)
+        assert layout == Layout.of(bits, weights, start.base, final)
+    assert tables[0] == tables[1]
+    assert fingerprint(tables[0], "hash", bits, 1) == fingerprint(tables[1], "hash", bits, 1)
 
 
 @settings(max_examples=300, deadline=None)
@@ -147,10 +220,13 @@ def test_random_sequences_keep_every_invariant(
                 continue
             victim = data.draw(st.sampled_from(up))
             after = compute(bits, weights, {*layout.down, victim}, layout)
-            if only_victim_can_move(layout, victim):
+            if not layout.down and only_victim_can_move(layout, victim):
                 for b in moved(layout.table, after.table):
                     assert layout.table[b] == victim
-            assert len(moved(layout.table, after.table)) == lower_bound(layout.table, after.table)
+            for b in moved(layout.table, after.table):
+                assert layout.base[b] in after.down or not base_owners_allow(
+                    layout, set(after.down)
+                )
             assert compute(bits, weights, set(layout.down), after).table == layout.table
         elif op == "recover":
             if not layout.down:
@@ -180,14 +256,18 @@ def test_random_sequences_keep_every_invariant(
 def test_with_realistic_quotas_a_failure_never_moves_a_healthy_bucket(
     ws: list[int], bits: int, data: st.DataObject
 ) -> None:
-    """Every quota >= 4 buckets: the freed buckets always suffice (no balance conflict)."""
+    """Every quota >= 4 buckets: the freed buckets always suffice (no balance conflict):
+    the first failure moves only the victim's buckets, and with more members down no
+    bucket whose base owner is up ever moves."""
     weights = as_weights(ws)
     layout = compute(bits, weights)
-    if min(Fraction(1 << bits) * w / sum(ws) for w in ws) < 4:
+    if min(Fraction(1 << bits) * w / sum(ws) for w in ws if w) < 4:
         return
-    for victim in data.draw(st.permutations([n for n, _ in weights]))[: len(ws) - 1]:
+    for i, victim in enumerate(data.draw(st.permutations([n for n, _ in weights]))[: len(ws) - 1]):
         after = layout.fail(victim)
-        assert {layout.table[b] for b in moved(layout.table, after.table)} <= {victim}
+        if i == 0:
+            assert {layout.table[b] for b in moved(layout.table, after.table)} <= {victim}
+        assert {layout.base[b] for b in moved(layout.table, after.table)} <= set(after.down)
         layout = after
 
 

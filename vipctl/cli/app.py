@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 from ipaddress import ip_address
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,7 +20,7 @@ from vipctl import __version__, statefile
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.errors import KernelError, StateError, VipctlError
+from vipctl.errors import KernelError, SpecError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
@@ -233,13 +234,32 @@ def apply(
     skip_checks: Annotated[
         bool, typer.Option("--skip-checks", help="do not run the doctor's checks first")
     ] = False,
+    layout_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--layout",
+            help="install exactly this table (JSON from `vipctl layout export` on a peer)",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Compute and install the cluster's rules in one atomic step (idempotent)."""
     from vipctl import controller
 
     spec = load(spec_path)
+    imported = None
     try:
+        if layout_path is not None:
+            from vipctl.core import layoutfile
+
+            try:
+                text = layout_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SpecError(str(layout_path), [f"cannot read: {exc}"]) from None
+            imported = layoutfile.parse(text, str(layout_path), spec)
+            # the peer's weights become this router's (as `rebalance --weights` records)
+            spec = controller.spec_with_weights(spec, layoutfile.weights_of(imported))
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
             spec,
@@ -248,6 +268,7 @@ def apply(
             down=down_set,
             want_diff=diff or dry_run,
             preflight=not skip_checks,
+            layout=imported,
         )
     except VipctlError as exc:
         fail(exc)
@@ -415,6 +436,27 @@ def _status_text(r: dict[str, object]) -> str:
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+layout_app = typer.Typer(help="The bucket table as a file: another router takes it exactly.")
+app.add_typer(layout_app, name="layout")
+
+
+@layout_app.command("export")
+def layout_export(
+    cluster: Annotated[str, typer.Argument(help="cluster name", show_default=False)],
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Print the live bucket table as JSON (base, weights, members down, fingerprint);
+    `vipctl apply SPEC --layout FILE` on another router installs exactly that table."""
+    from vipctl import controller
+    from vipctl.core import layoutfile
+
+    try:
+        spec, layout = controller.exportable(cluster, statefile.state_dir(state_dir))
+    except VipctlError as exc:
+        fail(exc)
+    typer.echo(layoutfile.dumps(layoutfile.export(spec, layout)), nl=False)
 
 
 @app.command("down")

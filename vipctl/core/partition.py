@@ -2,14 +2,15 @@
 
 Invariants, all exact:
 - balance: every up member owns floor or ceil of 2**bits * w / sum(w over up members);
-- least movement: a failure moves only the failed member's buckets; recovering the member
-  that failed last restores the exact table it had before failing; a weight change moves
+- least movement: a failure from all-up moves only the failed member's buckets; any
+  recovery restores the exact table of the set of members still down; a weight change moves
   sum(max(0, old - new)) buckets and picks the new counts that make that sum smallest;
 - determinism: only spec order, names and bucket numbers break ties.
 
-A Layout is the whole state: `base` is the table with every member up (weights only);
-`down` lists the members that are down, in the order they failed, and `stack[i]` is the
-table just before `down[i]` failed, so recovery of the latest failure is an exact undo.
+A Layout is the whole state: `base` is the table with every member up (weights only) and
+`down` the SET of members down; the live table is `failover_table(base, weights, down)`, a
+pure function of the two, so routers that share a base agree whatever order they saw
+failures in (see failover_table for what holds with several members down).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -143,17 +144,44 @@ def fingerprint(table: Table, key: str, bits: int, seed: int) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# The layout: base table, failures in order, exact undo
+# The layout: base table + the SET of members down -> the live table
 # --------------------------------------------------------------------------------------
+
+
+def failover_table(base: Table, weights: Weights, down: Iterable[str]) -> Table:
+    """The live table: a pure function of the base table, the weights and the SET of
+    members down (never of the order failures were seen in), so two routers that share a
+    base agree whatever they saw.
+
+    What holds, for every set D of members down (tests/unit/test_partition.py):
+    - balance: every up member owns floor or ceil of its quota among the up members;
+    - a bucket whose base owner is up stays with it (only buckets of members in D are
+      placed elsewhere than in the base), whenever the quotas allow it (no up member
+      holds more base buckets than its new quota's ceiling; only tiny quotas break it);
+    - hence one failure from all-up moves only the failed member's buckets, recovery of
+      every member restores the base exactly, and going back to any set D restores the
+      exact table D had;
+    - D -> D + {x} moves x's buckets and, when D is not empty, may also re-place buckets
+      of members already in D among the up members (never a bucket whose base owner is
+      up). That is the price of order independence: no table can be both a function of
+      the set and a pure undo of every path of failures."""
+    gone = set(down)
+    if not gone & {n for n, _ in weights}:
+        return base
+    return rebalance(base, tuple((n, w) for n, w in weights if n not in gone))
 
 
 @dataclass(frozen=True)
 class Layout:
+    """`base` is the table with every member up (weights only, the shared layout two
+    routers must agree on); `down` is the set of members down, kept in spec order;
+    `table` = failover_table(base, weights, down), except in a state written by an older
+    version (stack-based), which is kept as it is until the next change."""
+
     bits: int
     weights: Weights
     base: Table
     down: tuple[str, ...] = ()
-    stack: tuple[Table, ...] = ()
     table: Table = field(default=())
 
     @property
@@ -174,61 +202,43 @@ class Layout:
         base = fresh_table(1 << bits, weights)
         return cls(bits=bits, weights=weights, base=base, table=base)
 
-    def fail(self, name: str) -> Layout:
-        if name in self.down or name not in dict(self.weights):
-            return self
-        down = (*self.down, name)
-        return Layout(
-            bits=self.bits,
-            weights=self.weights,
-            base=self.base,
-            down=down,
-            stack=(*self.stack, self.table),
-            table=rebalance(self.table, self.up_weights(down)),
-        )
-
-    def recover(self, name: str) -> Layout:
-        if name not in self.down:
-            return self
-        if self.down[-1] == name:
-            return Layout(
-                bits=self.bits,
-                weights=self.weights,
-                base=self.base,
-                down=self.down[:-1],
-                stack=self.stack[:-1],
-                table=self.stack[-1],
-            )
-        # Out of order: replay the remaining failures from the base table.
-        return self._replay(tuple(d for d in self.down if d != name))
-
-    def _replay(self, down: Sequence[str]) -> Layout:
-        layout = Layout(bits=self.bits, weights=self.weights, base=self.base, table=self.base)
-        for name in down:
-            layout = layout.fail(name)
-        return layout
-
-    def reweight(self, weights: Weights) -> Layout:
-        if weights == self.weights:
-            return self
-        names = {n for n, _ in weights}
-        base = rebalance(self.base, weights)
-        if any(d not in names for d in self.down):
-            # a down member left the spec: rebuild its failure chain from the new base
-            layout = Layout(bits=self.bits, weights=weights, base=base, table=base)
-            return layout._replay([d for d in self.down if d in names])
-        stack = tuple(
-            rebalance(t, tuple((n, w) for n, w in weights if n not in self.down[:i]))
-            for i, t in enumerate(self.stack)
-        )
-        return Layout(
-            bits=self.bits,
+    @classmethod
+    def of(cls, bits: int, weights: Weights, base: Table, down: Iterable[str] = ()) -> Layout:
+        """The layout of a base and a set of members down (spec order)."""
+        gone = set(down)
+        canonical = tuple(n for n, _ in weights if n in gone)
+        return cls(
+            bits=bits,
             weights=weights,
             base=base,
-            down=self.down,
-            stack=stack,
-            table=rebalance(self.table, tuple((n, w) for n, w in weights if n not in self.down)),
+            down=canonical,
+            table=failover_table(base, weights, canonical),
         )
+
+    def with_down(self, down: Iterable[str]) -> Layout:
+        names = {n for n, _ in self.weights}
+        want = {d for d in down if d in names}
+        if want == set(self.down):
+            return self
+        return Layout.of(self.bits, self.weights, self.base, want)
+
+    def fail(self, name: str) -> Layout:
+        return self.with_down({*self.down, name})
+
+    def recover(self, name: str) -> Layout:
+        return self.with_down(set(self.down) - {name})
+
+    def reweight(self, weights: Weights) -> Layout:
+        """New weights: the base moves the fewest buckets (balance over every member);
+        the live table follows from the new base and the same set of members down."""
+        if weights == self.weights:
+            return self
+        base = rebalance(self.base, weights)
+        return Layout.of(self.bits, weights, base, self.down)
+
+    def canonical(self) -> bool:
+        """Is the table the one the base and the set down give (not an older state)?"""
+        return self.table == failover_table(self.base, self.weights, self.down)
 
     # -- (de)serialisation for the state file ----------------------------------------
     def to_json(self) -> dict[str, object]:
@@ -247,34 +257,45 @@ class Layout:
             "weights": [str(w) for _, w in self.weights],
             "base": enc(self.base),
             "down": list(self.down),
-            "stack": [enc(t) for t in self.stack],
             "table": enc(self.table),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Layout:
+        """Also reads states of older versions (their failure `stack` is ignored: the
+        table they recorded stays live until the next change)."""
         names = [str(n) for n in data["members"]]  # type: ignore[attr-defined]
+        if len(set(names)) != len(names):
+            raise ValueError("member names repeat")
         weights = tuple(
             (n, Fraction(str(w)))
             for n, w in zip(names, data["weights"], strict=True)  # type: ignore[call-overload]
         )
+        if any(w < 0 for _, w in weights):
+            raise ValueError("a weight is negative")
         bits = int(data["bits"])  # type: ignore[call-overload]
+        if not 1 <= bits <= 16:
+            raise ValueError("bits must be 1..16")
 
         def dec(raw: object) -> Table:
             out: list[Owner] = []
             for i, n in raw:  # type: ignore[attr-defined]
+                if not isinstance(i, int) or not isinstance(n, int) or n < 1 or i >= len(names):
+                    raise ValueError(f"bad run [{i}, {n}]")
                 out.extend([None if i < 0 else names[i]] * n)
             t = tuple(out)
             if len(t) != 1 << bits:
                 raise ValueError("table length does not match bits")
             return t
 
+        down = tuple(str(d) for d in data["down"])  # type: ignore[attr-defined]
+        if not set(down) <= set(names):
+            raise ValueError("a member down is not a member")
         return cls(
             bits=bits,
             weights=weights,
             base=dec(data["base"]),
-            down=tuple(str(d) for d in data["down"]),  # type: ignore[attr-defined]
-            stack=tuple(dec(t) for t in data["stack"]),  # type: ignore[attr-defined]
+            down=tuple(n for n in names if n in set(down)),
             table=dec(data["table"]),
         )
 
@@ -285,20 +306,14 @@ def compute(
     down: Iterable[str] = (),
     previous: Layout | None = None,
 ) -> Layout:
-    """The one entry point: desired weights and health, given what was live before."""
-    names = {n for n, _ in weights}
-    want_down = {d for d in down if d in names}
+    """The one entry point: desired weights and health, given what was live before.
+    The result depends on the previous layout's base only (and on its table only when
+    nothing changes: then it is returned as it is)."""
     if previous is None or previous.bits != bits:
         layout = Layout.initial(bits, weights)
     else:
         layout = previous.reweight(weights)
-    # recoveries, most recent failure first, so a burst of recoveries is an exact undo
-    for name in reversed(layout.down):
-        if name not in want_down:
-            layout = layout.recover(name)
-    for name in sorted(want_down - set(layout.down), key=[n for n, _ in weights].index):
-        layout = layout.fail(name)
-    return layout
+    return layout.with_down(down)
 
 
 # --------------------------------------------------------------------------------------

@@ -234,6 +234,23 @@ class Pinning(_Model):
         return self.mode != "off"
 
 
+class BgpPeer(_Model):
+    address: IPAddress = Field(description="the upstream router's address (on a shared link)")
+    asn: int = Field(ge=1, le=4294967295, description="the upstream's AS number")
+
+
+class Bgp(_Model):
+    """Announce the VIPs to upstream routers, which spread traffic over every vipctl
+    router by ECMP (docs/two-routers.md)."""
+
+    asn: int = Field(ge=1, le=4294967295, description="this router's AS number")
+    peers: list[BgpPeer] = Field(min_length=1, max_length=16)
+    bfd: bool = Field(default=True, description="sub-second detection of a dead router")
+    router_id: IPv4Address | None = Field(
+        default=None, description="BGP router id (default: BIRD picks the lowest IPv4 address)"
+    )
+
+
 class Spec(_Model):
     cluster: ClusterName
     vips: list[IPAddress] = Field(min_length=1, max_length=64)
@@ -257,6 +274,7 @@ class Spec(_Model):
         description="answer ARP and neighbour solicitations for the VIPs on the uplink "
         "(for an on-link upstream; off when the VIPs are routed to the router)",
     )
+    bgp: Bgp | None = None
 
     @field_validator("vips")
     @classmethod
@@ -315,6 +333,17 @@ class Spec(_Model):
             )
         if not any(m.weight > 0 for m in self.members):
             problems.append("members: at least one member needs a weight > 0")
+        if self.bgp is not None:
+            peer_families = {p.address.version for p in self.bgp.peers}
+            for family in sorted(families - peer_families):
+                problems.append(
+                    f"bgp.peers: no IPv{family} peer to announce the IPv{family} VIPs to"
+                )
+            seen_peers: set[IPAddress] = set()
+            for i, peer in enumerate(self.bgp.peers):
+                if peer.address in seen_peers:
+                    problems.append(f"bgp.peers.{i}.address: {peer.address} is listed twice")
+                seen_peers.add(peer.address)
         if problems:
             raise ValueError("\n".join(problems))
         return self

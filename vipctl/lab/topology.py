@@ -22,6 +22,7 @@ target namespace before it writes anything.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -454,7 +455,7 @@ def _build(lab: Lab) -> None:
     )
 
 
-def _setup_members(lab: Lab) -> None:
+def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     """The member side as an operator does it with `vipctl member SPEC NAME --apply`:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
@@ -465,8 +466,9 @@ def _setup_members(lab: Lab) -> None:
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
     for m in lab.members:
-        setup = membermod.build_setup(spec, m.name, "eth0")
-        _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
+        for interface in interfaces:
+            setup = membermod.build_setup(spec, m.name, interface)
+            _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
 
 
 def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:
@@ -596,3 +598,172 @@ def destroy(prefix: str) -> None:
             check=False,
         )
     shutil.rmtree(WORK_ROOT / prefix, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------
+# Two routers behind an upstream that spreads the VIP over both by ECMP (BGP + BFD)
+# --------------------------------------------------------------------------------------
+
+UPSTREAM_ASN = 65000
+ROUTER_ASN = 65001
+UPSTREAM_LINK4 = "203.0.113.126"  # the upstream's address on the routers' shared segment
+ROUTER_LINK4 = ("203.0.113.65", "203.0.113.66")  # router 1, router 2 on that segment
+
+
+@dataclass(frozen=True)
+class TwoRouters:
+    """client - upstream (BIRD: ECMP + BFD) - router1, router2 - members. Every member
+    has one link to each router (eth1 to router 1, eth2 to router 2), its address on
+    both, and a multipath default route whose nexthop dies with its link
+    (ignore_routes_with_linkdown), so a dead router takes no return traffic either."""
+
+    lab: Lab  # client and members; lab.router_ns is router 1
+    upstream_ns: str
+    routers: tuple[str, str]
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.lab.client_ns, self.upstream_ns, *self.routers, *self.lab.member_ns)
+
+    def spec(self, cluster: str = "lab", **kw: Any) -> dict[str, Any]:
+        """The spec both routers run (identical on both)."""
+        data = self.lab.spec(cluster, vips=[self.lab.vip4], **kw)
+        data["bgp"] = {
+            "asn": ROUTER_ASN,
+            "peers": [{"address": UPSTREAM_LINK4, "asn": UPSTREAM_ASN}],
+            "bfd": True,
+        }
+        return data
+
+    @property
+    def bird_ctl(self) -> Path:
+        return self.lab.workdir / "upstream-bird.ctl"
+
+
+def upstream_bird_conf(log: str) -> str:
+    """The upstream edge as an operator runs it: every router's route merged into one
+    multipath kernel route, BFD on each session, the short timers of KERNEL-NOTES.md."""
+    sessions = "".join(
+        f"protocol bgp router{i + 1} {{ local {UPSTREAM_LINK4} as {UPSTREAM_ASN}; "
+        f"neighbor {addr} as {ROUTER_ASN};\n  ipv4 {{ import all; export none; }}; bfd on; "
+        "hold time 3; keepalive time 1;\n  connect delay time 1; connect retry time 2; "
+        "error wait time 1, 4; error forget time 10; }\n"
+        for i, addr in enumerate(ROUTER_LINK4)
+    )
+    return (
+        f'log "{log}" all;\nrouter id {UPSTREAM_LINK4};\nprotocol device {{ scan time 10; }}\n'
+        "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }\n"
+        'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
+        "multiplier 3; }; }\n" + sessions
+    )
+
+
+def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
+    base = describe(prefix, members)
+    destroy(prefix)
+    lab = dataclasses.replace(base, router_ns=f"{prefix}-r1")
+    two = TwoRouters(
+        lab=lab, upstream_ns=f"{prefix}-upstream", routers=(f"{prefix}-r1", f"{prefix}-r2")
+    )
+    try:
+        _build_two(two)
+        if echo:
+            start_echo(lab)
+    except BaseException:
+        destroy(prefix)
+        raise
+    return two
+
+
+def _build_two(two: TwoRouters) -> None:
+    lab = two.lab
+    lab.workdir.mkdir(parents=True, exist_ok=True)
+    _ip_batch(None, [f"netns add {ns}" for ns in two.namespaces])
+    linkdown = {
+        "net.ipv4.conf.all.ignore_routes_with_linkdown": 1,
+        "net.ipv4.conf.default.ignore_routes_with_linkdown": 1,
+        "net.ipv4.fib_multipath_hash_policy": 1,
+    }
+    for ns in two.namespaces:
+        set_sysctls(ns, {**_common_sysctls(), **linkdown})
+    set_sysctls(lab.client_ns, {"net.ipv4.ip_nonlocal_bind": 1})
+    for ns in (two.upstream_ns, *two.routers):
+        set_sysctls(ns, {"net.ipv4.ip_forward": 1})
+    up = two.upstream_ns
+    _ip_batch(
+        up,
+        [
+            "link set lo up",
+            f"link add c0 type veth peer name eth0 address {lab.client_mac} netns {lab.client_ns}",
+            f"addr add {lab.router4}/24 dev c0",
+            "link set c0 up",
+            "link add br0 type bridge",
+            f"addr add {UPSTREAM_LINK4}/26 dev br0",
+            "link set br0 up",
+        ]
+        + [
+            f"link add r{i} master br0 type veth peer name {lab.uplink} netns {r}"
+            for i, r in enumerate(two.routers, 1)
+        ]
+        + [f"link set r{i} up" for i in (1, 2)],
+    )
+    for ri, r in enumerate(two.routers, 1):
+        lines = [
+            "link set lo up",
+            f"addr add {ROUTER_LINK4[ri - 1]}/26 dev {lab.uplink}",
+            f"link set {lab.uplink} up",
+        ]
+        for m in lab.members:
+            lines += [
+                f"link add {m.port} type veth peer name eth{ri} netns {m.ns}",
+                f"addr add 198.51.100.{8 * m.index + (1 if ri == 1 else 3)}/29 dev {m.port}",
+                f"link set {m.port} up",
+            ]
+        lines.append(f"route add {lab.sources4} via {UPSTREAM_LINK4} dev {lab.uplink}")
+        _ip_batch(r, lines)
+        set_sysctls(r, {f"net.ipv4.conf.{p}.rp_filter": 0 for p in (lab.uplink, *lab.ports)})
+    _ip_batch(
+        lab.client_ns,
+        [
+            "link set lo up",
+            f"addr add {lab.client4}/24 dev eth0",
+            "link set eth0 up",
+            f"route add default via {lab.router4} dev eth0",
+            f"route add local {lab.sources4} dev lo",
+        ],
+    )
+    _ip_batch(up, [f"route add {lab.sources4} via {lab.client4} dev c0"])
+    for m in lab.members:
+        r1, r2 = f"198.51.100.{8 * m.index + 1}", f"198.51.100.{8 * m.index + 3}"
+        _ip_batch(
+            m.ns,
+            [
+                "link set lo up",
+                f"addr add {m.address}/32 dev eth1",
+                f"addr add {m.address}/32 dev eth2",
+                "link set eth1 up",
+                "link set eth2 up",
+                f"route add {r1}/32 dev eth1",
+                f"route add {r2}/32 dev eth2",
+                f"route add default nexthop via {r1} dev eth1 nexthop via {r2} dev eth2",
+            ],
+        )
+    _setup_members(lab, ("eth1", "eth2"))
+    log = lab.workdir / "upstream-bird.log"
+    conf = lab.workdir / "upstream-bird.conf"
+    conf.write_text(upstream_bird_conf(str(log)))
+    pid = lab.workdir / "upstream-bird.pid"
+    run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
+
+
+def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
+    """The nexthops (router addresses) of the upstream's kernel route to `vip`."""
+    routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
+    hops: list[str] = []
+    for r in routes:
+        if "gateway" in r:
+            hops.append(r["gateway"])
+        for nh in r.get("nexthops", []):
+            if "gateway" in nh and "dead" not in nh.get("flags", []):
+                hops.append(nh["gateway"])
+    return sorted(hops)

@@ -332,6 +332,8 @@ class Daemon:
             assert self.monitor is not None
             down = self.monitor.down()
             since, self._pending_since = self._pending_since, None
+            if self.spec.bgp is not None and not set(self.spec.member_names) - down:
+                await self._bgp(False)  # nobody to serve: withdraw before the rules change
             try:
                 result = await self._apply(down)
             except Exception as exc:  # keep serving: the previous rules stay in place
@@ -348,6 +350,7 @@ class Daemon:
                 continue
             self._backoff = RETRY_FIRST_S
             self._applied(result, since, "health change" if since is not None else "retry")
+            await self._bgp(bool(set(self.spec.member_names) - set(result.layout.down)))
             if result.changed and self.cache is not None:
                 await self._verify()
 
@@ -362,6 +365,27 @@ class Daemon:
         except VipctlError as exc:
             log.error("read-back after the swap found a difference: %s; re-applying", exc)
             self._dirty.set()
+
+    async def _bgp(self, serving: bool) -> None:
+        """Announce the VIPs while this router serves (rules installed and verified, a
+        member up), withdraw otherwise; with no `bgp` section, nothing."""
+        if self.spec.bgp is None:
+            return
+        from vipctl.host import bgp
+
+        try:
+            what = await asyncio.to_thread(bgp.sync, self.spec, self.state_dir, serving)
+        except VipctlError as exc:
+            log.error("BGP: %s", exc)
+            return
+        if what != "unchanged":
+            log.info(
+                "BGP: BIRD %s, VIPs %s",
+                what,
+                "announced" if serving else "withdrawn (no member up)",
+            )
+        with self.stats.lock:
+            self.stats.announced = serving
 
     # -- signals ------------------------------------------------------------------------
     def reload(self) -> None:
@@ -499,6 +523,7 @@ class Daemon:
         else:
             initial_down = set(result.layout.down)
             self._applied(result, None, "start")
+            await self._bgp(bool(set(spec.member_names) - initial_down))
         if initial_down:
             log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
         self.monitor = health.Monitor(

@@ -21,6 +21,7 @@ class DaemonStats:
     state_write_failing: bool = False  # the kernel is ahead of the state file
     state_write_failures: int = 0
     reload_failures: int = 0
+    announced: bool | None = None  # bgp: are the VIPs announced (None: no bgp section)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
