@@ -14,7 +14,7 @@ The machine has no systemd as PID 1 here (nor in CI), so the unit itself is not 
 the daemon is its ExecStart command in the router's namespace, and the upgrade's restart
 is the SIGTERM + start that `systemctl try-restart` (postinst) does.
 
-One module at a time per machine (a lock file), never when a vipctl package is already
+One module at a time per machine (an flock of /var/lib/dpkg), never when a vipctl package is already
 installed (that one is an operator's, not ours to replace or purge).
 """
 
@@ -48,7 +48,11 @@ from vipctl.lab.topology import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = Path("/lib/systemd/system/vipctl@.service")
-LOCK = Path("/run/lock/vipctl-package-test.lock")
+# Two runs of this module on one machine would install and purge under each other: they
+# take turns on an flock of dpkg's database directory (a directory that is always there,
+# so no lock file is left behind; dpkg itself locks files inside it with fcntl, which an
+# flock on the directory does not touch).
+LOCK = "/var/lib/dpkg"
 SOURCES = traffic.expand(labmod.SOURCES4, 4096)  # 16 per bucket (mask key, 8 bits)
 CLUSTER = "pkgtest"
 # Environment of the commands an operator runs: nothing of this test's (no PYTHONPATH)
@@ -100,8 +104,8 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
         assert run("sh", "-c", f"command -v {tool}").returncode == 0, (
             f"{tool} is missing: ./scripts/install-deps --tests installs it"
         )
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as lock:
+    lock = os.open(LOCK, os.O_RDONLY | os.O_DIRECTORY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if installed_version() is not None:
             pytest.skip("a vipctl package is installed here: the test never replaces it")
@@ -122,6 +126,8 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]
         finally:
             if installed_version() is not None:
                 dpkg("--purge", "vipctl")
+    finally:
+        os.close(lock)  # releases the flock
 
 
 def test_package_installs_verifies_lints_and_purges_clean(debs: tuple[Path, Path]) -> None:
