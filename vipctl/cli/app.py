@@ -205,7 +205,9 @@ def _kernel_table(spec: Spec) -> Layout | None:
 
 def main() -> None:
     try:
-        app()
+        # One name in usage lines and completion scripts, however it was started
+        # (/usr/bin/vipctl runs `python3 -I -m vipctl.cli`; click would say "python -m ...")
+        app(prog_name="vipctl")
     except VipctlError as exc:  # pragma: no cover - commands catch their own
         typer.echo(f"vipctl: {exc}", err=True)
         sys.exit(exc.exit_code)
