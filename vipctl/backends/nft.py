@@ -6,12 +6,14 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -33,6 +35,8 @@ from vipctl.render.nft import (
     build_table,
     counter_name,
     digest,
+    load_set_name,
+    measure_batches,
     owner_map_name,
     owners_map_name,
     render_table,
@@ -527,6 +531,43 @@ def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str
 # --------------------------------------------------------------------------------------
 
 
+def measure(
+    spec: Spec, window: float, sleep: Callable[[float], None] = time.sleep
+) -> list[tuple[int, int]]:
+    """(packets, bytes) per bucket over `window` seconds, counted in the kernel by a
+    chain and a dynamic set that exist only while measuring (render.nft.measure_batches).
+    A commit by someone else during the window (the daemon's failover) replaces the
+    table without them: that is reported, not mistaken for an idle window."""
+    start, stop = measure_batches(spec)
+    if observe_structure(spec.cluster) is None:
+        raise KernelError(f"cluster {spec.cluster} is not installed; run vipctl apply first")
+    commit(start)
+    try:
+        sleep(window)
+        found: list[tuple[int, int]] = [(0, 0)] * spec.partition.buckets
+        for family in spec.vip_families:
+            out = _list("set", table_name(spec.cluster), load_set_name(family))
+            if out is None:
+                raise KernelError(
+                    "the measurement was interrupted: another commit replaced the table "
+                    "during the window (a failover?); nothing changed, run it again"
+                )
+            for item in out["nftables"]:
+                for elem in item.get("set", {}).get("elem", []):
+                    e = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                    counter = e.get("counter") or {}
+                    b = _bucket_from_key(e.get("val"), spec)
+                    p, n = found[b]
+                    found[b] = (
+                        p + int(counter.get("packets", 0)),
+                        n + int(counter.get("bytes", 0)),
+                    )
+        return found
+    finally:
+        with contextlib.suppress(KernelError):  # gone already: replaced by a commit
+            commit(stop)
+
+
 @dataclass(frozen=True)
 class _Payload:
     table: NftTable
@@ -638,6 +679,11 @@ class NftBackend:
 
     def pin_counts(self, spec: Spec) -> dict[str, int]:
         return pin_counts(spec) if spec.pinning.enabled else {}
+
+    def measure(
+        self, spec: Spec, window: float, sleep: Callable[[float], None]
+    ) -> list[tuple[int, int]]:
+        return measure(spec, window, sleep)
 
     def offload(self, live: Live) -> dict[str, int] | None:
         return None  # nftables runs in software (netdev hooks are not offloaded here)

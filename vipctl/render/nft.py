@@ -559,3 +559,52 @@ def digest(table: NftTable, text: str | None = None) -> str:
     text = render_table(table) if text is None else text
     lines = [ln.split(' comment "')[0] for ln in text.splitlines()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------
+# Measuring per-bucket load (rebalance --auto): installed only for the window
+# --------------------------------------------------------------------------------------
+
+
+def load_set_name(family: int) -> str:
+    return f"load{family}"
+
+
+def load_chain_name(spec: Spec) -> str:
+    return f"load_{spec.uplink}"
+
+
+def measure_batches(spec: Spec) -> tuple[str, str]:
+    """(start, stop): the batches that switch per-bucket counting on and off.
+
+    A base chain of its own on the uplink's ingress (priority -1, before the cluster's),
+    one rule per family that adds the packet's bucket to a dynamic set with a counter per
+    element (`update @load4 { ip saddr & 0.0.0.255 }`): packets and bytes per bucket, in
+    the kernel. Its own chain, so switching it on and off never touches the cluster's
+    rules and needs no rule handle; start flushes whatever a crashed run left behind and
+    starts every counter at zero. Zero cost when not measuring: the chain is gone.
+    (Measured forwarding cost while on: docs/benchmarks.md.)"""
+    p = spec.partition
+    ref = f"netdev {table_name(spec.cluster)}"
+    chain = load_chain_name(spec)
+    start = [
+        f"add table {ref}",
+        f"add chain {ref} {chain} {{ type filter hook ingress device "
+        f'"{spec.uplink}" priority -1; policy accept; }}',
+        f"flush chain {ref} {chain}",
+    ]
+    stop = [f"delete chain {ref} {chain}"]
+    for family in spec.vip_families:
+        expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
+        name = load_set_name(family)
+        start += [
+            f"add set {ref} {name} {{ typeof {typeof}; size {1 << p.bits}; "
+            "flags dynamic; counter; }",
+            f"flush set {ref} {name}",
+        ]
+        start.append(
+            f"add rule {ref} {chain} {'ip' if family == 4 else 'ip6'} daddr "
+            f"{vip_match(family, spec)} update @{name} {{ {expr} }}"
+        )
+        stop.append(f"delete set {ref} {name}")
+    return "\n".join(start) + "\n", "\n".join(stop) + "\n"
