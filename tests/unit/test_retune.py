@@ -117,3 +117,27 @@ def test_max_moves_caps_a_step() -> None:
     step = retune.solve(table, load, W3, 1.05, max_moves=1)
     assert len(full.moved) > 1 and len(step.moved) == 1
     assert step.after < step.before
+
+
+def test_measure_batches_switch_counting_on_and_off_in_a_chain_of_their_own() -> None:
+    from vipctl.core.spec import parse_spec
+    from vipctl.render.nft import measure_batches
+
+    base = {
+        "cluster": "web",
+        "vips": ["198.51.100.253", "2001:db8::1"],
+        "uplink": "up0",
+        "members": [{"name": "a", "port": "m1", "address": "198.51.100.10"}],
+        "partition": {"bits": 2},
+    }
+    start, stop = measure_batches(parse_spec(base))
+    assert 'add chain netdev vipctl_web load_up0 { type filter hook ingress device "up0" ' in start
+    assert "counter name ip saddr & 0.0.0.3 map @loadmap4" in start
+    assert "counter name ip6 saddr & ::3 map @loadmap6" in start
+    assert start.count("add counter netdev vipctl_web load") == 8
+    assert stop.splitlines()[0] == "delete chain netdev vipctl_web load_up0"
+    assert stop.count("delete counter") == 8 and "in_up0" not in start + stop
+    hashed = parse_spec({**base, "partition": {"bits": 2, "key": "hash"}})
+    start, stop = measure_batches(hashed)
+    assert "update @load4 { jhash ip saddr mod 4 seed 0x5eed }" in start
+    assert "delete set netdev vipctl_web load4" in stop
