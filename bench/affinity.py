@@ -18,6 +18,8 @@ Variants:
 - steer-25pct-moving: vipctl steer right after a rebalance that moved 25% of the buckets
   (weights 3:1:1:1), trafgen running through the change, so its flows in the moving
   buckets are recorded and every one of their packets takes the transition path;
+- steer-measuring: vipctl steer with the per-bucket load counting of `rebalance --auto`
+  switched on (its own ingress chain and dynamic counter set, render.nft.measure_batches);
 - steer-always / steer-off: pinning always (every flow pinned on every packet) and off.
 TCP: iperf3 -P 8 for 3 s, plain vs vipctl steer and broadcast.
 """
@@ -38,7 +40,9 @@ from typing import Any
 from bench import dataplane
 from bench.common import PY, ROOT, netns, nft, run, summary
 from bench.dataplane import measure_pps, prepare, start_iperf_servers, stop
+from vipctl.core.spec import parse_spec
 from vipctl.lab import topology as labmod
+from vipctl.render.nft import measure_batches
 
 CLUSTER = "aff"
 MEMBERS = 4
@@ -51,6 +55,7 @@ class Variant:
     mode: str = "steer"
     pinning: str = "moving"
     moving: bool = False  # measure right after a rebalance that moves 25% of the buckets
+    measuring: bool = False  # per-bucket load counting on (what rebalance --auto installs)
 
 
 PLAIN = Variant("plain")
@@ -61,6 +66,7 @@ VARIANTS = [
     Variant("steer"),
     Variant("broadcast", mode="broadcast"),
     Variant("steer-25pct-moving", moving=True),
+    Variant("steer-measuring", measuring=True),
     Variant("steer-always", pinning="always"),
     Variant("steer-off", pinning="off"),
 ]
@@ -116,6 +122,9 @@ def install(lab: labmod.Lab, v: Variant, work: Path, conf: Path) -> None:
         return
     path = spec_path(lab, v, work)
     vipctl(lab, work, "apply", str(path), "--skip-checks")
+    if v.measuring:
+        start, _stop = measure_batches(parse_spec(json.loads(path.read_text())))
+        nft(r, start)
     if v.moving:
         gen = _trafgen(lab, conf)
         try:
@@ -211,6 +220,7 @@ LABELS = {
     "steer": "vipctl steer, pinning moving (default), steady state",
     "broadcast": "vipctl broadcast, pinning moving (default), steady state",
     "steer-25pct-moving": "vipctl steer, 25% of buckets in transition, flows recorded",
+    "steer-measuring": "vipctl steer while `rebalance --auto` measures (per-bucket counters)",
     "steer-always": "vipctl steer, pinning always (every flow pinned)",
     "steer-off": "vipctl steer, pinning off",
 }
@@ -230,6 +240,8 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     for name, label in LABELS.items():
         pps = res["pps"].get(name, {})
+        if name not in res["ratio_to_plain"]:
+            continue  # a variant this run did not measure (--variants)
         rows.append(
             f"| {label} | {pps.get('median', 0):,.0f} | {_cell(res['ratio_to_plain'][name])} "
             f"| {_cell(res['ratio_to_reference'][name])} |"
@@ -290,7 +302,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in LABELS if n != "plain"]
+    names = [n for n in LABELS if n != "plain" and n in res["ratio_to_plain"]]
     med = [res["ratio_to_plain"][n]["median"] for n in names]
     lo = [m - res["ratio_to_plain"][n]["min"] for m, n in zip(med, names, strict=True)]
     hi = [res["ratio_to_plain"][n]["max"] - m for m, n in zip(med, names, strict=True)]
@@ -330,7 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         "--write-docs", action="store_true", help="replace the section in docs/benchmarks.md"
     )
     ap.add_argument("--report", help="only render the docs section from this JSON file")
+    ap.add_argument(
+        "--variants", help="only these (comma-separated; plain and reference always run)"
+    )
     a = ap.parse_args(argv)
+    variants = VARIANTS
+    if a.variants:
+        wanted = {"plain", "reference", *a.variants.split(",")}
+        variants = [v for v in VARIANTS if v.name in wanted]
     if a.report:
         write_docs(markdown(json.loads(Path(a.report).read_text())))
         return 0
@@ -338,15 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     lab = labmod.build(prefix, MEMBERS, echo=False)
     work = Path(f"/tmp/{prefix}")
     work.mkdir(parents=True, exist_ok=True)
-    pps: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
+    pps: dict[str, list[float]] = {v.name: [] for v in variants}
     seen: list[dict[str, int]] = []
     try:
         prepare(lab)
         conf = work / "udp.trafgen"
         conf.write_text(trafgen_conf(lab))
         for r in range(a.rounds):
-            k = (r * 3) % len(VARIANTS)
-            for v in VARIANTS[k:] + VARIANTS[:k]:
+            k = (r * 3) % len(variants)
+            for v in variants[k:] + variants[:k]:
                 install(lab, v, work, conf)
                 try:
                     if v.moving:
@@ -380,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         "flows": 65536,
         "members": MEMBERS,
         "pps": {n: summary(v, 0) for n, v in pps.items()},
+        "pps_rounds": pps,
         "ratio_to_plain": ratios(pps, "plain"),
         "ratio_to_reference": ratios(pps, "reference"),
         "transition": seen,

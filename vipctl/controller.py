@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
+from vipctl.core import retune as retuning
 from vipctl.core import transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
@@ -240,6 +241,7 @@ def apply(
     state_write_failure: StateWriteFailure = "raise",
     unsaved: statefile.ClusterState | None = None,
     layout: Layout | None = None,
+    expect_generation: int | None = None,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
@@ -255,8 +257,10 @@ def apply(
     only on the spec, so a failover can skip it. `down=None` keeps the health the state
     recorded. `unsaved` is a state a previous apply could not write (see StateWriteFailure):
     it stands for the file while it is newer, and is written when the file can be.
-    `layout` installs exactly that layout (another router's, `apply --layout`) instead
-    of computing one from the previous."""
+    `layout` installs exactly that layout instead of computing one from the previous
+    (another router's, `apply --layout`; or re-tuning); `expect_generation` refuses,
+    changing nothing, when the state's generation is another by then (someone committed
+    since the caller read it)."""
     started = time.perf_counter()
     pick = backends if backends is not None else backend_for
     be = pick(spec)
@@ -268,6 +272,12 @@ def apply(
         behind = unsaved is not None and (st is None or unsaved.generation > st.generation)
         if behind:
             st = unsaved
+        if expect_generation is not None and (st is None or st.generation != expect_generation):
+            raise StateError(
+                f"cluster {spec.cluster} changed while measuring (generation "
+                f"{st.generation if st else None}, {expect_generation} was measured): "
+                "nothing changed, run it again"
+            )
         recorded = _recorded(st)
         # the daemon's own last commit, when nobody committed since: no netlink read
         fast = (
@@ -514,6 +524,110 @@ def _preflight(box: Box, spec: Spec, down: tuple[str, ...]) -> None:
             "preflight check failed, nothing changed: "
             + "; ".join(f"{f.check}: {f.message} (fix: {f.fix})" for f in found)
         )
+
+
+@dataclass(frozen=True)
+class RetuneResult:
+    solved: retuning.Retune
+    metric: str
+    window: float
+    generation: int  # the generation that was measured
+    applied: ApplyResult | None  # None: nothing to move, or the tolerance is out of reach
+    load: list[tuple[int, int]]  # (packets, bytes) per bucket
+
+
+def _installed(spec: Spec, directory: Path) -> statefile.ClusterState:
+    st = statefile.load(directory, spec.cluster)
+    if st is None:
+        raise KernelError(f"cluster {spec.cluster} is not installed here; run vipctl apply first")
+    expected = planning.desired(spec, st.layout)
+    if expected.table != st.layout.table:
+        n = len(planning.Change(st.layout, expected).moved)
+        raise StateError(
+            f"the spec differs from what is live for cluster {spec.cluster} ({n} buckets "
+            "would move): apply it first, then re-tune"
+        )
+    return st
+
+
+def installed_spec(cluster: str, directory: Path) -> Spec:
+    """The spec the state says is live for `cluster`."""
+    spec = _recorded(statefile.load(directory, cluster))
+    if spec is None:
+        raise KernelError(f"cluster {cluster} is not installed here (no state in {directory})")
+    return spec
+
+
+def measure(
+    spec: Spec,
+    directory: Path,
+    window: float,
+    *,
+    backends: Backends | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
+    """(the state measured under, (packets, bytes) per bucket over `window` seconds)."""
+    st = _installed(spec, directory)
+    pick = backends if backends is not None else backend_for
+    return st, pick(spec).measure(spec, window, sleep)
+
+
+AIM = 0.8  # re-tuning aims at 1 + AIM * (tolerance - 1): room for measurement noise
+
+
+def retune(
+    spec: Spec,
+    directory: Path,
+    *,
+    window: float = 10.0,
+    tolerance: float = 1.1,
+    metric: str = "packets",
+    dry_run: bool = False,
+    max_moves: int | None = None,
+    backends: Backends | None = None,
+    box: Box | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> RetuneResult:
+    """Measure each bucket's load for `window` seconds, then move the fewest buckets that
+    bring every member within `tolerance` of its weighted share (core/retune.py), through
+    the transition path (apply with the re-tuned layout): live flows stay.
+
+    It acts only when the measured imbalance is above `tolerance`, and then aims a little
+    tighter (AIM), so a second run on unchanged traffic moves nothing. The cluster's lock
+    is not held while measuring (a failover must not wait); a commit by anyone else during
+    the window makes the re-tune refuse, changing nothing."""
+    st, load = measure(spec, directory, window, backends=backends, sleep=sleep)
+    values = [float(p if metric == "packets" else b) for p, b in load]
+    layout = st.layout
+    solved = retuning.solve(
+        layout.table,
+        values,
+        layout.weights,
+        tolerance,
+        down=layout.down,
+        aim=1 + AIM * (tolerance - 1),
+        max_moves=max_moves,
+    )
+    applied = None
+    if solved.reachable and solved.moved:
+        # with every member up the re-tuned table is also the base a recovery returns to;
+        # with members down it is the current step (a recovery undoes to the stack's table)
+        base = solved.table if not layout.down else layout.base
+        new = dataclasses.replace(layout, table=solved.table, base=base)
+        applied = apply(
+            spec,
+            directory,
+            dry_run=dry_run,
+            layout=new,
+            expect_generation=st.generation,
+            preflight=False,
+            backends=backends,
+            box=box,
+            sleep=sleep,
+            clock=clock,
+        )
+    return RetuneResult(solved, metric, window, st.generation, applied, load)
 
 
 def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:

@@ -23,6 +23,8 @@ place (`backend_for`). The controller runs the same apply for every backend:
     pinned(spec)                       pinned flows per member and (bucket, member) of each
     flow_buckets(spec)                 buckets that still hold a recorded flow (settling)
     pin_counts(spec)                   pinned flows per member only (cheaper: no flow list)
+    measure(spec, window, sleep)       (packets, bytes) per bucket over a window, counted
+                                       in the kernel only while measuring (--auto)
     offload(live)                      how many rules the hardware holds (None: not
                                        applicable)
 """
@@ -30,7 +32,7 @@ place (`backend_for`). The controller runs the same apply for every backend:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -120,6 +122,10 @@ class Backend(Protocol):
     def pinned(self, spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str | None]]]: ...
 
     def pin_counts(self, spec: Spec) -> dict[str, int]: ...
+
+    def measure(
+        self, spec: Spec, window: float, sleep: Callable[[float], None]
+    ) -> list[tuple[int, int]]: ...
 
     def offload(self, live: Live) -> dict[str, int] | None: ...
 

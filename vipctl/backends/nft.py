@@ -6,12 +6,14 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -33,6 +35,11 @@ from vipctl.render.nft import (
     build_table,
     counter_name,
     digest,
+    load_chain_name,
+    load_counter_name,
+    load_set_name,
+    measure_batches,
+    measure_how,
     owner_map_name,
     owners_map_name,
     render_table,
@@ -536,6 +543,74 @@ def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str
 # --------------------------------------------------------------------------------------
 
 
+def measure(
+    spec: Spec, window: float, sleep: Callable[[float], None] = time.sleep
+) -> list[tuple[int, int]]:
+    """(packets, bytes) per bucket over `window` seconds, counted in the kernel by a
+    chain, a map and a named counter per bucket that exist only while measuring
+    (render.nft.measure_batches). A commit by someone else during the window (the
+    daemon's failover) replaces the table without them: that is reported, not mistaken
+    for an idle window."""
+    start, stop = measure_batches(spec)
+    if observe_structure(spec.cluster) is None:
+        raise KernelError(f"cluster {spec.cluster} is not installed; run vipctl apply first")
+    with contextlib.suppress(KernelError):  # what a crashed run left: counters from zero
+        commit(stop)
+    commit(start)
+    try:
+        sleep(window)
+        found: list[tuple[int, int]] = [(0, 0)] * spec.partition.buckets
+        if measure_how(spec) == "set":
+            complete = _read_load_sets(spec, found)
+        else:
+            complete = _read_load_counters(spec, found)
+        chains = observe_structure(spec.cluster)
+        if not complete or chains is None or load_chain_name(spec) not in chains.observed.chains:
+            raise KernelError(
+                "the measurement was interrupted: another commit replaced the table "
+                "during the window (a failover?); nothing changed, run it again"
+            )
+        return found
+    finally:
+        with contextlib.suppress(KernelError):  # gone already: replaced by a commit
+            commit(stop)
+
+
+def _read_load_counters(spec: Spec, found: list[tuple[int, int]]) -> bool:
+    name = table_name(spec.cluster)
+    rc, text, err = _cmd(f"list counters table netdev {name}", json_output=True)
+    if rc != 0:
+        raise KernelError(f"cannot read the load counters: {str(err).strip()}")
+    wanted = {
+        load_counter_name(f, b): b for f in spec.vip_families for b in range(spec.partition.buckets)
+    }
+    seen = 0
+    for item in json.loads(text).get("nftables", []) if text.strip() else []:
+        c = item.get("counter")
+        if c is None or c.get("table") != name or c.get("name") not in wanted:
+            continue
+        b = wanted[c["name"]]
+        p, n = found[b]
+        found[b] = (p + int(c.get("packets", 0)), n + int(c.get("bytes", 0)))
+        seen += 1
+    return seen == len(wanted)
+
+
+def _read_load_sets(spec: Spec, found: list[tuple[int, int]]) -> bool:
+    for family in spec.vip_families:
+        out = _list("set", table_name(spec.cluster), load_set_name(family))
+        if out is None:
+            return False
+        for item in out["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                e = elem.get("elem", {}) if isinstance(elem, dict) else {}
+                counter = e.get("counter") or {}
+                b = _bucket_from_key(e.get("val"), spec)
+                p, n = found[b]
+                found[b] = (p + int(counter.get("packets", 0)), n + int(counter.get("bytes", 0)))
+    return True
+
+
 @dataclass(frozen=True)
 class _Payload:
     table: NftTable
@@ -647,6 +722,11 @@ class NftBackend:
 
     def pin_counts(self, spec: Spec) -> dict[str, int]:
         return pin_counts(spec) if spec.pinning.enabled else {}
+
+    def measure(
+        self, spec: Spec, window: float, sleep: Callable[[float], None]
+    ) -> list[tuple[int, int]]:
+        return measure(spec, window, sleep)
 
     def offload(self, live: Live) -> dict[str, int] | None:
         return None  # nftables runs in software (netdev hooks are not offloaded here)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from vipctl.backends.base import Live, Plan, text_digest
@@ -507,6 +507,14 @@ class TcBackend:
 
     def pin_counts(self, spec: Spec) -> dict[str, int]:
         return {}
+
+    def measure(
+        self, spec: Spec, window: float, sleep: Callable[[float], None]
+    ) -> list[tuple[int, int]]:
+        raise KernelError(
+            "measuring per-bucket load needs the nftables backend (backend: tc has no "
+            "per-bucket counters yet)"
+        )
 
     def offload(self, live: Live) -> dict[str, int] | None:
         tc: TcLive = live.detail

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vipctl import __version__, statefile
-from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load
+from vipctl.cli import retune as _rt
+from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
 from vipctl.errors import KernelError, SpecError, StateError, VipctlError
@@ -89,11 +90,36 @@ def plan(
     down: Annotated[
         str | None, typer.Option("--down", help="plan as if these members were down: NAME,...")
     ] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto",
+            help="preview `rebalance --auto`: measure each bucket's load for --window seconds",
+        ),
+    ] = False,
+    window: _rt.WindowOpt = 10.0,
+    tolerance: _rt.ToleranceOpt = 1.1,
+    metric: _rt.MetricOpt = "packets",
+    png: _rt.PngOpt = None,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
 ) -> None:
     """The partition vipctl would apply, and what moves compared with what is live."""
     spec = load(spec_path)
+    if auto:
+        if weights is not None or down is not None:
+            usage("plan --auto re-tunes the live table: it takes no --weights or --down")
+        _rt.run_auto(
+            spec,
+            state_dir,
+            window=window,
+            tolerance=tolerance,
+            metric=metric,
+            dry_run=True,
+            as_json=as_json,
+            png=png,
+        )
+        return
     try:
         overrides = planning.parse_weights(weights, spec) if weights is not None else None
         down_set = planning.parse_names(down, spec) if down is not None else None
@@ -312,15 +338,41 @@ def _print_apply(spec: Spec, result: object, *, dry_run: bool, diff: bool) -> No
 def rebalance(
     spec_path: SpecArg,
     weights: Annotated[
-        str, typer.Option("--weights", help="new weights: NAME=W,... (0 drains a member)")
-    ],
+        str | None, typer.Option("--weights", help="new weights: NAME=W,... (0 drains a member)")
+    ] = None,
+    auto: Annotated[
+        bool,
+        typer.Option(
+            "--auto", help="re-tune from each bucket's load measured in the kernel (--window)"
+        ),
+    ] = False,
+    window: _rt.WindowOpt = 10.0,
+    tolerance: _rt.ToleranceOpt = 1.1,
+    metric: _rt.MetricOpt = "packets",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the moves only")] = False,
+    as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
 ) -> None:
-    """Change weights moving the fewest possible buckets, in one transaction."""
+    """Change weights moving the fewest possible buckets (--weights), or move the fewest
+    buckets that bring every member's measured load within --tolerance of its weighted
+    share (--auto). Live flows stay where they are."""
     from vipctl import controller
 
+    if (weights is None) == (not auto):
+        usage("rebalance takes one of --weights NAME=W,... or --auto")
     spec = load(spec_path)
+    if auto:
+        _rt.run_auto(
+            spec,
+            state_dir,
+            window=window,
+            tolerance=tolerance,
+            metric=metric,
+            dry_run=dry_run,
+            as_json=as_json,
+        )
+        return
+    assert weights is not None
     try:
         new_weights = planning.parse_weights(weights, spec)
         planning.spec_weights(spec, new_weights)
@@ -349,6 +401,15 @@ def status(
         float | None,
         typer.Option("--watch", min=0.2, help="refresh every SECONDS until interrupted"),
     ] = None,
+    load_: Annotated[
+        bool,
+        typer.Option(
+            "--load", help="measure each member's load for --window seconds against its target"
+        ),
+    ] = False,
+    window: _rt.WindowOpt = 5.0,
+    metric: _rt.MetricOpt = "packets",
+    png: _rt.PngOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Members, health, buckets, share against target, packets and bytes, from the kernel."""
@@ -356,6 +417,11 @@ def status(
 
     from vipctl import controller
 
+    if load_:
+        if watch is not None:
+            usage("--load and --watch do not combine")
+        _rt.status_load(cluster, state_dir, window=window, metric=metric, as_json=as_json, png=png)
+        return
     while True:
         try:
             directory = statefile.state_dir(state_dir)

@@ -130,8 +130,10 @@ def render(root: Any, date: str, version: str = __version__) -> str:
         "the spec the unit vipctl@CLUSTER serves",
         ".TP",
         "\\fI/var/lib/vipctl\\fR",
-        _para("state (overridable with --state-dir or VIPCTL_STATE_DIR); the kernel is the "
-              "truth about what is live"),
+        _para(
+            "state (overridable with --state-dir or VIPCTL_STATE_DIR); the kernel is the "
+            "truth about what is live"
+        ),
         ".SH SEE ALSO",
         "\\fBnft\\fR(8), \\fBtc\\fR(8), \\fBsystemctl\\fR(1), /usr/share/doc/vipctl/",
     ]

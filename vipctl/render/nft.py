@@ -563,3 +563,85 @@ def digest(table: NftTable, text: str | None = None) -> str:
     text = render_table(table) if text is None else text
     lines = [ln.split(' comment "')[0] for ln in text.splitlines()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------
+# Measuring per-bucket load (rebalance --auto): installed only for the window
+# --------------------------------------------------------------------------------------
+
+
+def load_set_name(family: int) -> str:
+    return f"load{family}"
+
+
+def load_chain_name(spec: Spec) -> str:
+    return f"load_{spec.uplink}"
+
+
+def load_counter_name(family: int, bucket: int) -> str:
+    return f"load{family}_{bucket}"
+
+
+def load_map_name(family: int) -> str:
+    return f"loadmap{family}"
+
+
+def measure_how(spec: Spec) -> str:
+    """`counters` with the mask key; `set` with the hash key (nft 1.0.6 maps a jhash to a
+    counter only through a typed map whose key type is an address or a mark, and a mark
+    key refuses the jhash's integer: "datatype mismatch")."""
+    return "set" if spec.partition.key == "hash" else "counters"
+
+
+def measure_batches(spec: Spec, how: str | None = None) -> tuple[str, str]:
+    """(start, stop): the batches that switch per-bucket counting on and off.
+
+    A base chain of its own on the uplink's ingress (priority -1, before the cluster's),
+    one rule per family. `counters` (default): one named counter per bucket, picked by a
+    map lookup of the packet's bucket (`counter name ip saddr & 0.0.0.255 map @loadmap4`);
+    `set`: a dynamic set with a counter per element (`update @load4 { ip saddr & ... }`),
+    measured 10% slower. Its own chain, so switching it on and off never touches the
+    cluster's rules and needs no rule handle; start flushes whatever a crashed run left
+    behind and starts every counter at zero. Zero cost when not measuring: the chain is
+    gone. (Measured forwarding cost while on: docs/benchmarks.md.)"""
+    how = how or measure_how(spec)
+    p = spec.partition
+    ref = f"netdev {table_name(spec.cluster)}"
+    chain = load_chain_name(spec)
+    start = [
+        f"add table {ref}",
+        f"add chain {ref} {chain} {{ type filter hook ingress device "
+        f'"{spec.uplink}" priority -1; policy accept; }}',
+        f"flush chain {ref} {chain}",
+    ]
+    stop = [f"delete chain {ref} {chain}"]
+    for family in spec.vip_families:
+        expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
+        literals = _bucket_literals(family, p.key, p.bits)
+        match = f"{'ip' if family == 4 else 'ip6'} daddr {vip_match(family, spec)}"
+        if how == "set":
+            name = load_set_name(family)
+            start += [
+                f"add set {ref} {name} {{ typeof {typeof}; size {1 << p.bits}; "
+                "flags dynamic; counter; }",
+                f"flush set {ref} {name}",
+                f"add rule {ref} {chain} {match} update @{name} {{ {expr} }}",
+            ]
+            stop.append(f"delete set {ref} {name}")
+            continue
+        cmap = load_map_name(family)
+        names = [load_counter_name(family, b) for b in range(p.buckets)]
+        # a counter object is reset by deleting and adding it (a crashed run's counts)
+        start += [f"add counter {ref} {n}" for n in names]
+        kind = "ipv4_addr" if family == 4 else "ipv6_addr"  # 1.0.6: no typeof with counter
+        start.append(f"add map {ref} {cmap} {{ type {kind} : counter; }}")
+        start.append(f"flush map {ref} {cmap}")
+        start.append(
+            f"add element {ref} {cmap} {{ "
+            + ", ".join(f'{literals[b]} : "{n}"' for b, n in enumerate(names))
+            + " }"
+        )
+        start.append(f"add rule {ref} {chain} {match} counter name {expr} map @{cmap}")
+        stop.append(f"delete map {ref} {cmap}")
+        stop += [f"delete counter {ref} {n}" for n in names]
+    return "\n".join(start) + "\n", "\n".join(stop) + "\n"
