@@ -694,7 +694,10 @@ def _build_two(two: TwoRouters) -> None:
         up,
         [
             "link set lo up",
-            f"link add c0 type veth peer name eth0 address {lab.client_mac} netns {lab.client_ns}",
+            # c0 takes the single-router lab's uplink MAC, so the raw numbered sender
+            # (traffic.numbered_spawn, frames to lab.uplink_mac) works here too
+            f"link add c0 address {lab.uplink_mac} type veth peer name eth0 "
+            f"address {lab.client_mac} netns {lab.client_ns}",
             f"addr add {lab.router4}/24 dev c0",
             "link set c0 up",
             "link add br0 type bridge",
