@@ -254,3 +254,52 @@ def test_down_on_router1_loses_nothing(
     lost, duplicated = traffic.check_exactly_once(sent, seen)
     assert (len(lost), len(duplicated)) == (0, 0), (sent, lost[:10], duplicated[:10])
     print(f"{sent} datagrams, {len(via1)} through router 1 before it went: 0 lost")
+
+
+def test_lab_cli_two_routers() -> None:
+    """`vipctl lab up --routers 2`: both routers announce, `lab probe` through the upstream
+    gets one right answer per source, through both routers; `lab down` leaves nothing."""
+    prefix = f"vx18.cli{os.getpid()}"
+    try:
+        up = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vipctl.cli",
+                "lab",
+                "up",
+                "--routers",
+                "2",
+                "--mode",
+                "steer",
+                *("--prefix", prefix),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0, up.stderr
+        two = labmod.discover_two(prefix)
+        assert two is not None and both_paths(two)
+        probe = subprocess.run(
+            [sys.executable, "-m", "vipctl.cli", "lab", "probe", "--prefix", prefix],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert "no reply: 0  two or more replies: 0  wrong member: 0" in probe.stdout
+        work = two.lab.workdir
+        for r in two.routers:
+            out = vipctl(r, "status", "lab", "--json", "--state-dir", str(work / r)).stdout
+            assert sum(m["packets"] for m in json.loads(out)["members"]) > 0, r
+        down = subprocess.run(
+            [sys.executable, "-m", "vipctl.cli", "lab", "down", "--prefix", prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert down.returncode == 0, down.stderr
+        assert labmod.namespaces(prefix) == [] and not work.exists()
+    finally:
+        labmod.destroy(prefix)
