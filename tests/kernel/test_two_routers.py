@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,10 +65,55 @@ def start_daemons(two: labmod.TwoRouters, tmp_path: Path) -> list[subprocess.Pop
     return procs
 
 
-def fingerprint(two: labmod.TwoRouters, r: str, tmp_path: Path) -> str:
+def stop_daemons(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def status(r: str, tmp_path: Path) -> dict[str, Any]:
     out = vipctl(r, "status", "lab", "--json", "--state-dir", str(tmp_path / r)).stdout
     data = json.loads(out)
-    return str((data[0] if isinstance(data, list) else data)["fingerprint"])
+    return dict(data[0] if isinstance(data, list) else data)
+
+
+def fingerprint(two: labmod.TwoRouters, r: str, tmp_path: Path) -> str:
+    return str(status(r, tmp_path)["fingerprint"])
+
+
+def healthy(r: str, tmp_path: Path) -> dict[str, bool]:
+    return {m["name"]: bool(m["healthy"]) for m in status(r, tmp_path)["members"]}
+
+
+def packets(r: str, tmp_path: Path) -> int:
+    return sum(int(m["packets"]) for m in status(r, tmp_path)["members"])
+
+
+def both_paths(two: labmod.TwoRouters) -> bool:
+    return labmod.upstream_paths(two, two.lab.vip4) == sorted(labmod.ROUTER_LINK4)
+
+
+def only_router2(two: labmod.TwoRouters) -> bool:
+    return labmod.upstream_paths(two, two.lab.vip4) == [labmod.ROUTER_LINK4[1]]
+
+
+@pytest.fixture
+def serving(two: labmod.TwoRouters, tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    """Both daemons running, both routers announcing (two ECMP paths upstream). Teardown
+    stops the daemons; the `two` fixture then kills what is left in the namespaces
+    (both routers' BIRD, the upstream's) and deletes them."""
+    procs = start_daemons(two, tmp_path)
+    try:
+        wait_for("two ECMP paths upstream", lambda: both_paths(two))
+        yield procs
+    finally:
+        stop_daemons(procs)
 
 
 def test_two_routers_ecmp_exactly_once_failover(two: labmod.TwoRouters, tmp_path: Path) -> None:
@@ -142,3 +188,172 @@ def test_two_routers_ecmp_exactly_once_failover(two: labmod.TwoRouters, tmp_path
         for p in procs:
             p.terminate()
             p.wait(timeout=10)
+
+
+BLOCK_PROBES = """table inet vx18_block {
+  chain out { type filter hook output priority 0; policy accept; tcp dport %d drop; }
+}
+"""
+
+
+def test_router_with_no_member_up_withdraws(
+    two: labmod.TwoRouters, serving: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """Router 1's probes fail (dropped on their way out of router 1; router 2 still reaches
+    every member): router 1 withdraws, the upstream keeps router 2's path only and sends
+    everything there; 4096 sources are answered exactly once, none through router 1."""
+    r1, r2 = two.routers
+    labmod.run_in(r1, ["nft", "-f", "-"], input=BLOCK_PROBES % two.lab.echo_port)
+    wait_for("router 1 sees every member down", lambda: not any(healthy(r1, tmp_path).values()))
+    wait_for("only router 2's path upstream", lambda: only_router2(two), timeout=10)
+    assert all(healthy(r2, tmp_path).values())
+    before = (packets(r1, tmp_path), packets(r2, tmp_path))
+    sources = traffic.expand(two.lab.sources4, 4096)
+    got = traffic.probe(two.lab, two.lab.vip4, sources, timeout=3.0)
+    assert len(got) == 4096 and all(len(v) == 1 for v in got.values()), traffic.summarize(got)
+    after = (packets(r1, tmp_path), packets(r2, tmp_path))
+    assert after[0] == before[0], (before, after)  # nothing through router 1
+    assert after[1] - before[1] >= 4096, (before, after)
+
+    # its members come back: router 1 announces again
+    labmod.run_in(r1, ["nft", "delete", "table", "inet", "vx18_block"])
+    wait_for("router 1 sees every member up", lambda: all(healthy(r1, tmp_path).values()))
+    wait_for("two paths upstream again", lambda: both_paths(two))
+
+
+def test_down_on_router1_loses_nothing(
+    two: labmod.TwoRouters, serving: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """`vipctl down` on router 1 while router 2 serves: it withdraws, lets the upstream
+    move, then removes its rules; numbered datagrams through the upstream, captured on
+    both links of every member: each arrives exactly once, none is lost."""
+    r1 = two.routers[0]
+    stop_daemons(serving[:1])  # as `systemctl stop`: router 1's rules and BIRD stay
+    assert both_paths(two)
+    sources = traffic.expand(two.lab.sources4, 256)
+    cap = traffic.capture_start(two.lab, interfaces=("eth1", "eth2"), buffer_kib=8192)
+    sender: traffic.NumberedRun | None = None
+    try:
+        sender = traffic.numbered_spawn(two.lab, two.lab.vip4, sources, 10**7, rate_pps=5000)
+        time.sleep(1.5)
+        vipctl(r1, "down", "lab", "--state-dir", str(tmp_path / r1))
+        assert only_router2(two)
+        time.sleep(1.5)
+        sender.proc.terminate()
+        sender.proc.wait(timeout=30)
+    finally:
+        if sender is not None and sender.proc.poll() is None:
+            sender.proc.kill()
+            sender.proc.wait()
+        seen = traffic.capture_stop(cap, run_id=sender.run_id if sender else None)
+    via1 = [k for name, v in seen.items() if name.endswith(".eth1") for k in v]
+    via2 = [k for name, v in seen.items() if name.endswith(".eth2") for k in v]
+    sent = max(via1 + via2, default=-1) + 1
+    assert via1 and via2, (len(via1), len(via2))
+    assert sent - max(via1) > 2500, "too little traffic after router 1 went"
+    lost, duplicated = traffic.check_exactly_once(sent, seen)
+    assert (len(lost), len(duplicated)) == (0, 0), (sent, lost[:10], duplicated[:10])
+    print(f"{sent} datagrams, {len(via1)} through router 1 before it went: 0 lost")
+
+
+def test_lab_cli_two_routers() -> None:
+    """`vipctl lab up --routers 2`: both routers announce, `lab probe` through the upstream
+    gets one right answer per source, through both routers; `lab down` leaves nothing."""
+    prefix = f"vx18.cli{os.getpid()}"
+    try:
+        up = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vipctl.cli",
+                "lab",
+                "up",
+                "--routers",
+                "2",
+                "--mode",
+                "steer",
+                *("--prefix", prefix),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert up.returncode == 0, up.stderr
+        two = labmod.discover_two(prefix)
+        assert two is not None and both_paths(two)
+        probe = subprocess.run(
+            [sys.executable, "-m", "vipctl.cli", "lab", "probe", "--prefix", prefix],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert "no reply: 0  two or more replies: 0  wrong member: 0" in probe.stdout
+        work = two.lab.workdir
+        for r in two.routers:
+            out = vipctl(r, "status", "lab", "--json", "--state-dir", str(work / r)).stdout
+            assert sum(m["packets"] for m in json.loads(out)["members"]) > 0, r
+        down = subprocess.run(
+            [sys.executable, "-m", "vipctl.cli", "lab", "down", "--prefix", prefix],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert down.returncode == 0, down.stderr
+        assert labmod.namespaces(prefix) == [] and not work.exists()
+    finally:
+        labmod.destroy(prefix)
+
+
+def block_probes(two: labmod.TwoRouters, r: str, names: set[str]) -> None:
+    """Drop router `r`'s health probes to the members `names` (replaces the previous set):
+    those members are down as `r` sees them, up for the other router."""
+    addrs = ", ".join(two.lab.by_name(n).address for n in sorted(names))
+    rule = f"ip daddr {{ {addrs} }} tcp dport {two.lab.echo_port} drop;" if names else ""
+    labmod.run_in(
+        r,
+        ["nft", "-f", "-"],
+        input="table inet vx18_fp {}\ndelete table inet vx18_fp\n"
+        "table inet vx18_fp {\n chain out {\n  type filter hook output priority 0; "
+        f"policy accept;\n  {rule}\n }}\n}}\n",
+    )
+
+
+def test_fingerprints_equal_after_every_step(
+    two: labmod.TwoRouters, serving: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """A failure/recovery sequence seen in different orders by the two routers: whenever
+    both see the same set of members down, their fingerprints are equal (the table is a
+    function of that set, not of the order), and all up again gives the first table."""
+    r1, r2 = two.routers
+    members = set(two.lab.member_names)
+
+    def step(down1: set[str], down2: set[str]) -> tuple[str, str]:
+        block_probes(two, r1, down1)
+        block_probes(two, r2, down2)
+
+        def settled(r: str, d: set[str]) -> bool:
+            st = status(r, tmp_path)
+            down = {m["name"] for m in st["members"] if not m["healthy"]}
+            return down == d and bool(st["in_sync"])  # recorded, and the kernel has it
+
+        for r, d in ((r1, down1), (r2, down2)):
+            wait_for(f"{r} sees {sorted(d)} down, kernel in sync", lambda r=r, d=d: settled(r, d))
+        return fingerprint(two, r1, tmp_path), fingerprint(two, r2, tmp_path)
+
+    f1, f2 = step(set(), set())
+    assert f1 == f2
+    first = f1
+    seen = {first}
+    # router 1 loses web2 first, router 2 loses web3 first: they disagree, rightly
+    f1, f2 = step({"web2"}, {"web3"})
+    assert f1 != f2 and first not in (f1, f2)
+    # then each loses the other one: the same set, reached in different orders
+    for down in ({"web2", "web3"}, {"web3"}, {"web1"}, set()):
+        f1, f2 = step(down, down)
+        assert f1 == f2, (down, f1, f2)
+        if down:
+            assert f1 not in seen, down
+            seen.add(f1)
+    assert f1 == first  # all up: exactly the first table
+    assert set(healthy(r1, tmp_path)) == members

@@ -17,8 +17,12 @@ LabPrefix = Annotated[
 ]
 
 
+def _vipctl() -> list[str]:
+    return [sys.executable, "-m", "vipctl.cli"]
+
+
 def _vipctl_in(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", *args]
+    return ["ip", "netns", "exec", ns, *_vipctl(), *args]
 
 
 @app.command("up")
@@ -27,6 +31,16 @@ def lab_up(
     mode: Annotated[str, typer.Option("--mode", help="broadcast | steer")] = "broadcast",
     key: Annotated[str, typer.Option("--key", help="mask | hash")] = "mask",
     bits: Annotated[int, typer.Option("--bits", min=1, max=16)] = 8,
+    routers: Annotated[
+        int,
+        typer.Option(
+            "--routers",
+            min=1,
+            max=2,
+            help="2: an upstream BGP edge (ECMP, BFD) before two routers, each running "
+            "`vipctl daemon` with BIRD",
+        ),
+    ] = 1,
     prefix: LabPrefix = "vlab",
 ) -> None:
     """Build the draft's topology and apply a cluster spec in its router."""
@@ -39,6 +53,9 @@ def lab_up(
     if mode not in ("broadcast", "steer") or key not in ("mask", "hash"):
         typer.echo("vipctl: --mode is broadcast|steer and --key is mask|hash", err=True)
         raise typer.Exit(2)
+    if routers == 2:
+        _lab_up_two(members, mode, key, bits, prefix)
+        return
     typer.echo(f"building lab {prefix}: client, router, {members} members ...")
     topo = lab.build(prefix, members)
     spec_path = topo.workdir / "lab.yaml"
@@ -58,6 +75,49 @@ def lab_up(
     )
 
 
+def _lab_up_two(members: int, mode: str, key: str, bits: int, prefix: str) -> None:
+    import subprocess
+    import time
+
+    import yaml
+
+    from vipctl.lab import topology as lab
+
+    typer.echo(f"building lab {prefix}: client, upstream, 2 routers, {members} members ...")
+    two = lab.build_two_routers(prefix, members)
+    work = two.lab.workdir
+    spec_path = work / "lab.yaml"
+    spec_path.write_text(yaml.safe_dump(two.spec("lab", mode=mode, key=key, bits=bits)))
+    typer.echo(f"spec: {spec_path}")
+    for r in two.routers:
+        daemon = ["daemon", str(spec_path), "--state-dir", str(work / r)]
+        with open(work / f"daemon-{r}.log", "ab") as log:
+            # detached (setsid -f); `lab down` ends it with the namespace's other processes
+            subprocess.run(
+                ["ip", "netns", "exec", r, "setsid", "-f", *_vipctl(), *daemon],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                check=True,
+            )
+    deadline = time.monotonic() + 60
+    while lab.upstream_paths(two, two.lab.vip4) != sorted(lab.ROUTER_LINK4):
+        if time.monotonic() > deadline:
+            typer.echo(
+                f"vipctl: the routers did not both announce {two.lab.vip4} within 60 s; "
+                f"logs: {work}/daemon-*.log (remove the lab with vipctl lab down --prefix "
+                f"{prefix})",
+                err=True,
+            )
+            raise typer.Exit(1)
+        time.sleep(0.2)
+    typer.echo(
+        f"lab {prefix} is up: the upstream {two.upstream_ns} routes {two.lab.vip4} over both "
+        f"routers. Try: vipctl lab probe --prefix {prefix}; "
+        f"ip netns exec {two.routers[0]} vipctl status --state-dir {work / two.routers[0]}"
+    )
+
+
 @app.command("probe")
 def lab_probe(
     sources: Annotated[int, typer.Option("--sources", min=1, max=16384)] = 4096,
@@ -71,6 +131,9 @@ def lab_probe(
     from vipctl.lab import traffic
 
     topo = lab.discover(prefix)
+    if topo is None:
+        two = lab.discover_two(prefix)
+        topo = two.lab if two is not None else None  # probed through the upstream
     if topo is None:
         typer.echo(f"vipctl: no lab '{prefix}' (run vipctl lab up)", err=True)
         raise typer.Exit(1)

@@ -658,13 +658,31 @@ def upstream_bird_conf(log: str) -> str:
     )
 
 
-def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
-    base = describe(prefix, members)
-    destroy(prefix)
-    lab = dataclasses.replace(base, router_ns=f"{prefix}-r1")
-    two = TwoRouters(
+def describe_two(prefix: str, members: int = 3) -> TwoRouters:
+    """The TwoRouters that ``build_two_routers(prefix, members)`` makes (pure)."""
+    lab = dataclasses.replace(describe(prefix, members), router_ns=f"{prefix}-r1")
+    return TwoRouters(
         lab=lab, upstream_ns=f"{prefix}-upstream", routers=(f"{prefix}-r1", f"{prefix}-r2")
     )
+
+
+def discover_two(prefix: str) -> TwoRouters | None:
+    """The two-router lab built earlier under ``prefix``, or None if there is none."""
+    _check_prefix(prefix)
+    present = set(namespaces(prefix))
+    want = {f"{prefix}-{n}" for n in ("client", "upstream", "r1", "r2")}
+    if not want <= present:
+        return None
+    n = 0
+    while f"{prefix}-m{n + 1}" in present:
+        n += 1
+    return describe_two(prefix, n) if n else None
+
+
+def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
+    two = describe_two(prefix, members)
+    lab = two.lab
+    destroy(prefix)
     try:
         _build_two(two)
         if echo:
@@ -694,7 +712,10 @@ def _build_two(two: TwoRouters) -> None:
         up,
         [
             "link set lo up",
-            f"link add c0 type veth peer name eth0 address {lab.client_mac} netns {lab.client_ns}",
+            # c0 takes the single-router lab's uplink MAC, so the raw numbered sender
+            # (traffic.numbered_spawn, frames to lab.uplink_mac) works here too
+            f"link add c0 address {lab.uplink_mac} type veth peer name eth0 "
+            f"address {lab.client_mac} netns {lab.client_ns}",
             f"addr add {lab.router4}/24 dev c0",
             "link set c0 up",
             "link add br0 type bridge",

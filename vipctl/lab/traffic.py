@@ -712,10 +712,13 @@ def capture_start(
     where: str = "member",
     buffer_kib: int = 65536,
     timeout: float = 10.0,
+    interfaces: Sequence[str] = ("eth0",),
 ) -> Capture:
     """Start ``tcpdump --immediate-mode`` for UDP to ``port`` on each member's eth0
     (``where="member"``) or on the router's member ports (``where="router"``, which sees
-    what left the router after its egress hooks). Returns once every tcpdump listens."""
+    what left the router after its egress hooks). Returns once every tcpdump listens.
+    With several member ``interfaces`` (a member with one link per router) each one is
+    captured on its own, keyed ``web1.eth1``; with one, keys are the member names."""
     if where not in ("member", "router"):
         raise ValueError("where must be 'member' or 'router'")
     lab.workdir.mkdir(parents=True, exist_ok=True)
@@ -723,11 +726,18 @@ def capture_start(
     procs: dict[str, subprocess.Popen[str]] = {}
     files: dict[str, Path] = {}
     try:
+        where_: list[tuple[str, str, str]] = []
         for m in lab.members:
-            ns, dev = (m.ns, "eth0") if where == "member" else (lab.router_ns, m.port)
-            path = lab.workdir / f"cap-{tag}-{m.name}.pcap"
-            files[m.name] = path
-            procs[m.name] = labmod.spawn_in(
+            if where == "router":
+                where_.append((m.name, lab.router_ns, m.port))
+            else:
+                for dev in interfaces:
+                    key = m.name if len(interfaces) == 1 else f"{m.name}.{dev}"
+                    where_.append((key, m.ns, dev))
+        for key, ns, dev in where_:
+            path = lab.workdir / f"cap-{tag}-{key}.pcap"
+            files[key] = path
+            procs[key] = labmod.spawn_in(
                 ns,
                 [
                     "tcpdump",
