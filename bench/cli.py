@@ -133,7 +133,7 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
         BEGIN,
-        "## Command line: whole-process times (issue 16)",
+        "## Command line: whole-process times",
         "",
         "```sh",
         res["command"] + " --write-docs",

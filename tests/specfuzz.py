@@ -1,4 +1,4 @@
-"""Hypothesis strategies for issue 15's spec fuzzing, shared by the unit test (validate:
+"""Hypothesis strategies for spec fuzzing, shared by the unit test (validate:
 exit 0 or 78, never a traceback) and the kernel test (every valid spec applies)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The daemon fails over whatever else goes wrong (issue 17): a huge or broken spec on
+"""The daemon fails over whatever else goes wrong: a huge or broken spec on
 SIGHUP, a read-only state directory, probes that cannot be sent (a silent member with a
 long timeout, the daemon out of file descriptors).
 

@@ -1,4 +1,4 @@
-"""Issue 15: whatever validates applies. A sample of the fuzzer's valid specs (names over
+"""whatever validates applies. A sample of the fuzzer's valid specs (names over
 their whole patterns, every field over its range, both modes, keys and families) is
 applied in a throwaway namespace whose interfaces carry the spec's names; then a mutated
 spec is applied on top of the live cluster: exit 0, or 78 with ruleset and state

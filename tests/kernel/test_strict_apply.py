@@ -1,4 +1,4 @@
-"""Issue 15 on a real kernel: whatever validates applies, in one transaction, and whatever
+"""On a real kernel: whatever validates applies, in one transaction, and whatever
 does not validate changes nothing (ruleset and state byte-identical, no traceback)."""
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def test_status_reports_follow_the_schema(rig: Rig, backend: str) -> None:
 
 
 def test_the_schema_rejects_a_weight_given_as_a_string(rig: Rig) -> None:
-    """The check above can fail: the report as vipctl printed it before issue 16."""
+    """The check above can fail: the report as vipctl printed it before (a string weight,
+    no fingerprint)."""
     rig.apply(make_spec())
     report: dict[str, Any] = controller.status("web", rig.dir, backends=rig.pick)
     report["members"][0]["weight"] = "1"

@@ -1,4 +1,4 @@
-"""Issue 15: `vipctl validate` over generated specs exits 0 or 78, never a traceback; a
+"""`vipctl validate` over generated specs exits 0 or 78, never a traceback; a
 78 is one `SOURCE: field.path: message` line per problem; a spec that validates loads
 back to the same model from its JSON dump (what the state records)."""
 

@@ -1,4 +1,4 @@
-"""Issue 15: strict arguments and a state directory that cannot be walked out of.
+"""strict arguments and a state directory that cannot be walked out of.
 
 Each test failed on the code before the fix. The commands that would reach the kernel
 are guarded: `controller.backend_for` and `LiveBox` raise, so a regression fails here

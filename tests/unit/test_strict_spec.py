@@ -1,4 +1,4 @@
-"""Issue 15: a strict spec. One test per defect the probe found (each failed on the code
+"""A strict spec. One test per defect the probe found (each failed on the code
 before the fix): lax coercion, YAML 1.1 readings, duplicate keys, files the loader must
 refuse with one line and exit 78, and addresses that make no sense for their role."""
 
@@ -11,17 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_spec import GOOD
 from vipctl.core.spec import load_spec, load_text
 from vipctl.errors import SpecError
-
-GOOD = """\
-cluster: web
-vips: [198.51.100.253]
-uplink: up0
-members:
-  - {name: web1, port: m1, address: 198.51.100.10}
-  - {name: web2, port: m2, address: 198.51.100.18, weight: 2}
-"""
 
 
 def problems(text: str, source: str = "spec.yaml") -> list[str]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from vipctl.core.spec import Spec
 
 # after a withdraw, before the rules go: the upstream has to receive the UPDATE and change
-# its route (measured 4-8 ms on veth, KERNEL-NOTES.md); a wide margin for a loaded router
+# its route (measured 4-8 ms on veth); a wide margin for a loaded router
 WITHDRAW_DRAIN_S = 0.5
 
 

@@ -642,7 +642,8 @@ class TwoRouters:
 
 def upstream_bird_conf(log: str) -> str:
     """The upstream edge as an operator runs it: every router's route merged into one
-    multipath kernel route, BFD on each session, the short timers of KERNEL-NOTES.md."""
+    multipath kernel route, BFD on each session, short timers (a session is back within
+    seconds after a failure)."""
     sessions = "".join(
         f"protocol bgp router{i + 1} {{ local {UPSTREAM_LINK4} as {UPSTREAM_ASN}; "
         f"neighbor {addr} as {ROUTER_ASN};\n  ipv4 {{ import all; export none; }}; bfd on; "

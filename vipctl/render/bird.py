@@ -4,7 +4,7 @@ The VIPs come from a static protocol exported to BGP only: no kernel protocol, s
 lands in the router's own table (the netdev rules take VIP packets before routing). While
 the router does not serve (`serving` False: no member up, or `vipctl down` under way) the
 static protocol holds no route, so `birdc configure` with that text withdraws every VIP
-and keeps the sessions up. Timers as measured in KERNEL-NOTES.md (BIRD 2.0.12): BFD
+and keeps the sessions up. Timers as measured with BIRD 2.0.12 on these machines: BFD
 100 ms x 3 removes a dead router upstream in 216-298 ms; the short hold, connect and error
 timers bring a session back in 1-4 s instead of 30 s or more.
 """
