@@ -598,6 +598,44 @@ def retune(
     is not held while measuring (a failover must not wait); a commit by anyone else during
     the window makes the re-tune refuse, changing nothing."""
     st, load = measure(spec, directory, window, backends=backends, sleep=sleep)
+    return retune_measured(
+        spec,
+        directory,
+        st,
+        load,
+        window=window,
+        tolerance=tolerance,
+        metric=metric,
+        dry_run=dry_run,
+        max_moves=max_moves,
+        backends=backends,
+        box=box,
+        sleep=sleep,
+        clock=clock,
+    )
+
+
+def retune_measured(
+    spec: Spec,
+    directory: Path,
+    st: statefile.ClusterState,
+    load: list[tuple[int, int]],
+    *,
+    window: float,
+    tolerance: float = 1.1,
+    metric: str = "packets",
+    dry_run: bool = False,
+    max_moves: int | None = None,
+    backends: Backends | None = None,
+    box: Box | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+    **apply_args: Any,
+) -> RetuneResult:
+    """The second half of `retune`: solve on what `measure` returned and apply (refused,
+    changing nothing, when the state's generation is no longer `st`'s). The daemon measures
+    without holding its apply slot and calls this holding it; `apply_args` go to apply
+    (cache, reasons, state_write_failure, ...)."""
     values = [float(p if metric == "packets" else b) for p, b in load]
     layout = st.layout
     solved = retuning.solve(
@@ -626,6 +664,7 @@ def retune(
             box=box,
             sleep=sleep,
             clock=clock,
+            **apply_args,
         )
     return RetuneResult(solved, metric, window, st.generation, applied, load)
 
