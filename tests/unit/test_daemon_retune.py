@@ -34,7 +34,7 @@ def make_spec(**retune: Any) -> Spec:
                 {"name": f"web{i}", "port": f"m{i}", "address": f"198.51.100.{8 * i + 2}"}
                 for i in (1, 2, 3)
             ],
-            "retune": {"interval_s": 60, "window_s": 1, "max_moves": 2, **retune},
+            "retune": {"interval_s": 60, "window_s": 0.3, "max_moves": 2, **retune},
         }
     )
 
@@ -64,29 +64,37 @@ def result(layout: Layout, generation: int) -> ApplyResult:
 
 
 class Fakes:
+    """measure_start / measure_stop / apply, each one commit (a new generation)."""
+
     def __init__(self, monkeypatch: pytest.MonkeyPatch, load: list[tuple[int, int]]) -> None:
         self.applies: list[dict[str, Any]] = []
-        self.measured = threading.Event()  # set by the test: the window is over
-        self.measured.set()
+        self.gen = STATE.generation
         self.measuring = threading.Event()
-        self.apply_gate = threading.Event()
-        self.apply_gate.set()
+        self.stopped = False
         self.load = load
-        monkeypatch.setattr(controller, "measure", self.measure)
+        monkeypatch.setattr(controller, "measure_start", self.start)
+        monkeypatch.setattr(controller, "measure_stop", self.stop)
         monkeypatch.setattr(controller, "apply", self.apply)
         monkeypatch.setattr(sdnotify, "notify", lambda *fields: True)
 
-    def measure(
-        self, spec: Spec, directory: Path, window: float
-    ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
+    def start(self, spec: Spec, directory: Path, **kw: Any) -> controller.Measuring:
+        assert kw["state_write_failure"] == "continue"
+        self.gen += 1
         self.measuring.set()
-        assert self.measured.wait(5)
-        return STATE, self.load
+        return controller.Measuring(self.gen, [(0, 0)] * len(LAYOUT.table))
+
+    def stop(
+        self, spec: Spec, directory: Path, started: controller.Measuring, **kw: Any
+    ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
+        assert started.generation == self.gen  # nobody committed during the window
+        self.stopped = True
+        self.gen += 1
+        return statefile.ClusterState("web", self.gen, LAYOUT, digest="d"), self.load
 
     def apply(self, spec: Spec, directory: Path, **kw: Any) -> ApplyResult:
         self.applies.append(kw)
-        assert self.apply_gate.wait(5)
-        return result(kw.get("layout") or LAYOUT, 6)
+        self.gen += 1
+        return result(kw.get("layout") or LAYOUT, self.gen)
 
 
 def make_daemon(spec: Spec) -> Daemon:
@@ -122,11 +130,12 @@ def test_a_skewed_load_moves_at_most_max_moves_through_apply(
         b for b, (o, n) in enumerate(zip(LAYOUT.table, kw["layout"].table, strict=True)) if o != n
     ]
     assert 1 <= len(moved) <= 2 and set(moved) <= {0, 1, 2, 3}  # heavy buckets move
-    assert kw["expect_generation"] == STATE.generation  # refused if anyone committed since
+    # counting on (6), off (7): the re-tune is refused if anyone committed since 7
+    assert kw["expect_generation"] == 7 and fakes.stopped
     assert kw["state_write_failure"] == "continue" and kw["host"] is False
-    assert d.generation == 6 and d.layout.table == kw["layout"].table and d.retunes == 1
+    assert d.generation == 8 and d.layout.table == kw["layout"].table and d.retunes == 1
     assert "re-tune of cluster web: moved: 2 buckets" in caplog.text
-    assert "re-tune: generation 6 applied" in caplog.text
+    assert "re-tune: generation 8 applied" in caplog.text
 
 
 def test_a_balanced_load_moves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,25 +148,24 @@ def test_a_failover_during_the_window_goes_first_and_the_step_is_skipped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fakes = Fakes(monkeypatch, skewed())
-    fakes.measured.clear()  # the window stays open until the failover is done
-    d = make_daemon(make_spec())
+    d = make_daemon(make_spec(window_s=2))
 
     async def scenario() -> str:
         task = asyncio.create_task(d.retune_once())
         await asyncio.to_thread(fakes.measuring.wait, 5)
         started = time.monotonic()
-        r = await asyncio.wait_for(d._apply({"web2"}), 2)  # the slot is free while measuring
-        assert time.monotonic() - started < 2
+        r = await asyncio.wait_for(d._apply({"web2"}), 1)  # the slot is free in the window
+        assert time.monotonic() - started < 1
         d._applied(r, None, "health change")
-        fakes.measured.set()
         return await task
 
     what = asyncio.run(scenario())
     assert what.startswith("skipped: the cluster changed during the window"), what
+    assert not fakes.stopped  # its commit switched counting off already
     assert len(fakes.applies) == 1 and fakes.applies[0].get("layout") is None  # failover only
 
 
-def test_the_retune_never_applies_while_another_apply_runs(
+def test_the_retune_never_commits_while_another_apply_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fakes = Fakes(monkeypatch, skewed())
@@ -166,9 +174,13 @@ def test_the_retune_never_applies_while_another_apply_runs(
     async def scenario() -> str:
         await d._slot.acquire()  # an apply holds the slot
         task = asyncio.create_task(d.retune_once())
+        await asyncio.sleep(0.3)
+        assert not fakes.measuring.is_set() and not task.done()  # counting-on waits
+        d._slot.release()
         await asyncio.to_thread(fakes.measuring.wait, 5)
-        await asyncio.sleep(0.2)
-        assert fakes.applies == [] and not task.done()  # measured, waiting for the slot
+        await d._slot.acquire()  # another apply during the window
+        await asyncio.sleep(0.6)  # past the window
+        assert not fakes.stopped and fakes.applies == []  # counting-off waits
         d._slot.release()
         return await asyncio.wait_for(task, 5)
 

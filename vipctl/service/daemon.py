@@ -20,11 +20,12 @@ The loop (one asyncio event loop, one thread for kernel work):
   SIGTERM/SIGINT exit 0 and leave the rules in place: the data plane never needs us;
 * systemd: READY=1 after the first successful apply, STATUS= after every change,
   WATCHDOG=1 every WatchdogSec/2 while the loop is healthy, RELOADING=1/STOPPING=1;
-* re-tuning on a schedule (spec `retune.interval_s`, off by default): every interval the
-  per-bucket load is measured for `window_s` in a worker thread (no apply slot held: a
-  failover never waits for a window), then, holding the apply slot (never while another
-  apply runs), at most `max_moves` buckets move through controller.apply's transition
-  path; a failover, reload or commit by anyone else during the window skips that step.
+* re-tuning on a schedule (spec `retune.interval_s`, off by default): every interval one
+  commit switches per-bucket counting on, the window (`window_s`) passes with the apply
+  slot free (a failover never waits for it), one commit reads and switches it off, and at
+  most `max_moves` buckets move through controller.apply's transition path; every commit
+  holds the slot (never two applies at once), and a failover, reload or commit by anyone
+  else during the window skips that step.
 
 Every member down: the partition leaves every bucket without an owner and the rules drop
 VIP traffic (nothing is sent to a member known dead). The first member to come back gets
@@ -42,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vipctl import statefile
 from vipctl.core.spec import Spec, load_spec
@@ -496,7 +497,7 @@ class Daemon:
                 await self.retune_once()
 
     async def retune_once(self) -> str:
-        """Measure (no apply slot held), then solve and apply holding the slot. Returns
+        """Count on, wait the window (no apply slot held), count off, solve and apply. Returns
         what it did, as logged: "skipped: ...", "balanced: ...", "out of reach: ..." or
         "moved: ..."."""
         from vipctl import controller
@@ -511,18 +512,40 @@ class Daemon:
                 else "an apply is pending"
             )
             return self._retune_log(f"skipped: {why}")
-        try:
-            st, load = await asyncio.to_thread(
-                controller.measure, spec, self.state_dir, rt.window_s
-            )
-        except VipctlError as exc:
-            return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
+        common: dict[str, Any] = {
+            "cache": self.cache,
+            "reasons": dict(self.reasons),
+            "state_write_failure": "continue",
+        }
+        async with self._slot:  # counting on: one commit, like any apply
+            if spec is not self.spec or self._dirty.is_set():
+                return self._retune_log("skipped: an apply is pending")
+            try:
+                started = await asyncio.to_thread(
+                    controller.measure_start, spec, self.state_dir, **common
+                )
+            except VipctlError as exc:
+                return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
+            self.generation = started.generation
+        await asyncio.sleep(rt.window_s)  # the slot is free: a failover goes first
         async with self._slot:
-            if spec is not self.spec or self._dirty.is_set() or st.generation != self.generation:
+            if (
+                spec is not self.spec
+                or self._dirty.is_set()
+                or started.generation != self.generation
+            ):
+                # the commit that came first rendered the table without counting
                 return self._retune_log(
                     "skipped: the cluster changed during the window (failover, reload or "
                     "another commit); measuring again at the next interval"
                 )
+            try:
+                st, load = await asyncio.to_thread(
+                    controller.measure_stop, spec, self.state_dir, started, **common
+                )
+            except VipctlError as exc:
+                return self._retune_log(f"skipped: {exc}", logging.WARNING)
+            self.generation = st.generation
             self._apply_started = time.monotonic()
             try:
                 res = await asyncio.to_thread(
