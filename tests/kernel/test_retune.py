@@ -145,3 +145,30 @@ def traffic_ruleset(topo: Lab) -> str:
     from tests.kernel.helpers import ruleset
 
     return ruleset(topo.router_ns)
+
+
+def test_the_hash_key_measures_through_a_counter_set_in_the_clusters_rule(
+    topo: Lab, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state")
+    path = write_spec(tmp_path / "web.json", topo.spec("web", mode="steer", key="hash", bits=4))
+
+    def run(*args: str) -> Any:
+        return vipctl(topo.router_ns, *args, "--state-dir", state, check=True)
+
+    run("apply", str(path))
+    before = traffic_ruleset(topo)
+    sources = [f"10.99.4.{b}" for b in range(64)]
+    sender = traffic.numbered_spawn(topo, topo.vip4, sources, RATE * 30, RATE)
+    try:
+        time.sleep(0.5)
+        report = json.loads(run("status", "web", "--load", "--window", "1", "--json").stdout)
+    finally:
+        sender.proc.kill()
+        sender.proc.wait()
+        after = traffic_ruleset(topo)
+        vipctl(topo.router_ns, "down", "web", "--state-dir", state)
+    assert report["measured"] > RATE / 4, report
+    # the counting set is gone: the same ruleset but for the generation and the counts
+    norm = re.compile(r'comment "vipctl generation \d+"|packets \d+ bytes \d+')
+    assert norm.sub("", after) == norm.sub("", before) and "load4" not in after
