@@ -19,7 +19,9 @@ Variants:
   (weights 3:1:1:1), trafgen running through the change, so its flows in the moving
   buckets are recorded and every one of their packets takes the transition path;
 - steer-measuring: vipctl steer with the per-bucket load counting of `rebalance --auto`
-  switched on (its own ingress chain and dynamic counter set, render.nft.measure_batches);
+  switched on (controller.measure_start: a counter per bucket in the cluster's own rule);
+- steer-measuring-chain: the earlier design, the counting in an ingress chain of its own
+  (render.nft.measure_batches);
 - steer-always / steer-off: pinning always (every flow pinned on every packet) and off.
 TCP: iperf3 -P 8 for 3 s, plain vs vipctl steer and broadcast.
 """
@@ -55,7 +57,9 @@ class Variant:
     mode: str = "steer"
     pinning: str = "moving"
     moving: bool = False  # measure right after a rebalance that moves 25% of the buckets
-    measuring: bool = False  # per-bucket load counting on (what rebalance --auto installs)
+    # per-bucket load counting on: "inline" (what rebalance --auto does), "chain" (the
+    # earlier design: a base chain of its own, render.nft.measure_batches)
+    measuring: str = ""
 
 
 PLAIN = Variant("plain")
@@ -66,7 +70,8 @@ VARIANTS = [
     Variant("steer"),
     Variant("broadcast", mode="broadcast"),
     Variant("steer-25pct-moving", moving=True),
-    Variant("steer-measuring", measuring=True),
+    Variant("steer-measuring", measuring="inline"),
+    Variant("steer-measuring-chain", measuring="chain"),
     Variant("steer-always", pinning="always"),
     Variant("steer-off", pinning="off"),
 ]
@@ -122,9 +127,11 @@ def install(lab: labmod.Lab, v: Variant, work: Path, conf: Path) -> None:
         return
     path = spec_path(lab, v, work)
     vipctl(lab, work, "apply", str(path), "--skip-checks")
-    if v.measuring:
+    if v.measuring == "chain":
         start, _stop = measure_batches(parse_spec(json.loads(path.read_text())))
         nft(r, start)
+    elif v.measuring:
+        _start_counting(lab, path, work)
     if v.moving:
         gen = _trafgen(lab, conf)
         try:
@@ -132,6 +139,17 @@ def install(lab: labmod.Lab, v: Variant, work: Path, conf: Path) -> None:
             vipctl(lab, work, "rebalance", str(path), "--weights", "web1=3")
         finally:
             _kill(gen)
+
+
+def _start_counting(lab: labmod.Lab, path: Path, work: Path) -> None:
+    """What `rebalance --auto` does at the start of its window (controller.measure_start:
+    one apply of the table with the per-bucket counters in the cluster's own rule)."""
+    code = (
+        "import sys; from pathlib import Path; from vipctl import controller; "
+        "from vipctl.core.spec import load_spec; "
+        "controller.measure_start(load_spec(Path(sys.argv[1])), Path(sys.argv[2]))"
+    )
+    netns(lab.router_ns, [PY, "-c", code, str(path), str(work / "st")])
 
 
 def uninstall(lab: labmod.Lab, v: Variant, work: Path) -> None:
@@ -220,7 +238,8 @@ LABELS = {
     "steer": "vipctl steer, pinning moving (default), steady state",
     "broadcast": "vipctl broadcast, pinning moving (default), steady state",
     "steer-25pct-moving": "vipctl steer, 25% of buckets in transition, flows recorded",
-    "steer-measuring": "vipctl steer while `rebalance --auto` measures (per-bucket counters)",
+    "steer-measuring": "vipctl steer while `rebalance --auto` measures (counters in its rule)",
+    "steer-measuring-chain": "per-bucket counters in a base chain of their own (earlier)",
     "steer-always": "vipctl steer, pinning always (every flow pinned)",
     "steer-off": "vipctl steer, pinning off",
 }

@@ -9,6 +9,7 @@ refusal) are unit-tested over fakes. No printing here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import time
@@ -25,7 +26,7 @@ from vipctl.core import retune as retuning
 from vipctl.core import transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
-from vipctl.errors import KernelError, StateError
+from vipctl.errors import KernelError, StateError, VipctlError
 from vipctl.render.wiring import NO_MAC, Wiring
 
 if TYPE_CHECKING:
@@ -242,6 +243,7 @@ def apply(
     unsaved: statefile.ClusterState | None = None,
     layout: Layout | None = None,
     expect_generation: int | None = None,
+    measuring: bool = False,
 ) -> ApplyResult:
     """Compute and install the cluster's ruleset in one atomic step (idempotent).
 
@@ -260,7 +262,8 @@ def apply(
     `layout` installs exactly that layout instead of computing one from the previous
     (another router's, `apply --layout`; or re-tuning); `expect_generation` refuses,
     changing nothing, when the state's generation is another by then (someone committed
-    since the caller read it)."""
+    since the caller read it). `measuring` renders the table with per-bucket load
+    counting (`measure`); any apply without it switches the counting off."""
     started = time.perf_counter()
     pick = backends if backends is not None else backend_for
     be = pick(spec)
@@ -333,7 +336,14 @@ def apply(
         fresh = transition.newly_moving(moving, before)
         record_s = spec.pinning.record_ms / 1000 if fresh and not dry_run else 0.0
         plan = be.plan(
-            spec, layout, wiring, generation + 1, live, recorded if trusted else None, moving
+            spec,
+            layout,
+            wiring,
+            generation + 1,
+            live,
+            recorded if trusted else None,
+            moving,
+            measuring,
         )
         change = planning.Change(previous, layout)
 
@@ -397,7 +407,14 @@ def apply(
             # their UDP flows; then the move below. Each step is one transaction.
             rec = transition.recording(moving, fresh)
             first = be.plan(
-                spec, layout, wiring, generation + 1, live, recorded if trusted else None, rec
+                spec,
+                layout,
+                wiring,
+                generation + 1,
+                live,
+                recorded if trusted else None,
+                rec,
+                measuring,
             )
             state_error = _commit(
                 be,
@@ -410,7 +427,7 @@ def apply(
             sleep(record_s)
             generation += 1
             live = be.observe(spec)
-            plan = be.plan(spec, layout, wiring, generation + 1, live, spec, moving)
+            plan = be.plan(spec, layout, wiring, generation + 1, live, spec, moving, measuring)
             new_state = dataclasses.replace(
                 new_state, generation=generation + 1, digest=plan.digest
             )
@@ -558,6 +575,77 @@ def installed_spec(cluster: str, directory: Path) -> Spec:
     return spec
 
 
+@dataclass(frozen=True)
+class Measuring:
+    """A measurement under way: the counting table's generation and the counts at start."""
+
+    generation: int
+    baseline: list[tuple[int, int]]
+
+
+def measure_start(
+    spec: Spec, directory: Path, *, backends: Backends | None = None, **apply_args: Any
+) -> Measuring:
+    """Switch per-bucket load counting on: one apply (one transaction, a new generation)
+    of the same layout with the counters in the cluster's own ingress rule."""
+    st = _installed(spec, directory)
+    pick = backends if backends is not None else backend_for
+    res = apply(
+        spec,
+        directory,
+        measuring=True,
+        preflight=False,
+        host=False,
+        want_diff=False,
+        expect_generation=st.generation,
+        backends=backends,
+        **apply_args,
+    )
+    baseline = pick(spec).read_load(spec)  # counters a crashed run left keep their counts
+    if baseline is None:
+        raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
+    return Measuring(res.generation, baseline)
+
+
+def measure_stop(
+    spec: Spec,
+    directory: Path,
+    started: Measuring,
+    *,
+    backends: Backends | None = None,
+    **apply_args: Any,
+) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
+    """Read the counters, then switch counting off (one apply, refused if anyone committed
+    since `measure_start`: their commit switched it off already). (the state after, the
+    (packets, bytes) per bucket since the start)."""
+    pick = backends if backends is not None else backend_for
+    st = statefile.load(directory, spec.cluster)
+    found = pick(spec).read_load(spec) if st and st.generation == started.generation else None
+    if found is None:
+        raise KernelError(
+            "the measurement was interrupted: another commit replaced the table during the "
+            "window (a failover?); nothing changed, run it again"
+        )
+    res = apply(
+        spec,
+        directory,
+        preflight=False,
+        host=False,
+        want_diff=False,
+        expect_generation=started.generation,
+        backends=backends,
+        **apply_args,
+    )
+    after = res.state or statefile.load(directory, spec.cluster)
+    if after is None:
+        raise KernelError(f"cluster {spec.cluster} is not installed here")
+    load = [
+        (max(0, p - p0), max(0, b - b0))
+        for (p, b), (p0, b0) in zip(found, started.baseline, strict=True)
+    ]
+    return after, load
+
+
 def measure(
     spec: Spec,
     directory: Path,
@@ -566,10 +654,19 @@ def measure(
     backends: Backends | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
-    """(the state measured under, (packets, bytes) per bucket over `window` seconds)."""
-    st = _installed(spec, directory)
-    pick = backends if backends is not None else backend_for
-    return st, pick(spec).measure(spec, window, sleep)
+    """(the state after measuring, (packets, bytes) per bucket over `window` seconds),
+    counted in the cluster's own ingress rule: one commit switches it on, one off, both
+    through apply (generation and state stay consistent). The cluster's lock is held only
+    for those commits: a failover during the window commits a table without counting,
+    and the measurement is reported interrupted, changing nothing."""
+    started = measure_start(spec, directory, backends=backends, sleep=sleep)
+    try:
+        sleep(window)
+    except BaseException:
+        with contextlib.suppress(VipctlError):
+            measure_stop(spec, directory, started, backends=backends, sleep=sleep)
+        raise
+    return measure_stop(spec, directory, started, backends=backends, sleep=sleep)
 
 
 AIM = 0.8  # re-tuning aims at 1 + AIM * (tolerance - 1): room for measurement noise
@@ -598,6 +695,44 @@ def retune(
     is not held while measuring (a failover must not wait); a commit by anyone else during
     the window makes the re-tune refuse, changing nothing."""
     st, load = measure(spec, directory, window, backends=backends, sleep=sleep)
+    return retune_measured(
+        spec,
+        directory,
+        st,
+        load,
+        window=window,
+        tolerance=tolerance,
+        metric=metric,
+        dry_run=dry_run,
+        max_moves=max_moves,
+        backends=backends,
+        box=box,
+        sleep=sleep,
+        clock=clock,
+    )
+
+
+def retune_measured(
+    spec: Spec,
+    directory: Path,
+    st: statefile.ClusterState,
+    load: list[tuple[int, int]],
+    *,
+    window: float,
+    tolerance: float = 1.1,
+    metric: str = "packets",
+    dry_run: bool = False,
+    max_moves: int | None = None,
+    backends: Backends | None = None,
+    box: Box | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+    **apply_args: Any,
+) -> RetuneResult:
+    """The second half of `retune`: solve on what `measure` returned and apply (refused,
+    changing nothing, when the state's generation is no longer `st`'s). The daemon measures
+    without holding its apply slot and calls this holding it; `apply_args` go to apply
+    (cache, reasons, state_write_failure, ...)."""
     values = [float(p if metric == "packets" else b) for p, b in load]
     layout = st.layout
     solved = retuning.solve(
@@ -626,6 +761,7 @@ def retune(
             box=box,
             sleep=sleep,
             clock=clock,
+            **apply_args,
         )
     return RetuneResult(solved, metric, window, st.generation, applied, load)
 

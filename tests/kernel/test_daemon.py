@@ -794,3 +794,37 @@ def test_concurrent_scrapes_during_a_failover_keep_the_log(cluster: Cluster) -> 
     d.proc.send_signal(signal.SIGHUP)
     d.wait_log(r"reload: .* is unchanged", timeout=5.0)
     print(f"\nMEASURED: {ok} scrapes by 8 threads during failover and recovery, 0 failed")
+
+
+def test_scheduled_retune_moves_at_most_max_moves_per_step(cluster: Cluster) -> None:
+    """spec retune: the daemon measures skewed UDP traffic in the kernel on its schedule and
+    moves at most max_moves buckets per step through its own apply, logging each step."""
+    c = cluster
+    c.spec.update(mode="steer", partition={"key": "mask", "bits": 8})
+    c.spec["retune"] = {"interval_s": 3, "window_s": 1.5, "max_moves": 2}
+    write_spec(c.path, c.spec)
+    d = c.daemon()
+    d.wait_note("READY=1")
+    _, before = c.live()
+    # 20% of the packets from 4 buckets of the first member, the rest uniform
+    hot = [b for b, o in enumerate(before) if o == before[0]][1:5]
+    sources = [f"10.99.1.{b}" for b in range(256)] + [f"10.99.2.{b}" for b in hot] * 16
+    sender = traffic.numbered_spawn(c.topo, c.topo.vip4, sources, 6000 * 60, 6000)
+    try:
+        d.wait_log(r"re-tune of cluster web: moved: \d+ buckets", timeout=30.0)
+        d.wait_log(r"re-tune: generation \d+ applied", timeout=5.0)
+    finally:
+        sender.proc.kill()
+        sender.proc.wait()
+    log = d.text()
+    steps = [int(n) for n in re.findall(r"re-tune of cluster web: moved: (\d+) buckets", log)]
+    assert steps and all(1 <= n <= 2 for n in steps), log
+    _, after = c.live()
+    moved = [b for b, (o, n) in enumerate(zip(before, after, strict=True)) if o != n]
+    assert 1 <= len(moved) <= 2 * len(steps) + 2, (moved, log)  # a later step may be under way
+    assert set(moved) & set(hot), (moved, hot)  # the heavy buckets are what moves
+    assert d.proc.poll() is None and "Traceback" not in log
+    status = json.loads(
+        vipctl(c.topo.router_ns, "status", "web", "--json", "--state-dir", str(c.state)).stdout
+    )
+    assert status["in_sync"]

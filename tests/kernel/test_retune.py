@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,12 @@ def test_measuring_leaves_nothing_behind_and_bad_input_changes_nothing(
         png = tmp_path / "strip.png"
         run("status", "web", "--load", "--window", "0.3", "--png", str(png), check=True)
         assert png.read_bytes()[:4] == b"\x89PNG"
-        # the measuring chain and set are gone again: the ruleset is byte-identical
-        assert traffic_ruleset(topo) == before
+        # the counters and their map are gone again: the ruleset is byte-identical but for
+        # the generation (three measurements, each one commit on and one off, via apply)
+        gen = re.compile(r'comment "vipctl generation (\d+)"')
+        after = traffic_ruleset(topo)
+        assert gen.sub("", after) == gen.sub("", before)
+        assert [int(g) for g in gen.findall(after)] == [int(g) + 6 for g in gen.findall(before)]
     finally:
         run("down", "web")
 
@@ -140,3 +145,30 @@ def traffic_ruleset(topo: Lab) -> str:
     from tests.kernel.helpers import ruleset
 
     return ruleset(topo.router_ns)
+
+
+def test_the_hash_key_measures_through_a_counter_set_in_the_clusters_rule(
+    topo: Lab, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state")
+    path = write_spec(tmp_path / "web.json", topo.spec("web", mode="steer", key="hash", bits=4))
+
+    def run(*args: str) -> Any:
+        return vipctl(topo.router_ns, *args, "--state-dir", state, check=True)
+
+    run("apply", str(path))
+    before = traffic_ruleset(topo)
+    sources = [f"10.99.4.{b}" for b in range(64)]
+    sender = traffic.numbered_spawn(topo, topo.vip4, sources, RATE * 30, RATE)
+    try:
+        time.sleep(0.5)
+        report = json.loads(run("status", "web", "--load", "--window", "1", "--json").stdout)
+    finally:
+        sender.proc.kill()
+        sender.proc.wait()
+        after = traffic_ruleset(topo)
+        vipctl(topo.router_ns, "down", "web", "--state-dir", state)
+    assert report["measured"] > RATE / 4, report
+    # the counting set is gone: the same ruleset but for the generation and the counts
+    norm = re.compile(r'comment "vipctl generation \d+"|packets \d+ bytes \d+')
+    assert norm.sub("", after) == norm.sub("", before) and "load4" not in after

@@ -97,13 +97,14 @@ class FakeBackend:
         wiring: Wiring,
         generation: int,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
         if self.name == "tc":
             ruleset = render_tc.build_ruleset(spec, layout, wiring, generation, slot=1)
             text = render_tc.render_text(ruleset)
             digest = text_digest(ln for ln in text.splitlines() if not ln.startswith("#"))
         else:
-            table = render_nft.build_table(spec, layout, wiring, generation, moving)
+            table = render_nft.build_table(spec, layout, wiring, generation, moving, measuring)
             text = render_nft.render_table(table)
             digest = render_nft.digest(table, text)
         return Plan(spec, layout, wiring, generation, digest, text, meta={"moving": moving})
@@ -117,8 +118,9 @@ class FakeBackend:
         live: Live | None,
         recorded: Spec | None = None,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
-        return self.render(spec, layout, wiring, generation, moving)
+        return self.render(spec, layout, wiring, generation, moving, measuring)
 
     def flow_buckets(self, spec: Spec) -> set[int] | None:
         self.kernel.calls.append(f"{self.name}.flow_buckets")

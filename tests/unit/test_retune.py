@@ -141,3 +141,43 @@ def test_measure_batches_switch_counting_on_and_off_in_a_chain_of_their_own() ->
     start, stop = measure_batches(hashed)
     assert "update @load4 { jhash ip saddr mod 4 seed 0x5eed }" in start
     assert "delete set netdev vipctl_web load4" in stop
+
+
+def test_a_measuring_table_counts_in_the_clusters_own_rule_and_the_next_apply_removes_it() -> None:
+    from vipctl.core.partition import Layout
+    from vipctl.core.spec import parse_spec
+    from vipctl.render.nft import Observed, build_table, render_table, transaction
+    from vipctl.render.wiring import Wiring
+
+    spec = parse_spec(
+        {
+            "cluster": "web",
+            "vips": ["198.51.100.253", "2001:db8::1"],
+            "uplink": "up0",
+            "mode": "steer",
+            "members": [{"name": "a", "port": "m1", "address": "198.51.100.10"}],
+            "partition": {"bits": 2},
+        }
+    )
+    layout = Layout.initial(2, (("a", Fraction(1)),))
+    wiring = Wiring({"up0": 1, "m1": 2}, {"a": "02:00:00:00:00:10"})
+    plain = build_table(spec, layout, wiring, 1)
+    counting = build_table(spec, layout, wiring, 2, measuring=True)
+    text = render_table(counting)
+    assert "ip daddr 198.51.100.253 counter name ip saddr & 0.0.0.3 map @loadmap4 ip saddr" in text
+    assert "counter name ip6 saddr & ::3 map @loadmap6 ip6 saddr" in text
+    assert len(counting.counters) == len(plain.counters) + 8
+    assert "load" not in render_table(plain)  # zero cost when not measuring
+    assert len(counting.chains) == len(plain.chains)  # no chain of its own
+    live = Observed(
+        maps=frozenset(s.name for s in counting.sets if s.kind == "map"),
+        counters=frozenset(counting.counters),
+        chains=frozenset(c.name for c in counting.chains),
+        exists=True,
+    )
+    off = transaction(plain, live)
+    assert off.count("delete counter netdev vipctl_web load") == 8
+    assert off.index("delete map netdev vipctl_web loadmap4") < off.index("delete counter")
+    hashed = parse_spec({**spec.model_dump(mode="json"), "partition": {"bits": 2, "key": "hash"}})
+    text = render_table(build_table(hashed, layout, wiring, 2, measuring=True))
+    assert "update @load4 { jhash ip saddr mod 4 seed 0x5eed } jhash ip saddr" in text

@@ -32,7 +32,7 @@ place (`backend_for`). The controller runs the same apply for every backend:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -90,6 +90,7 @@ class Backend(Protocol):
         wiring: Wiring,
         generation: int,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan: ...
 
     def plan(
@@ -101,6 +102,7 @@ class Backend(Protocol):
         live: Live | None,
         recorded: Spec | None = None,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan: ...
 
     def flow_buckets(self, spec: Spec) -> set[int] | None: ...
@@ -123,9 +125,7 @@ class Backend(Protocol):
 
     def pin_counts(self, spec: Spec) -> dict[str, int]: ...
 
-    def measure(
-        self, spec: Spec, window: float, sleep: Callable[[float], None]
-    ) -> list[tuple[int, int]]: ...
+    def read_load(self, spec: Spec) -> list[tuple[int, int]] | None: ...
 
     def offload(self, live: Live) -> dict[str, int] | None: ...
 

@@ -6,14 +6,12 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -35,10 +33,10 @@ from vipctl.render.nft import (
     build_table,
     counter_name,
     digest,
-    load_chain_name,
     load_counter_name,
+    load_counters,
+    load_map_name,
     load_set_name,
-    measure_batches,
     measure_how,
     owner_map_name,
     owners_map_name,
@@ -270,7 +268,9 @@ def observe_structure(cluster: str) -> LiveTable | None:
             flags = item.get_attr("NFTA_SET_FLAGS") or frozenset()
             if "NFT_SET_ANONYMOUS" in flags:  # `{ tcp, udp }` in a rule: owned by the rule
                 continue
-            (maps if "NFT_SET_MAP" in flags else sets).add(str(item.get_attr("NFTA_SET_NAME")))
+            # a counter map (`type ipv4_addr : counter`) is an object map, not NFT_SET_MAP
+            is_map = "NFT_SET_MAP" in flags or "NFT_SET_OBJECT" in flags
+            (maps if is_map else sets).add(str(item.get_attr("NFTA_SET_NAME")))
         generation = None
         for rule in nft.get_rules():
             if rule.get_attr("NFTA_RULE_TABLE") != name:
@@ -543,37 +543,16 @@ def pinned_flows(spec: Spec) -> tuple[dict[str, int], list[tuple[int | None, str
 # --------------------------------------------------------------------------------------
 
 
-def measure(
-    spec: Spec, window: float, sleep: Callable[[float], None] = time.sleep
-) -> list[tuple[int, int]]:
-    """(packets, bytes) per bucket over `window` seconds, counted in the kernel by a
-    chain, a map and a named counter per bucket that exist only while measuring
-    (render.nft.measure_batches). A commit by someone else during the window (the
-    daemon's failover) replaces the table without them: that is reported, not mistaken
-    for an idle window."""
-    start, stop = measure_batches(spec)
-    if observe_structure(spec.cluster) is None:
-        raise KernelError(f"cluster {spec.cluster} is not installed; run vipctl apply first")
-    with contextlib.suppress(KernelError):  # what a crashed run left: counters from zero
-        commit(stop)
-    commit(start)
-    try:
-        sleep(window)
-        found: list[tuple[int, int]] = [(0, 0)] * spec.partition.buckets
-        if measure_how(spec) == "set":
-            complete = _read_load_sets(spec, found)
-        else:
-            complete = _read_load_counters(spec, found)
-        chains = observe_structure(spec.cluster)
-        if not complete or chains is None or load_chain_name(spec) not in chains.observed.chains:
-            raise KernelError(
-                "the measurement was interrupted: another commit replaced the table "
-                "during the window (a failover?); nothing changed, run it again"
-            )
-        return found
-    finally:
-        with contextlib.suppress(KernelError):  # gone already: replaced by a commit
-            commit(stop)
+def read_load(spec: Spec) -> list[tuple[int, int]] | None:
+    """(packets, bytes) per bucket counted so far by a measuring table (apply with
+    measuring=True, render.nft.load_objects); None when the table does not count (another
+    commit replaced it: a failover during the window)."""
+    found: list[tuple[int, int]] = [(0, 0)] * spec.partition.buckets
+    if measure_how(spec) == "set":
+        complete = _read_load_sets(spec, found)
+    else:
+        complete = _read_load_counters(spec, found)
+    return found if complete else None
 
 
 def _read_load_counters(spec: Spec, found: list[tuple[int, int]]) -> bool:
@@ -646,8 +625,9 @@ class NftBackend:
         wiring: Wiring,
         generation: int,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
-        table = build_table(spec, layout, wiring, generation, moving)
+        table = build_table(spec, layout, wiring, generation, moving, measuring)
         text = render_table(table)
         return Plan(spec, layout, wiring, generation, digest(table, text), text, table)
 
@@ -660,15 +640,18 @@ class NftBackend:
         live: Live | None,
         recorded: Spec | None = None,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
-        rendered = self.render(spec, layout, wiring, generation, moving)
+        rendered = self.render(spec, layout, wiring, generation, moving, measuring)
         table: NftTable = rendered.payload
         observed = live.detail.observed if live is not None else Observed()
         if recorded is not None:
-            # netlink gives no counter names: the last committed spec says which exist
-            observed = dataclasses.replace(
-                observed, counters=frozenset(counter_name(m.name) for m in recorded.members)
-            )
+            # netlink gives no counter names: the last committed spec says which exist,
+            # and a load map says its per-bucket counters do (added and deleted together)
+            names = {counter_name(m.name) for m in recorded.members}
+            if any(load_map_name(f) in observed.maps for f in (4, 6)):
+                names.update(load_counters(recorded))
+            observed = dataclasses.replace(observed, counters=frozenset(names))
         elif live is not None and not live.complete:
             full = observe(spec.cluster, with_elements=False)
             observed = full.observed if full is not None else observed
@@ -723,10 +706,8 @@ class NftBackend:
     def pin_counts(self, spec: Spec) -> dict[str, int]:
         return pin_counts(spec) if spec.pinning.enabled else {}
 
-    def measure(
-        self, spec: Spec, window: float, sleep: Callable[[float], None]
-    ) -> list[tuple[int, int]]:
-        return measure(spec, window, sleep)
+    def read_load(self, spec: Spec) -> list[tuple[int, int]] | None:
+        return read_load(spec)
 
     def offload(self, live: Live) -> dict[str, int] | None:
         return None  # nftables runs in software (netdev hooks are not offloaded here)

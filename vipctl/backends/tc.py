@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vipctl.backends.base import Live, Plan, text_digest
@@ -448,7 +448,10 @@ class TcBackend:
         wiring: Wiring,
         generation: int,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
+        if measuring:
+            self.read_load(spec)  # refuses: no per-bucket counters with tc
         # tc has no dynamic state: no transitions, buckets move at once
         # rendered in slot 1: the text and digest do not depend on the slot it lands in
         ruleset = build_ruleset(spec, layout, wiring, generation, slot=1)
@@ -465,8 +468,9 @@ class TcBackend:
         live: Live | None,
         recorded: Spec | None = None,
         moving: Moving | None = None,
+        measuring: bool = False,
     ) -> Plan:
-        return self.render(spec, layout, wiring, generation)
+        return self.render(spec, layout, wiring, generation, measuring=measuring)
 
     def flow_buckets(self, spec: Spec) -> set[int] | None:
         return set()
@@ -508,9 +512,7 @@ class TcBackend:
     def pin_counts(self, spec: Spec) -> dict[str, int]:
         return {}
 
-    def measure(
-        self, spec: Spec, window: float, sleep: Callable[[float], None]
-    ) -> list[tuple[int, int]]:
+    def read_load(self, spec: Spec) -> list[tuple[int, int]] | None:
         raise KernelError(
             "measuring per-bucket load needs the nftables backend (backend: tc has no "
             "per-bucket counters yet)"

@@ -234,6 +234,43 @@ class Pinning(_Model):
         return self.mode != "off"
 
 
+class Retune(_Model):
+    """Re-tune from measured load on a schedule (the daemon; off by default): every
+    `interval_s`, measure each bucket's traffic for `window_s`, and when a member's load is
+    above `tolerance` times its weighted share move at most `max_moves` buckets (the fewest,
+    then the least traffic) through the transition path, as `vipctl rebalance --auto`."""
+
+    interval_s: int = Field(
+        default=0, ge=0, le=7 * 24 * 3600, description="seconds between re-tunes; 0: off"
+    )
+    window_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=3600,
+        allow_inf_nan=False,
+        description="how long each bucket's traffic is measured",
+    )
+    tolerance: float = Field(
+        default=1.1,
+        gt=1.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="act when a member's load is above tolerance x its weighted share",
+    )
+    max_moves: int = Field(
+        default=16, ge=1, le=1 << 16, description="most buckets moved per re-tune"
+    )
+    metric: Literal["packets", "bytes"] = "packets"
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> Retune:
+        if self.interval_s and self.window_s >= self.interval_s:
+            raise ValueError(
+                f"window_s ({self.window_s:g}) must be shorter than interval_s ({self.interval_s})"
+            )
+        return self
+
+
 class BgpPeer(_Model):
     address: IPAddress = Field(description="the upstream router's address (on a shared link)")
     asn: int = Field(ge=1, le=4294967295, description="the upstream's AS number")
@@ -275,6 +312,7 @@ class Spec(_Model):
         "(for an on-link upstream; off when the VIPs are routed to the router)",
     )
     bgp: Bgp | None = None
+    retune: Retune = Field(default_factory=Retune)
 
     @field_validator("vips")
     @classmethod

@@ -246,8 +246,14 @@ def build_table(
     wiring: Wiring,
     generation: int,
     moving: Moving | None = None,
+    measuring: bool = False,
 ) -> NftTable:
     """The cluster's whole table as data (no kernel access).
+
+    `measuring` (only for the window of `rebalance --auto`): each bucket's packets and
+    bytes are counted in the same rule as the owners lookup (`counter name <bucket> map
+    @loadmap4`, one named counter per bucket; hash key: `update @load4 { <bucket> }`, a
+    dynamic set with a counter per element); see load_objects.
 
     The uplink's ingress jumps VIP packets of each family to chain vip4/vip6. There:
       1. an ICMP error about a flow (fragmentation needed, packet too big, unreachable) is
@@ -356,7 +362,11 @@ def build_table(
             # The lookup sits in the uplink's base chain: no jump (a jump measured ~1.5% of
             # the forwarding rate); ICMP errors are caught in the member chains, where the
             # check costs one protocol compare (in the base chain it cost ~3%).
-            ingress.append(f"{is_vip[family]} {expr} vmap @{owners}{comment}")
+            count = ""
+            if measuring:
+                count, extra = load_objects(spec, family, expr, typeof, literals)
+                sets.extend(extra)
+            ingress.append(f"{is_vip[family]} {count}{expr} vmap @{owners}{comment}")
             ingress.append(f"{is_vip[family]} drop")
             for m in present:
                 member_body[m.name].append(icmp)
@@ -415,6 +425,10 @@ def build_table(
                 )
             )
         if mode == "always":
+            if measuring:
+                count, extra = load_objects(spec, family, expr, typeof, literals)
+                sets.extend(extra)
+                rules.insert(1, count.strip())
             rules.append("drop")
             chains.append(NftChain(f"vip{family}", None, tuple(rules)))
             ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
@@ -450,9 +464,35 @@ def build_table(
         family="netdev",
         name=table_name(spec.cluster),
         sets=tuple(sets),
-        counters=tuple(counter_name(m.name) for m in spec.members),
+        counters=tuple(counter_name(m.name) for m in spec.members)
+        + (load_counters(spec) if measuring and measure_how(spec) == "counters" else ()),
         chains=tuple(chains),
     )
+
+
+def load_counters(spec: Spec, bits: int | None = None) -> tuple[str, ...]:
+    """The per-bucket counters a measuring table holds (mask key)."""
+    n = 1 << (bits if bits is not None else spec.partition.bits)
+    return tuple(load_counter_name(f, b) for f in spec.vip_families for b in range(n))
+
+
+def load_objects(
+    spec: Spec, family: int, expr: str, typeof: str, literals: tuple[str, ...]
+) -> tuple[str, list[NftSet]]:
+    """(the counting statement put before the owners lookup, the sets it needs). Counting
+    in the cluster's own rule measured 4-5% of the forwarding rate, against 8-9% for a
+    base chain of its own (a second hook and VIP compare): docs/benchmarks.md."""
+    p = spec.partition
+    if measure_how(spec) == "set":
+        name = load_set_name(family)
+        decl = (f"typeof {typeof}", f"size {1 << p.bits}", "flags dynamic", "counter")
+        return f"update @{name} {{ {expr} }} ", [NftSet(name, "set", decl, (), dynamic=True)]
+    cmap = load_map_name(family)
+    kind = "ipv4_addr" if family == 4 else "ipv6_addr"  # 1.0.6: no typeof with counter
+    elems = tuple(f'{literals[b]} : "{load_counter_name(family, b)}"' for b in range(p.buckets))
+    return f"counter name {expr} map @{cmap} ", [
+        NftSet(cmap, "map", (f"type {kind} : counter",), elems)
+    ]
 
 
 def _element(literals: tuple[str, ...], lo: int, hi: int, value: str) -> str:
@@ -594,7 +634,10 @@ def measure_how(spec: Spec) -> str:
 
 
 def measure_batches(spec: Spec, how: str | None = None) -> tuple[str, str]:
-    """(start, stop): the batches that switch per-bucket counting on and off.
+    """(start, stop): the batches that switch per-bucket counting on and off in a chain of
+    their own. No longer what `rebalance --auto` uses (it applies the cluster's table with
+    the counters in its own rule, load_objects: 4-5% against 7-9%); kept for the bench's
+    `steer-measuring-chain` comparison.
 
     A base chain of its own on the uplink's ingress (priority -1, before the cluster's),
     one rule per family. `counters` (default): one named counter per bucket, picked by a

@@ -19,7 +19,13 @@ The loop (one asyncio event loop, one thread for kernel work):
   fully it says so first in STATUS= and in the metrics (vipctl_daemon_degraded);
   SIGTERM/SIGINT exit 0 and leave the rules in place: the data plane never needs us;
 * systemd: READY=1 after the first successful apply, STATUS= after every change,
-  WATCHDOG=1 every WatchdogSec/2 while the loop is healthy, RELOADING=1/STOPPING=1.
+  WATCHDOG=1 every WatchdogSec/2 while the loop is healthy, RELOADING=1/STOPPING=1;
+* re-tuning on a schedule (spec `retune.interval_s`, off by default): every interval one
+  commit switches per-bucket counting on, the window (`window_s`) passes with the apply
+  slot free (a failover never waits for it), one commit reads and switches it off, and at
+  most `max_moves` buckets move through controller.apply's transition path; every commit
+  holds the slot (never two applies at once), and a failover, reload or commit by anyone
+  else during the window skips that step.
 
 Every member down: the partition leaves every bucket without an owner and the rules drop
 VIP traffic (nothing is sent to a member known dead). The first member to come back gets
@@ -37,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vipctl import statefile
 from vipctl.core.spec import Spec, load_spec
@@ -57,6 +63,7 @@ EX_CONFIG = 78
 RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
 RELOAD_TIMEOUT_S = 10.0  # a spec read that hangs (a dead NFS mount) is given up
+RETUNE_OFF_POLL_S = 5.0  # re-tuning off: how often to look whether a reload switched it on
 
 
 # --------------------------------------------------------------------------------------
@@ -173,6 +180,8 @@ class Daemon:
         self._state_error: str | None = None
         self._state_backoff = RETRY_FIRST_S
         self._state_retry: asyncio.TimerHandle | None = None
+        self._slot = asyncio.Lock()  # one apply at a time: health, retry, reload, re-tune
+        self.retunes = 0  # re-tunes that moved buckets
 
     # -- what STATUS= says --------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -224,18 +233,19 @@ class Daemon:
         if self.cache is None:
             self.cache = controller.Cache()
         try:
-            result = await asyncio.to_thread(
-                controller.apply,
-                self.spec,
-                self.state_dir,
-                down=down,
-                host=host,
-                reasons=dict(self.reasons),
-                cache=self.cache,
-                want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
-                state_write_failure="continue",
-                unsaved=self._unsaved,
-            )
+            async with self._slot:
+                result = await asyncio.to_thread(
+                    controller.apply,
+                    self.spec,
+                    self.state_dir,
+                    down=down,
+                    host=host,
+                    reasons=dict(self.reasons),
+                    cache=self.cache,
+                    want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
+                    state_write_failure="continue",
+                    unsaved=self._unsaved,
+                )
             self._host_pending = False
         finally:
             self._apply_started = None
@@ -475,6 +485,113 @@ class Daemon:
                 log.info("transitions are due to settle: applying")
                 self._dirty.set()
 
+    async def _retuner(self) -> None:
+        """Every `retune.interval_s` (0: off, looked at again after a reload), one re-tune."""
+        while True:
+            interval = self.spec.retune.interval_s
+            if not interval:
+                await asyncio.sleep(RETUNE_OFF_POLL_S)
+                continue
+            await asyncio.sleep(interval)
+            if self.spec.retune.interval_s:
+                await self.retune_once()
+
+    async def retune_once(self) -> str:
+        """Count on, wait the window (no apply slot held), count off, solve and apply. Returns
+        what it did, as logged: "skipped: ...", "balanced: ...", "out of reach: ..." or
+        "moved: ..."."""
+        from vipctl import controller
+
+        spec, rt = self.spec, self.spec.retune
+        if self.layout is None or self._unsaved is not None or self._dirty.is_set():
+            why = (
+                "nothing applied yet"
+                if self.layout is None
+                else "the state is not written yet"
+                if self._unsaved is not None
+                else "an apply is pending"
+            )
+            return self._retune_log(f"skipped: {why}")
+        common: dict[str, Any] = {
+            "cache": self.cache,
+            "reasons": dict(self.reasons),
+            "state_write_failure": "continue",
+        }
+        async with self._slot:  # counting on: one commit, like any apply
+            if spec is not self.spec or self._dirty.is_set():
+                return self._retune_log("skipped: an apply is pending")
+            try:
+                started = await asyncio.to_thread(
+                    controller.measure_start, spec, self.state_dir, **common
+                )
+            except VipctlError as exc:
+                return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
+            self.generation = started.generation
+        await asyncio.sleep(rt.window_s)  # the slot is free: a failover goes first
+        async with self._slot:
+            if (
+                spec is not self.spec
+                or self._dirty.is_set()
+                or started.generation != self.generation
+            ):
+                # the commit that came first rendered the table without counting
+                return self._retune_log(
+                    "skipped: the cluster changed during the window (failover, reload or "
+                    "another commit); measuring again at the next interval"
+                )
+            try:
+                st, load = await asyncio.to_thread(
+                    controller.measure_stop, spec, self.state_dir, started, **common
+                )
+            except VipctlError as exc:
+                return self._retune_log(f"skipped: {exc}", logging.WARNING)
+            self.generation = st.generation
+            self._apply_started = time.monotonic()
+            try:
+                res = await asyncio.to_thread(
+                    controller.retune_measured,
+                    spec,
+                    self.state_dir,
+                    st,
+                    load,
+                    window=rt.window_s,
+                    tolerance=rt.tolerance,
+                    metric=rt.metric,
+                    max_moves=rt.max_moves,
+                    host=False,
+                    reasons=dict(self.reasons),
+                    cache=self.cache,
+                    want_diff=False,
+                    state_write_failure="continue",
+                )
+            except VipctlError as exc:
+                return self._retune_log(f"skipped: {exc}", logging.WARNING)
+            finally:
+                self._apply_started = None
+        solved = res.solved
+        if res.applied is None:
+            if solved.total == 0:
+                return self._retune_log(f"balanced: no {rt.metric} in {rt.window_s:g} s")
+            if not solved.reachable:
+                return self._retune_log(f"out of reach: {solved.reason}", logging.WARNING)
+            return self._retune_log(
+                f"balanced: imbalance {solved.before:.3f} <= tolerance {rt.tolerance:g}, "
+                "nothing moved"
+            )
+        self._state_written(res.applied)
+        self._applied(res.applied, None, "re-tune")
+        self.retunes += 1
+        return self._retune_log(
+            f"moved: {len(solved.moved)} buckets (at most {rt.max_moves}), "
+            f"{100 * solved.moved_load:.1f}% of the {rt.metric}; imbalance "
+            f"{solved.before:.3f} -> {solved.after:.3f} (tolerance {rt.tolerance:g}); "
+            f"generation {res.applied.generation}"
+        )
+
+    def _retune_log(self, what: str, level: int = logging.INFO) -> str:
+        log.log(level, "re-tune of cluster %s: %s", self.spec.cluster, what)
+        return what
+
     async def _watchdog(self, period: float) -> None:
         """Ping at half the period while the loop runs and no apply is stuck in the kernel."""
         while True:
@@ -535,6 +652,7 @@ class Daemon:
         tasks = [
             asyncio.create_task(self._reconcile(), name="reconcile"),
             asyncio.create_task(self._settler(), name="settle"),
+            asyncio.create_task(self._retuner(), name="retune"),
         ]
         period = sdnotify.watchdog_seconds()
         if period:
