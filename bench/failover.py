@@ -3,16 +3,15 @@
 A 4-member lab (echo servers answer the TCP probes) runs ``vipctl daemon`` in the router
 namespace. Each trial fails one member (rotating) and measures, from the instant the
 failure is in place to the instant the daemon's new table is live (the member's port
-ifindex has left the table's ``deliver4`` map, which is committed in the same transaction as
-the owner map):
+member owns no bucket any more in the live owners map):
 
 * probe failure: a table of our own in the router namespace drops the probes (TCP to the
   echo port) at the member port's egress; the member stays reachable otherwise;
 * link loss: the router's member port is set down.
 
-Then the failure is undone and the trial waits until the member is back in ``deliver4``.
-The trials run in one process inside the router namespace (``inner``), polling the live
-``deliver4`` map every 2 ms through libnftables.
+Then the failure is undone and the trial waits until the member owns buckets again. The
+trials run in one process inside the router namespace (``inner``), polling the live owners
+map every 2 ms through libnftables.
 """
 
 from __future__ import annotations
@@ -48,13 +47,25 @@ def inner(members: list[str], trials: int, echo_port: int, timeout: float) -> di
     nft.set_json_output(True)
 
     def alive() -> set[int]:
-        rc, out, _ = nft.cmd(f"list map netdev vipctl_{CLUSTER} deliver4")
+        """Port ifindexes of the members that own buckets in the live owners map (the
+        table's one lookup: `bucket : goto to4_<member>`, or a chain of a bucket in
+        transition, `rec4_<member>` / `mv4_<old mark>_<new mark>`)."""
+        rc, out, _ = nft.cmd(f"list map netdev vipctl_{CLUSTER} owners4_m8")
         if rc != 0:
             return set()
         found: set[int] = set()
         for item in json.loads(out).get("nftables", []):
-            if "map" in item:  # elements are [mark, {"goto": {"target": chain}}]
-                found |= {int(e[0]) for e in item["map"].get("elem", []) if isinstance(e, list)}
+            if "map" not in item:
+                continue
+            for elem in item["map"].get("elem", []):
+                target = (
+                    str(elem[1].get("goto", {}).get("target", "")) if isinstance(elem, list) else ""
+                )
+                head, _, rest = target.partition("_")
+                if head in ("to4", "rec4") and rest in by_name:
+                    found.add(by_name[rest])
+                elif head == "mv4" and rest.rpartition("_")[2].isdigit():
+                    found.add(int(rest.rpartition("_")[2]))
         return found
 
     def wait(ifindex: int, present: bool) -> float | None:
@@ -67,8 +78,12 @@ def inner(members: list[str], trials: int, echo_port: int, timeout: float) -> di
 
     plain = nftables.Nftables()
     out: dict[str, Any] = {}
+    by_name: dict[str, int] = {}
     with IPRoute() as ipr:
         index = {p: int(ipr.link_lookup(ifname=p)[0]) for p in members}
+        by_name.update(
+            {f"web{p.removeprefix('m')}": i for p, i in index.items()}
+        )  # the lab's names
         if wait(max(index.values()), True) is None or not all(i in alive() for i in index.values()):
             raise RuntimeError("the daemon never made every member alive")
         for kind in ("probe", "link"):
