@@ -404,8 +404,8 @@ def markdown(res: dict[str, Any], images: list[str]) -> str:
         a("## Failover (vipctl daemon, 4 members, steer, TCP probes)\n")
         a(
             "Time from the failure being in place to the daemon's new table being live (the "
-            "member owns no bucket in the live owners map), and from undoing it to the member being "
-            f"back; health: {fo['health']}.\n"
+            "member owns no bucket in the live owners map), and from undoing it to the member "
+            f"being back; health: {fo['health']}.\n"
         )
         a("| failure | trials | timeouts | failover ms | p95 | restore ms |")
         a("|---|---|---|---|---|---|")
