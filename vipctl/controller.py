@@ -426,7 +426,8 @@ def apply(
             )
             sleep(record_s)
             generation += 1
-            live = be.observe(spec)
+            # we hold the lock: what is live is what we just committed (no read-back)
+            live = be.assumed(first) or be.observe(spec)
             plan = be.plan(spec, layout, wiring, generation + 1, live, spec, moving, measuring)
             new_state = dataclasses.replace(
                 new_state, generation=generation + 1, digest=plan.digest
