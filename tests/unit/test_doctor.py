@@ -48,6 +48,7 @@ class FakeHost:
     )
     rp_fail: set[str] = field(default_factory=set)
     refused: set[str] = field(default_factory=set)  # nft statements the "kernel" refuses
+    batches: list[str] = field(default_factory=list)  # every batch checked
     tc_error: str | None = 'Error: Unknown filter "flower"'
     proxy: list[str] = field(default_factory=list)
 
@@ -76,6 +77,7 @@ class FakeHost:
         return "Invalid argument" if port in self.rp_fail else None
 
     def nft_check(self, batch: str) -> str | None:
+        self.batches.append(batch)
         for stmt in self.refused:
             if stmt in batch:
                 return f"Error: Could not process rule: No such file or directory ({stmt})"
@@ -140,6 +142,18 @@ def test_features_follow_the_mode() -> None:
 def test_missing_kernel_feature_is_named_with_its_kernel_option() -> None:
     f = the_problem(run_checks(spec(), FakeHost(refused={"fwd to"})), "kernel")
     assert f.status == "error" and "fwd" in f.message and "CONFIG_NFT_FWD_NETDEV" in f.fix
+
+
+def test_kernel_features_are_checked_in_one_batch_unless_refused() -> None:
+    host = FakeHost()
+    f = by_name(run_checks(spec(partition="{key: hash}"), host), "kernel")[0]
+    assert f.status == "ok" and len(host.batches) == 1
+    assert all(s in host.batches[0] for s in ("fwd to", "jhash", "update @p"))
+    host = FakeHost(refused={"jhash"})
+    f = the_problem(run_checks(spec(partition="{key: hash}"), host), "kernel")
+    # then one batch per feature: only the refused one is named
+    assert len(host.batches) == 1 + len(needed_features(spec(partition="{key: hash}")))
+    assert "(jhash:" in f.message and "fwd:" not in f.message and "CONFIG_NFT_HASH" in f.fix
 
 
 def test_tc_backend_needs_flower() -> None:

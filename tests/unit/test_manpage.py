@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import typer
 
-from vipctl.cli import app
+from vipctl.cli.app import app
 from vipctl.cli.manpage import render
 
 

@@ -207,15 +207,13 @@ def _list(kind: str, table: str, name: str | None = None, *, terse: bool = False
     return run_json({"nftables": [{"list": {kind: obj}}]}, terse=terse)
 
 
-def observe(
-    cluster: str, *, with_elements: bool = True, with_pins: bool = False
-) -> LiveTable | None:
+def observe(cluster: str, *, with_elements: bool = True) -> LiveTable | None:
     """The cluster's table: structure, counters, generation, and the owner maps' elements.
 
     Structure and generation come over netlink (observe_structure), counters and map
     elements from libnftables; no rule is listed as JSON (see run_json). Pin maps can hold
-    a million flows: their elements are read only when asked for (pin_counts counts them
-    without building a Python object per flow).
+    a million flows: their elements are never read here (pins lists them, pin_counts
+    counts them without building a Python object per flow).
     """
     structure = observe_structure(cluster)
     if structure is None:
@@ -233,7 +231,7 @@ def observe(
     for m in sorted(structure.observed.maps):
         elements[m] = []
         is_pin = m.startswith(("pin", "flows"))
-        if (with_elements and not is_pin) or (with_pins and is_pin):
+        if with_elements and not is_pin:
             full = _list("map", name, m)
             for item in full["nftables"] if full is not None else []:
                 if "map" in item:
@@ -474,17 +472,21 @@ class Pin:
 
 
 def pins(cluster: str) -> list[Pin]:
-    """Every pinned flow of the cluster (reads the pin maps: can be large)."""
-    live = observe(cluster, with_pins=True)
-    if live is None:
+    """Every pinned flow of the cluster (reads the pin maps, which can be large, and
+    nothing else; no pin map, as in steady state with pinning moving: no listing at all)."""
+    structure = observe_structure(cluster)
+    if structure is None:
         return []
+    name = table_name(cluster)
     out: list[Pin] = []
-    for name, elems in live.maps.items():
-        if not name.startswith(("pin", "flows")):
+    for m in sorted(structure.observed.maps):
+        if not m.startswith(("pin", "flows")):
             continue
-        family = 4 if name.startswith(("pin4", "flows4")) else 6
-        for key, value in elems:
-            out.append(Pin(family=family, key=key, mark=int(value)))
+        family = 4 if m.startswith(("pin4", "flows4")) else 6
+        full = _list("map", name, m)
+        for item in full["nftables"] if full is not None else []:
+            for key, value in (_elem_pair(e) for e in item.get("map", {}).get("elem", [])):
+                out.append(Pin(family=family, key=key, mark=int(value)))
     return out
 
 

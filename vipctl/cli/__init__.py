@@ -1,5 +1,23 @@
-"""The command line: the only package that imports typer or prints."""
+"""The command line: the only package that imports typer or prints.
 
-from vipctl.cli.app import app, main
+`main` answers `vipctl --version` before importing anything else (typer, pydantic and the
+commands cost ~100 ms); every other command line goes to `vipctl.cli.app`.
+"""
 
-__all__ = ["app", "main"]
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if sys.argv[1:] == ["--version"]:
+        from vipctl import __version__
+
+        sys.stdout.write(f"vipctl {__version__}\n")
+        return
+    from vipctl.cli.app import main as run
+
+    run()
+
+
+__all__ = ["main"]

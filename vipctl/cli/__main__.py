@@ -1,5 +1,5 @@
 """`python -m vipctl.cli` (how the lab and the tests run vipctl inside a namespace)."""
 
-from vipctl.cli.app import main
+from vipctl.cli import main
 
 main()

@@ -8,6 +8,7 @@ missing, cluster not installed or state unusable (the previous rules stay in pla
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 from ipaddress import ip_address
@@ -229,11 +230,34 @@ def _kernel_table(spec: Spec) -> Layout | None:
     return controller.live_layout(spec)
 
 
+def _command_name(info: typer.models.CommandInfo) -> str:
+    callback = info.callback
+    return info.name or typer.main.get_command_name(callback.__name__ if callback else "")
+
+
+def app_for(args: list[str]) -> typer.Typer:
+    """The application with only the command that `args` starts with, when it names one.
+
+    typer turns every registered command's signature into click parameters at each start
+    (~1 ms a command); running one command needs only that one. Anything else (no command,
+    an option first, a mistyped name) gets the whole application, so the help and "No such
+    command" list every command."""
+    name = args[0] if args else ""
+    commands = [c for c in app.registered_commands if _command_name(c) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app
+    only = copy.copy(app)  # the same settings and --version callback
+    only.registered_commands = commands
+    only.registered_groups = groups
+    return only
+
+
 def main() -> None:
     try:
         # One name in usage lines and completion scripts, however it was started
         # (/usr/bin/vipctl runs `python3 -I -m vipctl.cli`; click would say "python -m ...")
-        app(prog_name="vipctl")
+        app_for(sys.argv[1:])(prog_name="vipctl")
     except VipctlError as exc:  # pragma: no cover - commands catch their own
         typer.echo(f"vipctl: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -16,7 +16,6 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from vipctl.core.scalars import MAX_DEPTH, Refused, core_float, core_int
 from vipctl.errors import SpecError
 
 
@@ -96,7 +96,10 @@ MAX_BROADCAST_MEMBERS = 63
 class _Model(BaseModel):
     # strict: a YAML `true` is not 1, "8" is not 8, 8.0 is not 8; the few coercions a
     # user expects (an int weight, a seed written "0x5eed") are explicit validators
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # defer_build: a model's validator is built when first used, not at import (building
+    # every model's own, nested ones included, cost ~20 ms at each start; a command that
+    # reads no spec pays nothing, one that does builds what it uses once)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
 
 class Partition(_Model):
@@ -412,155 +415,19 @@ class Spec(_Model):
 # A spec is small (256 members fit in ~40 KB): these bounds keep a hostile or mistaken file
 # from costing more than a fraction of a second before it is refused.
 MAX_SPEC_BYTES = 1 << 20
-MAX_DEPTH = 32  # the spec nests 4 deep; YAML/JSON parsers recurse per level
-MAX_NODES = 100_000  # values after alias expansion (billion laughs: 9**9 from 1 KB)
-MAX_NUMBER_CHARS = 64  # int() of 4300+ digits raises; nothing in a spec needs 64
-
-
-class _Refused(Exception):
-    """A loader limit or rule: becomes one `spec: ...` line."""
-
-
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's SafeLoader with the YAML 1.2 core schema and the limits above.
-
-    PyYAML implements YAML 1.1, where `1:2:3:4:5:6:7:8` and an all-digit MAC are base-60
-    integers, `on/off/yes/no/y/n` are booleans, `010` is octal, `2001-12-14` a date and `<<`
-    merges. Operators write IPv6 addresses and MACs unquoted, so the implicit resolvers are
-    replaced by the 1.2 core schema's (null, true/false, decimal/0o/0x ints, floats); any
-    other plain scalar is a string. Duplicate keys are refused, keys must be strings, and
-    nesting depth and the size after alias expansion are bounded while composing.
-    """
-
-    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class registry
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, depth)
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        if self._depth > MAX_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
-        try:
-            node: Any = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if id(node) in self._sizes:  # an alias: the anchored node, measured already
-            return node
-        if isinstance(node, yaml.ScalarNode):
-            size, depth = 1, 1
-        else:
-            children = (
-                [c for pair in node.value for c in pair]
-                if isinstance(node, yaml.MappingNode)
-                else list(node.value)
-            )
-            measured = [self._sizes[id(c)] for c in children]
-            size = 1 + sum(m[0] for m in measured)
-            depth = 1 + max((m[1] for m in measured), default=0)
-        if size > MAX_NODES:
-            raise _Refused(f"more than {MAX_NODES} values once aliases are expanded")
-        if depth > MAX_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_DEPTH} levels once aliases are expanded")
-        self._sizes[id(node)] = (size, depth)
-        return node
-
-
-_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
-_CORE_FLOAT = re.compile(
-    r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)"
-)
-_CORE_RESOLVERS = [
-    ("tag:yaml.org,2002:null", r"null|Null|NULL|~|", "nN~"),
-    ("tag:yaml.org,2002:bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
-    ("tag:yaml.org,2002:int", _CORE_INT.pattern, "-+0123456789"),
-    ("tag:yaml.org,2002:float", _CORE_FLOAT.pattern, "-+.0123456789"),
-]
-for _tag, _pattern, _first in _CORE_RESOLVERS:
-    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
-# an empty plain scalar is null too (the resolver is looked up by first character)
-_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
-
-
-def _number_text(text: str) -> str:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _Refused(f"a number {len(text)} characters long is too long")
-    return text
-
-
-def _int(text: str) -> int:
-    text = _number_text(text)
-    if not _CORE_INT.fullmatch(text):  # an explicit !!int tag on something else
-        raise _Refused(f"{text[:32]!r} is not an integer")
-    if text.startswith(("0o", "0x")):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return int(text, 10)
-
-
-def _float(text: str) -> float:
-    text = _number_text(text)
-    if not _CORE_FLOAT.fullmatch(text):
-        raise _Refused(f"{text[:32]!r} is not a number")
-    lowered = text.lower()
-    if lowered.endswith((".inf", ".nan")):
-        return float(lowered.replace(".", ""))
-    value = float(text)
-    if value == 0 and re.search(r"[1-9]", text.lower().split("e")[0]):
-        # 1e-400 is not zero but its float is: a member would be drained without a word
-        raise _Refused(f"{text} is too small to be told apart from 0")
-    return value
-
-
-def _construct_int(loader: _Yaml12Loader, node: yaml.ScalarNode) -> int:
-    return _int(loader.construct_scalar(node))
-
-
-def _construct_float(loader: _Yaml12Loader, node: yaml.ScalarNode) -> float:
-    return _float(loader.construct_scalar(node))
-
-
-def _construct_bool(loader: _Yaml12Loader, node: yaml.ScalarNode) -> bool:
-    text = loader.construct_scalar(node)
-    if text.lower() not in ("true", "false"):
-        raise _Refused(f"{text[:32]!r} is not true or false")
-    return text.lower() == "true"
-
-
-def _construct_mapping(loader: _Yaml12Loader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping: dict[str, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        if not isinstance(key, str):
-            raise _Refused(f"mapping keys must be strings (line {key_node.start_mark.line + 1})")
-        if key in mapping:
-            raise _Refused(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
-_Yaml12Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
-_Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-# 1.1-only types: a tagged value of these is refused instead of becoming bytes, a date,
-# a set (keys of null) or an ordered list of pairs
-for _tag in ("binary", "timestamp", "set", "omap", "pairs", "merge", "value", "yaml"):
-    _Yaml12Loader.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key, value in pairs:
         if key in mapping:  # json.loads keeps the last one silently
-            raise _Refused(f"duplicate key {key!r}")
+            raise Refused(f"duplicate key {key!r}")
         mapping[key] = value
     return mapping
 
 
 def _json_constant(name: str) -> float:
-    raise _Refused(f"{name} is not a JSON number")
+    raise Refused(f"{name} is not a JSON number")
 
 
 def _json_depth(text: str) -> None:
@@ -572,7 +439,7 @@ def _json_depth(text: str) -> None:
         if token in "[{":
             depth += 1
             if depth > MAX_DEPTH:
-                raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+                raise Refused(f"nested deeper than {MAX_DEPTH} levels")
         elif token in "]}":
             depth -= 1
 
@@ -583,15 +450,13 @@ def _parse(text: str, source: str) -> object:
         return json.loads(
             text,
             object_pairs_hook=_json_object,
-            parse_int=_int,
-            parse_float=_float,
+            parse_int=core_int,
+            parse_float=core_float,
             parse_constant=_json_constant,
         )
-    loader = _Yaml12Loader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
+    from vipctl.core import specyaml  # PyYAML (~8 ms): only when a YAML spec is read
+
+    return specyaml.load(text)
 
 
 def _loc_part(part: object) -> str:
@@ -641,9 +506,9 @@ def parse_spec(data: object, source: str = "spec") -> Spec:
 def load_text(text: str, source: str = "spec") -> Spec:
     try:
         data = _parse(text, source)
-    except _Refused as exc:
+    except Refused as exc:
         raise SpecError(source, [f"spec: {exc}"]) from None
-    except (yaml.YAMLError, ValueError) as exc:  # JSONDecodeError is a ValueError
+    except ValueError as exc:  # JSONDecodeError, specyaml.YamlError
         message = " ".join(str(exc).split())
         raise SpecError(source, [f"spec: not valid YAML/JSON: {message[:300]}"]) from None
     return parse_spec(data, source)
