@@ -1,7 +1,8 @@
 """The command line: the only package that imports typer or prints.
 
 `main` answers `vipctl --version` before importing anything else (typer, pydantic and the
-commands cost ~100 ms); every other command line goes to `vipctl.cli.app`.
+commands cost ~100 ms), runs the plain forms of the commands operators type most without
+typer (cli/fast.py), and hands every other command line to typer (`vipctl.cli.app`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ def main() -> None:
         from vipctl import __version__
 
         sys.stdout.write(f"vipctl {__version__}\n")
+        return
+    from vipctl.cli import fast
+
+    if fast.run(sys.argv[1:]):
         return
     from vipctl.cli.app import main as run
 

@@ -1,17 +1,16 @@
-"""What every command shares: argument types, loading a spec, and the one place where a
-VipctlError becomes a message on stderr and an exit code."""
+"""The argument types every typer command shares; printing, errors and loading a spec are
+in cli/output.py (no typer) and re-exported here."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
-from vipctl.errors import SpecError, VipctlError
+from vipctl.cli.output import echo, fail, load, usage
 
-if TYPE_CHECKING:
-    from vipctl.core.spec import Spec
+__all__ = ["JsonOpt", "SpecArg", "StateDirOpt", "echo", "fail", "load", "usage"]
 
 SpecArg = Annotated[Path, typer.Argument(help="cluster spec (YAML or JSON)", show_default=False)]
 StateDirOpt = Annotated[
@@ -24,28 +23,3 @@ StateDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def fail(exc: VipctlError) -> NoReturn:
-    """Print the error (one `field.path: message` line per spec problem) and exit."""
-    if isinstance(exc, SpecError):
-        for line in exc.problems:
-            typer.echo(f"{exc.source}: {line}", err=True)
-    else:
-        typer.echo(f"vipctl: {exc}", err=True)
-    raise typer.Exit(exc.exit_code)
-
-
-def usage(message: str) -> NoReturn:
-    """A malformed argument: exit 2."""
-    typer.echo(f"vipctl: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def load(path: Path) -> Spec:
-    from vipctl.core.spec import load_spec  # pydantic + PyYAML: only commands that read a spec
-
-    try:
-        return load_spec(path)
-    except VipctlError as exc:
-        fail(exc)
