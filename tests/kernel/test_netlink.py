@@ -1,6 +1,6 @@
 """vipctl's own netlink client against the kernel, in a lab's namespaces: what it reads
-equals what `ip -j` reports in the same namespace, and what it writes is what `ip -j`
-then shows.
+equals what `ip -j` and `nft -j` report in the same namespace, and what it writes is what
+`ip -j` then shows.
 
 Every read is compared in the same namespace, under `links.in_netns` (the test's thread
 joins the namespace and leaves it; netlink sockets are per namespace and thread). Dynamic
@@ -15,11 +15,13 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kernel.helpers import sh
+from tests.kernel.helpers import sh, vipctl, write_spec
+from vipctl.backends import nft
 from vipctl.host import links, rtnl
 from vipctl.host import netlink as nl
 from vipctl.lab import topology
@@ -324,3 +326,94 @@ def test_sockets_are_per_namespace_and_thread(router: str, topo: Lab) -> None:
     with links.in_netns(topo.member(1).ns):
         rtnl.links()  # opens one more: the ended thread's socket is closed
     assert nl.cached_sockets(nl.NETLINK_ROUTE) == before + 1
+
+
+# --------------------------------------------------------------------------- nftables
+
+
+def _nft_structure(ns: str, table: str) -> dict[str, Any]:
+    """Chains, sets, maps and the generation comment as `nft -j` lists the table."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-t", "-j", "list", "table", "netdev", table],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    items = json.loads(proc.stdout)["nftables"]
+    comments = [i["rule"]["comment"] for i in items if "rule" in i and "comment" in i["rule"]]
+    return {
+        "chains": {i["chain"]["name"] for i in items if "chain" in i},
+        "sets": {i["set"]["name"] for i in items if "set" in i},
+        "maps": {i["map"]["name"] for i in items if "map" in i},
+        "comments": comments,
+    }
+
+
+def _observed(ns: str, cluster: str) -> dict[str, Any] | None:
+    with links.in_netns(ns):
+        live = nft.observe_structure(cluster)
+    if live is None:
+        return None
+    return {
+        "chains": set(live.observed.chains),
+        "sets": set(live.observed.sets),
+        "maps": set(live.observed.maps),
+        "generation": live.generation,
+    }
+
+
+def test_observe_structure_is_what_nft_lists(router: str, topo: Lab, tmp_path: Path) -> None:
+    state = str(tmp_path / "state")
+    spec = topo.spec("nlt", mode="steer", key="hash")
+    spec["pinning"] = {"mode": "always"}
+    path = write_spec(tmp_path / "nlt.json", spec)
+    other = topo.spec("nlu", mode="broadcast", vips=[topo.vip6])
+    for m, member in zip(other["members"], topo.members, strict=True):
+        m["address"] = member.address6  # an IPv6-only cluster
+    other_path = write_spec(tmp_path / "nlu.json", other)
+    assert _observed(router, "nlt") is None
+    try:
+        vipctl(router, "apply", str(path), "--state-dir", state, check=True)
+        vipctl(router, "apply", str(other_path), "--state-dir", state, check=True)
+        # besides vipctl's own: a plain set, an interval set, a timeout set, a counter map
+        # (an object map), and a rule with an anonymous set; a same-named chain elsewhere
+        sh(
+            router,
+            "nft add set netdev vipctl_nlt extra4 '{ type ipv4_addr; }' && "
+            "nft add set netdev vipctl_nlt ranges '{ type ipv4_addr; flags interval; }' && "
+            "nft add set netdev vipctl_nlt seen '{ type ipv4_addr; timeout 60s; }' && "
+            "nft add map netdev vipctl_nlt cmap '{ type ipv4_addr : counter; }' && "
+            "nft add chain netdev vipctl_nlt extra && "
+            "nft add rule netdev vipctl_nlt extra meta l4proto '{ tcp, udp }' accept && "
+            "nft add table inet nlt_other && nft add chain inet nlt_other extra && "
+            "nft add set inet nlt_other extra4 '{ type ipv4_addr; }'",
+        )
+        for cluster, table in (("nlt", "vipctl_nlt"), ("nlu", "vipctl_nlu")):
+            listed = _nft_structure(router, table)
+            observed = _observed(router, cluster)
+            assert observed is not None
+            assert observed["chains"] == listed["chains"]
+            assert observed["sets"] == listed["sets"]
+            assert observed["maps"] == listed["maps"]
+            [comment] = [c for c in listed["comments"] if c.startswith("vipctl generation")]
+            assert observed["generation"] == int(comment.split()[-1])
+        nlt = _observed(router, "nlt")
+        assert nlt is not None
+        assert {"extra4", "ranges", "seen"} <= nlt["sets"] and "cmap" in nlt["maps"]
+        assert {"pin4_t600_n1048576_k12", "buckets4_h8_5eed", "deliver4"} <= nlt["maps"]
+        assert not any(s.startswith("__set") for s in nlt["sets"] | nlt["maps"])
+
+        generation = nlt["generation"]
+        vipctl(
+            router, "rebalance", str(path), "--weights", "web1=3", "--state-dir", state, check=True
+        )
+        after = _observed(router, "nlt")
+        assert after is not None and after["generation"] == generation + 1
+        listed = _nft_structure(router, "vipctl_nlt")
+        assert f"vipctl generation {generation + 1}" in listed["comments"]
+    finally:
+        vipctl(router, "down", "nlt", "--state-dir", state)
+        vipctl(router, "down", "nlu", "--state-dir", state)
+        sh(router, "nft delete table inet nlt_other || true")
+    assert _observed(router, "nlt") is None
+    assert _observed(router, "nlu") is None

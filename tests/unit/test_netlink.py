@@ -563,3 +563,95 @@ def test_a_failing_check_opens_nothing(fake_sockets: list[FakeKernel]) -> None:
     with pytest.raises(RuntimeError, match="no nf_tables"), nl.connection(12, before_open=refuse):
         pass  # pragma: no cover
     assert fake_sockets == [] and nl.cached_sockets(12) == 0
+
+
+# --------------------------------------------------------------------------- nft over it
+
+
+def test_observe_structure_over_fake_dumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables, chains, sets and rules of other tables are left out; anonymous sets too;
+    an object map counts as a map; the generation comes from the rule comment. A table
+    that goes away between the dumps (ENOENT) is not installed."""
+    from vipctl.backends import nft
+    from vipctl.errors import KernelError
+
+    def msg(kind: int, **attrs: Any) -> Message:
+        return Message(nl.nft_type(kind), {"nfgen_family": 5}, attrs)
+
+    dumps = {
+        nl.NFT_MSG_GETTABLE: [
+            msg(0, NFTA_TABLE_NAME="vipctl_other"),
+            msg(0, NFTA_TABLE_NAME="vipctl_web"),
+        ],
+        nl.NFT_MSG_GETCHAIN: [
+            msg(3, NFTA_CHAIN_TABLE="vipctl_web", NFTA_CHAIN_NAME="in_up0"),
+            msg(3, NFTA_CHAIN_TABLE="vipctl_other", NFTA_CHAIN_NAME="elsewhere"),
+        ],
+        nl.NFT_MSG_GETSET: [
+            msg(
+                9,
+                NFTA_SET_TABLE="vipctl_web",
+                NFTA_SET_NAME="owners4",
+                NFTA_SET_FLAGS={"NFT_SET_MAP"},
+            ),
+            msg(
+                9,
+                NFTA_SET_TABLE="vipctl_web",
+                NFTA_SET_NAME="cmap",
+                NFTA_SET_FLAGS={"NFT_SET_OBJECT"},
+            ),
+            msg(
+                9,
+                NFTA_SET_TABLE="vipctl_web",
+                NFTA_SET_NAME="seen",
+                NFTA_SET_FLAGS={"NFT_SET_TIMEOUT"},
+            ),
+            msg(9, NFTA_SET_TABLE="vipctl_web", NFTA_SET_NAME="plain"),
+            msg(
+                9,
+                NFTA_SET_TABLE="vipctl_web",
+                NFTA_SET_NAME="__set0",
+                NFTA_SET_FLAGS={"NFT_SET_ANONYMOUS", "NFT_SET_CONSTANT"},
+            ),
+            msg(9, NFTA_SET_TABLE="vipctl_other", NFTA_SET_NAME="x"),
+        ],
+        nl.NFT_MSG_GETRULE: [
+            msg(6, NFTA_RULE_TABLE="vipctl_web"),
+            msg(6, NFTA_RULE_TABLE="vipctl_web", NFTA_RULE_USERDATA="vipctl generation 12"),
+            msg(6, NFTA_RULE_TABLE="vipctl_web", NFTA_RULE_USERDATA="an operator's note"),
+            msg(6, NFTA_RULE_TABLE="vipctl_other", NFTA_RULE_USERDATA="vipctl generation 99"),
+        ],
+    }
+    requests: list[tuple[int, bytes]] = []
+    refuse: list[BaseException] = []
+
+    class Fake:
+        def dump(self, msg_type: int, payload: bytes) -> list[Message]:
+            requests.append((msg_type, payload))
+            if refuse and msg_type == nl.nft_type(nl.NFT_MSG_GETSET):
+                raise refuse[0]
+            return dumps[msg_type & 0xFF]
+
+    @contextlib.contextmanager
+    def fake() -> Any:
+        yield Fake()
+
+    monkeypatch.setattr(nft, "_nftables_netlink", fake)
+    live = nft.observe_structure("web")
+    assert live is not None and live.generation == 12
+    assert live.observed.chains == {"in_up0"}
+    assert live.observed.maps == {"owners4", "cmap"}
+    assert live.observed.sets == {"seen", "plain"}
+    family = nl.nfgenmsg(nl.NFPROTO_NETDEV)
+    assert [t & 0xFF for t, _p in requests] == [1, 4, 10, 7]
+    assert requests[2][1] == family + nla(nl.NFTA_SET_TABLE, b"vipctl_web\0")
+    assert requests[3][1] == family + nla(nl.NFTA_RULE_TABLE, b"vipctl_web\0")
+    assert nft.observe_structure("nothing") is None
+    refuse.append(NetlinkError(errno.ENOENT))
+    assert nft.observe_structure("web") is None
+    refuse[0] = NetlinkError(errno.EPERM)
+    with pytest.raises(KernelError, match=r"cannot read the nftables table vipctl_web: .*EPERM"):
+        nft.observe_structure("web")
+    refuse[0] = NetlinkDecodeError("NFTA_SET_FLAGS: bad")
+    with pytest.raises(KernelError, match="NFTA_SET_FLAGS: bad"):
+        nft.observe_structure("web")
