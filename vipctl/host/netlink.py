@@ -189,11 +189,10 @@ RTNEXTHOP = struct.Struct("=HBBi")
 NFGENMSG = struct.Struct(">BBH")
 
 _I32 = struct.Struct("=i")
-_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _BE32 = struct.Struct(">I")
 
-RECV_BUFFER = 1 << 18  # a dump datagram is at most 32 KiB (af_netlink), one link message less
+RECV_BUFFER = 1 << 18  # dump datagrams are <= 32 KiB (af_netlink); one reply may be larger
 DUMP_RETRIES = 3  # NLM_F_DUMP_INTR: the table changed during the dump, which is redone
 
 
