@@ -7,6 +7,7 @@ Everything here works in the network namespace the process runs in (run vipctl u
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import socket
@@ -25,6 +26,8 @@ from vipctl.core.spec import Spec
 from vipctl.core.transition import Moving
 from vipctl.errors import KernelError
 from vipctl.host import links
+from vipctl.host import netlink as nl
+from vipctl.host.netlink import NetlinkDecodeError, NetlinkError, NetlinkSocket
 from vipctl.render.nft import (
     GENERATION_TAG,
     TABLE_PREFIX,
@@ -51,7 +54,7 @@ _CONTEXTS: dict[tuple[int, bool], Any] = {}
 # endpoint answers every scrape in a thread of its own: every use of a cached context holds
 # this lock, for the whole call and the read of its buffers.
 _LOCK = threading.RLock()
-NETLINK_NETFILTER = 12
+NETLINK_NETFILTER = nl.NETLINK_NETFILTER
 
 
 def _require_nfnetlink() -> None:
@@ -247,33 +250,49 @@ def observe(cluster: str, *, with_elements: bool = True) -> LiveTable | None:
 
 def observe_structure(cluster: str) -> LiveTable | None:
     """Names of the table's chains, sets and maps, and its generation, straight from
-    netlink (pyroute2). No set elements and no counters: this costs ~5 ms however large the
-    maps are, where any libnftables read fetches every element first (0.2-1 s at 65536)."""
+    nfnetlink (vipctl.host.netlink). No set elements and no counters: this costs ~1 ms
+    however large the maps are, where any libnftables read fetches every element first
+    (0.2-1 s at 65536)."""
     name = table_name(cluster)
-    with _nftables_netlink() as nft:
-        if name not in {t.get_attr("NFTA_TABLE_NAME") for t in nft.get_tables()}:
-            return None
-        chains = {
-            str(c.get_attr("NFTA_CHAIN_NAME"))
-            for c in nft.get_chains()
-            if c.get_attr("NFTA_CHAIN_TABLE") == name
-        }
-        sets: set[str] = set()
-        maps: set[str] = set()
-        for item in nft.get_sets():
-            if item.get_attr("NFTA_SET_TABLE") != name:
-                continue
-            flags = item.get_attr("NFTA_SET_FLAGS") or frozenset()
-            if "NFT_SET_ANONYMOUS" in flags:  # `{ tcp, udp }` in a rule: owned by the rule
-                continue
-            # a counter map (`type ipv4_addr : counter`) is an object map, not NFT_SET_MAP
-            is_map = "NFT_SET_MAP" in flags or "NFT_SET_OBJECT" in flags
-            (maps if is_map else sets).add(str(item.get_attr("NFTA_SET_NAME")))
-        generation = None
-        for rule in nft.get_rules():
-            if rule.get_attr("NFTA_RULE_TABLE") != name:
-                continue
-            generation = _generation(rule.get_attr("NFTA_RULE_USERDATA")) or generation
+    family = nl.nfgenmsg(NFPROTO_NETDEV)  # the kernel answers for netdev tables only
+    try:
+        with _nftables_netlink() as sock:
+            tables = sock.dump(nl.nft_type(nl.NFT_MSG_GETTABLE), family)
+            if name not in {t.get_attr("NFTA_TABLE_NAME") for t in tables}:
+                return None
+            found_chains = sock.dump(nl.nft_type(nl.NFT_MSG_GETCHAIN), family)
+            # sets and rules: filtered by the kernel (ENOENT when the table is gone)
+            of_table = nl.attr_str(nl.NFTA_SET_TABLE, name)
+            found_sets = sock.dump(nl.nft_type(nl.NFT_MSG_GETSET), family + of_table)
+            of_table = nl.attr_str(nl.NFTA_RULE_TABLE, name)
+            found_rules = sock.dump(nl.nft_type(nl.NFT_MSG_GETRULE), family + of_table)
+    except NetlinkError as exc:
+        if exc.code == errno.ENOENT:
+            return None  # the table went away between two dumps
+        raise KernelError(f"cannot read the nftables table {name}: {_describe(exc.code)}") from None
+    except (NetlinkDecodeError, OSError) as exc:
+        raise KernelError(f"cannot read the nftables table {name}: {exc}") from None
+    chains = {
+        str(c.get_attr("NFTA_CHAIN_NAME"))
+        for c in found_chains
+        if c.get_attr("NFTA_CHAIN_TABLE") == name
+    }
+    sets: set[str] = set()
+    maps: set[str] = set()
+    for item in found_sets:
+        if item.get_attr("NFTA_SET_TABLE") != name:
+            continue
+        flags = item.get_attr("NFTA_SET_FLAGS") or frozenset()
+        if "NFT_SET_ANONYMOUS" in flags:  # `{ tcp, udp }` in a rule: owned by the rule
+            continue
+        # a counter map (`type ipv4_addr : counter`) is an object map, not NFT_SET_MAP
+        is_map = "NFT_SET_MAP" in flags or "NFT_SET_OBJECT" in flags
+        (maps if is_map else sets).add(str(item.get_attr("NFTA_SET_NAME")))
+    generation = None
+    for rule in found_rules:
+        if rule.get_attr("NFTA_RULE_TABLE") != name:
+            continue
+        generation = _generation(rule.get_attr("NFTA_RULE_USERDATA")) or generation
     return LiveTable(
         name=name,
         observed=Observed(
@@ -286,39 +305,21 @@ def observe_structure(cluster: str) -> LiveTable | None:
     )
 
 
-NFPROTO_NETDEV = 5
-_NFNL: dict[tuple[int, int], Any] = {}
-_NFNL_LOCK = threading.Lock()
+NFPROTO_NETDEV = nl.NFPROTO_NETDEV
+
+
+def _describe(code: int) -> str:
+    return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
 
 
 @contextmanager
-def _nftables_netlink() -> Iterator[Any]:
-    """One nfnetlink socket per network namespace and thread, reused (setting one up costs
-    ~10 ms; pyroute2's sockets drive an asyncio loop of their own, so no sharing across
-    threads)."""
-    from pyroute2.nftables.main import NFTables
-
-    key = (links.netns_inode(), threading.get_ident())
-    with _NFNL_LOCK:
-        nft = _NFNL.get(key)
-        if nft is None:
-            _close_dead_threads_sockets()
-            _require_nfnetlink()
-            nft = _NFNL[key] = NFTables(nfgen_family=NFPROTO_NETDEV)
-        try:
-            yield nft
-        except Exception:
-            _NFNL.pop(key, None)
-            nft.close()
-            raise
-
-
-def _close_dead_threads_sockets() -> None:
-    """The metrics endpoint answers each scrape in a new thread: without this, every scrape
-    would leave one netlink socket behind. Called with _NFNL_LOCK held."""
-    alive = {t.ident for t in threading.enumerate()}
-    for key in [k for k in _NFNL if k[1] not in alive]:
-        _NFNL.pop(key).close()
+def _nftables_netlink() -> Iterator[NetlinkSocket]:
+    """The nfnetlink socket of this namespace and thread, reused (netlink.connection: one
+    per namespace and thread, closed when its thread has ended; the metrics endpoint
+    answers each scrape in a new thread). Before a new one is opened, _require_nfnetlink
+    says whether the kernel has nf_tables at all."""
+    with nl.connection(nl.NETLINK_NETFILTER, before_open=_require_nfnetlink) as sock:
+        yield sock
 
 
 def _generation(comment: object) -> int | None:

@@ -1,17 +1,16 @@
-"""Links, neighbours and network namespaces of this host, through rtnetlink (pyroute2).
+"""Links, neighbours and network namespaces of this host, through rtnetlink
+(vipctl.host.netlink).
 
-Everything here works in the network namespace of the calling thread. One rtnetlink socket
-is kept per namespace and thread (a new one costs 5-25 ms under load, which a failover
-would wait for; pyroute2 sockets drive an asyncio loop of their own, so no sharing across
-threads).
+Everything here works in the network namespace of the calling thread, on the rtnetlink
+socket netlink.connection() keeps per namespace and thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,56 +19,35 @@ from typing import Any
 
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
+from vipctl.host import netlink as nl
+from vipctl.host.netlink import NetlinkDecodeError, NetlinkError, NetlinkSocket
+from vipctl.host.netlink import netns_inode as netns_inode
 from vipctl.render.wiring import NO_MAC, Wiring
 
 # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 NUD_RESOLVED = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80
-
-_IPR: dict[tuple[int, int], tuple[threading.Thread, Any]] = {}
-_IPR_LOCK = threading.Lock()
-
-
-def netns_inode() -> int:
-    """Identifies the network namespace of the calling thread (for per-namespace caches)."""
-    return os.stat("/proc/thread-self/ns/net").st_ino
+NETNS_DIR = "/run/netns"
 
 
 @contextmanager
-def iproute() -> Iterator[Any]:
-    """The cached rtnetlink socket of this namespace and thread; calls are serialized."""
-    me = threading.current_thread()
-    key = (netns_inode(), threading.get_ident())
-    with _IPR_LOCK:
-        entry = _IPR.get(key)
-        if entry is None or entry[0] is not me:
-            from pyroute2 import IPRoute  # ~100 ms to import: only when a socket is needed
-
-            _drop_ended_threads()
-            entry = _IPR[key] = (me, IPRoute())
-        ipr = entry[1]
-        try:
-            yield ipr
-        except (OSError, RuntimeError):
-            _IPR.pop(key, None)
-            ipr.close()
-            raise
-
-
-def _drop_ended_threads() -> None:
-    """Close the sockets of threads that have ended (the caller holds _IPR_LOCK). A thread
-    that joins a namespace for one call (the lab's member setup) would otherwise leave its
-    socket open, and the namespace alive with it; a new thread may also reuse the ident."""
-    for key, (thread, ipr) in list(_IPR.items()):
-        if not thread.is_alive():
-            del _IPR[key]
-            with contextlib.suppress(Exception):
-                ipr.close()
+def _kernel(what: str) -> Iterator[None]:
+    """What the netlink calls below may raise, as KernelError naming `what`."""
+    try:
+        yield
+    except NetlinkError as exc:
+        code = errno.errorcode.get(exc.code, exc.code)
+        raise KernelError(f"{what}: {os.strerror(exc.code)} ({code})") from None
+    except NetlinkDecodeError as exc:
+        raise KernelError(f"{what}: undecodable netlink message ({exc})") from None
+    except OSError as exc:
+        raise KernelError(f"{what}: rtnetlink: {exc.strerror or exc}") from None
 
 
 def names() -> dict[str, int]:
     """Every interface of this namespace: name -> ifindex (one dump of every link)."""
-    with iproute() as ipr:
-        return {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
+    with _kernel("cannot list the interfaces"), nl.connection() as sock:
+        found = sock.dump(nl.RTM_GETLINK, nl.ifinfomsg())
+    return {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in found}
 
 
 def ifindex(name: str) -> int:
@@ -100,11 +78,19 @@ def poke_neighbour(address: IPv4Address | IPv6Address, port: str) -> None:
         s.sendto(b"", (str(address), 9))
 
 
-def neighbour(ipr: Any, index: int, address: IPv4Address | IPv6Address) -> str | None:
-    """The resolved MAC of `address` on interface `index`, None when not (yet) known."""
+def neighbour(sock: NetlinkSocket, index: int, address: IPv4Address | IPv6Address) -> str | None:
+    """The resolved MAC of `address` on interface `index`, None when not (yet) known: one
+    RTM_GETNEIGH get with NDA_DST and ndm_ifindex, as `ip neigh get` (no dump of the whole
+    neighbour table); ENOENT when the kernel has no entry."""
     family = socket.AF_INET if address.version == 4 else socket.AF_INET6
-    # filtered by the kernel (NDA_DST + ifindex): no dump of the whole neighbour table
-    for msg in ipr.get_neighbours(family=family, ifindex=index, dst=str(address)):
+    request = nl.ndmsg(family, index) + nl.attr(nl.NDA_DST, address.packed)
+    try:
+        found = sock.request(nl.RTM_GETNEIGH, request)
+    except NetlinkError as exc:
+        if exc.code == errno.ENOENT:
+            return None
+        raise
+    for msg in found:
         if msg.get_attr("NDA_DST") != str(address):
             continue
         mac = msg.get_attr("NDA_LLADDR")
@@ -136,16 +122,16 @@ def wiring(
         raise KernelError("; ".join(missing) + " (nothing changed)")
     macs: dict[str, str] = {}
     pending = []
-    with iproute() as ipr:
+    with _kernel("cannot read the neighbour table"), nl.connection() as sock:
         for m in spec.members:
             if m.port not in index:
                 continue
             if m.mac:
                 macs[m.name] = m.mac.lower()
             elif m.name in optional:
-                macs[m.name] = neighbour(ipr, index[m.port], m.address) or NO_MAC
+                macs[m.name] = neighbour(sock, index[m.port], m.address) or NO_MAC
             else:
-                mac = neighbour(ipr, index[m.port], m.address)
+                mac = neighbour(sock, index[m.port], m.address)
                 if mac is None:
                     poke_neighbour(m.address, m.port)
                     pending.append(m)
@@ -153,10 +139,10 @@ def wiring(
                     macs[m.name] = mac
         deadline = time.monotonic() + resolve_timeout
         for m in pending:
-            mac = neighbour(ipr, index[m.port], m.address)
+            mac = neighbour(sock, index[m.port], m.address)
             while mac is None and time.monotonic() < deadline:
                 time.sleep(0.02)
-                mac = neighbour(ipr, index[m.port], m.address)
+                mac = neighbour(sock, index[m.port], m.address)
             if mac is None:
                 raise KernelError(
                     f"cannot resolve the MAC of member {m.name} ({m.address}) on port "
@@ -167,6 +153,29 @@ def wiring(
     return Wiring(ifindex=index, macs=macs)
 
 
+_LIBC: Any = None
+
+
+def _setns(fd: int) -> None:
+    """setns(fd, CLONE_NEWNET) for the calling thread (Python 3.11 has no os.setns)."""
+    global _LIBC
+    import ctypes  # only here: entering a namespace is rare
+
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    if _LIBC.setns(fd, nl.CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def namespaces() -> list[str]:
+    """The named network namespaces (`ip netns list`: the files in /run/netns)."""
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
 @contextmanager
 def in_netns(name: str | None) -> Iterator[None]:
     """Run the block inside the existing network namespace `name` (the calling thread
@@ -175,14 +184,23 @@ def in_netns(name: str | None) -> Iterator[None]:
     if not name:
         yield
         return
-    from pyroute2 import netns
-
-    if name not in netns.listnetns():
+    if name not in namespaces():
         raise KernelError(f"network namespace {name} does not exist")
-    fd = open("/proc/thread-self/ns/net")  # noqa: SIM115
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        netns.setns(name, flags=0)
-        yield
+        try:
+            target = os.open(os.path.join(NETNS_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KernelError(f"network namespace {name} does not exist") from None
+        try:
+            _setns(target)
+        except OSError as exc:
+            raise KernelError(f"cannot enter network namespace {name}: {exc.strerror}") from None
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)  # an error here leaves the thread elsewhere: let it be raised
     finally:
-        netns.setns(fd)
-        fd.close()
+        os.close(home)

@@ -1,5 +1,6 @@
-"""What vipctl reads from and changes in rtnetlink (pyroute2), in the calling thread's
-network namespace: links, addresses, routes, neighbours and proxy-neighbour entries.
+"""What vipctl reads from and changes in rtnetlink (vipctl.host.netlink), in the calling
+thread's network namespace: links, addresses, routes, neighbours and proxy-neighbour
+entries.
 
 Numbers stay numbers. A route's protocol, a proxy entry's NDA_PROTOCOL and the errno of a
 refused request are compared as the kernel sends them, never as iproute2 prints them:
@@ -18,26 +19,29 @@ import errno
 import os
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from socket import AF_INET, AF_INET6, AF_UNSPEC
 from typing import Any, NamedTuple, Protocol
 
-from pyroute2.netlink.exceptions import NetlinkDecodeError, NetlinkError
-
 from vipctl.core.net import family
 from vipctl.errors import KernelError
-from vipctl.host.links import iproute
+from vipctl.host import netlink as nl
+from vipctl.host.netlink import (
+    IFA_F_NODAD,
+    IFF_LOWER_UP,
+    IFF_UP,
+    NTF_PROXY,
+    RT_TABLE_MAIN,
+    NetlinkDecodeError,
+    NetlinkError,
+    NetlinkSocket,
+)
 
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-IFA_F_NODAD = 0x02
-NTF_PROXY = 0x08
 NUD_INCOMPLETE = 0x01
 NUD_FAILED = 0x20
 NUD_NOARP = 0x40
-RT_TABLE_MAIN = 254
 
 ROUTE_TYPES = {
     0: "unspec",
@@ -57,7 +61,8 @@ TABLES = {253: "default", 254: "main", 255: "local"}
 
 
 class Message(Protocol):
-    """What the converters use of a pyroute2 message: header fields by key, NLAs by name."""
+    """What the converters use of a message (netlink.Message): header fields by key,
+    attributes by name."""
 
     def __getitem__(self, key: str) -> Any: ...
     def get_attr(self, attr: str, default: Any = None) -> Any: ...
@@ -258,25 +263,30 @@ def describe(code: int) -> str:
 
 @contextmanager
 def _kernel(what: str) -> Iterator[None]:
-    """Turn what rtnetlink or pyroute2 may raise into KernelError naming `what`."""
+    """Turn what rtnetlink or its decoding may raise into KernelError naming `what`."""
     try:
         yield
     except NetlinkError as exc:
         raise KernelError(f"{what}: {describe(exc.code)}") from None
     except NetlinkDecodeError as exc:
-        raise KernelError(f"{what}: undecodable netlink message ({exc.exception})") from None
+        raise KernelError(f"{what}: undecodable netlink message ({exc})") from None
     except OSError as exc:
         raise KernelError(f"{what}: rtnetlink: {describe(exc.errno or 0)}") from None
     except (struct.error, ValueError) as exc:
         raise KernelError(f"{what}: malformed netlink data ({exc})") from None
 
 
+def iproute() -> AbstractContextManager[NetlinkSocket]:
+    """The cached rtnetlink socket of this namespace and thread (netlink.connection)."""
+    return nl.connection(nl.NETLINK_ROUTE)
+
+
 def _family(family: int) -> int:
     return {0: AF_UNSPEC, 4: AF_INET, 6: AF_INET6}[family]
 
 
-def _links(ipr: Any) -> list[LinkInfo]:
-    return [link_info(m) for m in ipr.get_links()]
+def _links(sock: NetlinkSocket) -> list[LinkInfo]:
+    return [link_info(m) for m in sock.dump(nl.RTM_GETLINK, nl.ifinfomsg())]
 
 
 def _names(links: Iterable[LinkInfo]) -> dict[int, str]:
@@ -285,50 +295,65 @@ def _names(links: Iterable[LinkInfo]) -> dict[int, str]:
 
 def links() -> dict[str, LinkInfo]:
     """Every interface of this namespace by name."""
-    with _kernel("cannot list the interfaces"), iproute() as ipr:
-        return {link.name: link for link in _links(ipr)}
+    with _kernel("cannot list the interfaces"), iproute() as sock:
+        return {link.name: link for link in _links(sock)}
 
 
 def addresses(family: int = 0) -> list[Address]:
     """Every address of this namespace (family 4, 6, or 0 for both)."""
-    with _kernel("cannot list the addresses"), iproute() as ipr:
-        names = _names(_links(ipr))
-        return [address_of(m, names) for m in ipr.get_addr(family=_family(family))]
+    with _kernel("cannot list the addresses"), iproute() as sock:
+        names = _names(_links(sock))
+        found = sock.dump(nl.RTM_GETADDR, nl.ifaddrmsg(_family(family)))
+        return [address_of(m, names) for m in found]
 
 
 def routes(family: int) -> list[Route]:
-    """Every route of family 4 or 6, in every table (`ip route show table all`)."""
-    with _kernel(f"cannot list the IPv{family} routes"), iproute() as ipr:
-        names = _names(_links(ipr))
-        return [route_of(m, names) for m in ipr.get_routes(family=_family(family))]
+    """Every route of family 4 or 6, in every table (`ip route show table all`): a dump
+    with rtm_table 0 (RT_TABLE_UNSPEC), which the kernel answers from every table."""
+    with _kernel(f"cannot list the IPv{family} routes"), iproute() as sock:
+        names = _names(_links(sock))
+        found = sock.dump(nl.RTM_GETROUTE, nl.rtmsg(_family(family)))
+        return [route_of(m, names) for m in found]
 
 
 def neighbours(family: int = 0) -> list[Neigh]:
     """The neighbour table (no proxy entries)."""
-    with _kernel("cannot list the neighbours"), iproute() as ipr:
-        names = _names(_links(ipr))
-        found = [neigh_of(m, names) for m in ipr.neigh("dump", family=_family(family))]
+    with _kernel("cannot list the neighbours"), iproute() as sock:
+        names = _names(_links(sock))
+        found = [neigh_of(m, names) for m in sock.dump(nl.RTM_GETNEIGH, nl.ndmsg(_family(family)))]
     return [n for n in found if not n.proxy]
 
 
 def proxies(family: int = 0) -> list[Neigh]:
     """The proxy-neighbour entries (`ip neigh show proxy`): a dump with NTF_PROXY set in
     the request's ndm_flags, which selects the kernel's proxy table."""
-    with _kernel("cannot list the proxy neighbour entries"), iproute() as ipr:
-        names = _names(_links(ipr))
-        found = [
-            neigh_of(m, names)
-            for m in ipr.neigh("dump", family=_family(family), flags=NTF_PROXY, dump_filter={})
-        ]
+    with _kernel("cannot list the proxy neighbour entries"), iproute() as sock:
+        names = _names(_links(sock))
+        request = nl.ndmsg(_family(family), flags=NTF_PROXY)
+        found = [neigh_of(m, names) for m in sock.dump(nl.RTM_GETNEIGH, request)]
     return [n for n in found if n.proxy]
+
+
+def _host(address: str) -> tuple[int, int, bytes]:
+    """(AF_*, full prefix length, packed) of one address."""
+    packed = nl.packed_ip(str(ip_address(address)))
+    return (AF_INET, 32, packed) if len(packed) == 4 else (AF_INET6, 128, packed)
 
 
 def route_get_errno(dst: str, src: str, iif: int) -> int | None:
     """`ip route get DST from SRC iif IIF`: None when the kernel routes it, else the errno
     it refused with (EINVAL/EXDEV: the reverse-path filter or a martian source)."""
-    with _kernel(f"cannot look up the route to {dst} from {src}"), iproute() as ipr:
+    with _kernel(f"cannot look up the route to {dst} from {src}"), iproute() as sock:
+        fam, plen, packed_dst = _host(dst)
+        _fam, src_len, packed_src = _host(src)
+        request = (
+            nl.rtmsg(fam, dst_len=plen, src_len=src_len)
+            + nl.attr(nl.RTA_DST, packed_dst)
+            + nl.attr(nl.RTA_SRC, packed_src)
+            + nl.attr_u32(nl.RTA_IIF, iif)
+        )
         try:
-            ipr.route("get", dst=dst, src=src, iif=iif)
+            sock.request(nl.RTM_GETROUTE, request)
         except NetlinkError as exc:
             return int(exc.code)
     return None
@@ -337,17 +362,23 @@ def route_get_errno(dst: str, src: str, iif: int) -> int | None:
 _GONE = (errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENODEV)
 
 
+def _proxy(dst: str, ifindex: int, state: int = 0) -> bytes:
+    fam, _plen, packed = _host(dst)
+    return nl.ndmsg(fam, ifindex, state=state, flags=NTF_PROXY) + nl.attr(nl.NDA_DST, packed)
+
+
 def proxy_replace(dst: str, ifindex: int, dev: str, protocol: int) -> None:
     """`ip neigh replace proxy DST dev DEV protocol PROTOCOL`."""
-    with _kernel(f"cannot add the proxy entry {dst} on {dev}"), iproute() as ipr:
-        ipr.neigh("replace", dst=dst, ifindex=ifindex, flags=NTF_PROXY, protocol=protocol)
+    with _kernel(f"cannot add the proxy entry {dst} on {dev}"), iproute() as sock:
+        request = _proxy(dst, ifindex, nl.NUD_PERMANENT) + nl.attr_u8(nl.NDA_PROTOCOL, protocol)
+        sock.request(nl.RTM_NEWNEIGH, request, nl.NLM_F_CREATE | nl.NLM_F_REPLACE)
 
 
 def proxy_delete(dst: str, ifindex: int, dev: str) -> bool:
     """`ip neigh del proxy DST dev DEV`; False when there was no such entry."""
-    with _kernel(f"cannot delete the proxy entry {dst} on {dev}"), iproute() as ipr:
+    with _kernel(f"cannot delete the proxy entry {dst} on {dev}"), iproute() as sock:
         try:
-            ipr.neigh("del", dst=dst, ifindex=ifindex, flags=NTF_PROXY)
+            sock.request(nl.RTM_DELNEIGH, _proxy(dst, ifindex))
         except NetlinkError as exc:
             if exc.code in _GONE:
                 return False
@@ -355,25 +386,38 @@ def proxy_delete(dst: str, ifindex: int, dev: str) -> bool:
     return True
 
 
+def _route(dst: str, protocol: int, metric: int, scope: int, rtype: int) -> bytes:
+    """rtmsg (table main) + RTA_DST, RTA_TABLE and RTA_PRIORITY of a route to `dst`."""
+    address, plen = _split(dst)
+    fam, _full, packed = _host(address)
+    header = nl.rtmsg(
+        fam, dst_len=plen, table=RT_TABLE_MAIN, proto=protocol, scope=scope, type=rtype
+    )
+    return (
+        header
+        + nl.attr(nl.RTA_DST, packed)
+        + nl.attr_u32(nl.RTA_TABLE, RT_TABLE_MAIN)
+        + nl.attr_u32(nl.RTA_PRIORITY, metric)
+    )
+
+
 def multipath_replace(dst: str, oifs: Sequence[int], protocol: int, metric: int) -> None:
     """`ip route replace DST proto P metric M nexthop dev A nexthop dev B ...` (no gateway,
-    table main)."""
-    with _kernel(f"cannot install the route {dst}"), iproute() as ipr:
-        ipr.route(
-            "replace",
-            dst=dst,
-            table=RT_TABLE_MAIN,
-            proto=protocol,
-            priority=metric,
-            multipath=[{"oif": oif} for oif in oifs],
-        )
+    table main, scope global, each nexthop of weight 1)."""
+    with _kernel(f"cannot install the route {dst}"), iproute() as sock:
+        hops = b"".join(nl.rtnexthop(oif) for oif in oifs)
+        request = _route(dst, protocol, metric, nl.RT_SCOPE_UNIVERSE, nl.RTN_UNICAST)
+        request += nl.attr(nl.RTA_MULTIPATH, hops)
+        sock.request(nl.RTM_NEWROUTE, request, nl.NLM_F_CREATE | nl.NLM_F_REPLACE)
 
 
 def route_delete(dst: str, protocol: int, metric: int) -> bool:
     """`ip route del DST proto P metric M` (table main); False when there was none."""
-    with _kernel(f"cannot delete the route {dst}"), iproute() as ipr:
+    with _kernel(f"cannot delete the route {dst}"), iproute() as sock:
+        # scope NOWHERE and type 0 match a route of any scope and type, as `ip route del`
+        request = _route(dst, protocol, metric, nl.RT_SCOPE_NOWHERE, 0)
         try:
-            ipr.route("del", dst=dst, table=RT_TABLE_MAIN, proto=protocol, priority=metric)
+            sock.request(nl.RTM_DELROUTE, request)
         except NetlinkError as exc:
             if exc.code in _GONE:
                 return False
@@ -383,8 +427,8 @@ def route_delete(dst: str, protocol: int, metric: int) -> bool:
 
 def set_up(index: int, dev: str) -> None:
     """`ip link set DEV up`."""
-    with _kernel(f"cannot bring {dev} up"), iproute() as ipr:
-        ipr.link("set", index=index, state="up")
+    with _kernel(f"cannot bring {dev} up"), iproute() as sock:
+        sock.request(nl.RTM_NEWLINK, nl.ifinfomsg(index=index, flags=IFF_UP, change=IFF_UP))
 
 
 def _split(prefix: str) -> tuple[str, int]:
@@ -393,20 +437,30 @@ def _split(prefix: str) -> tuple[str, int]:
     return str(ip_address(address)), int(plen) if plen else net.max_prefixlen
 
 
+def _addr(index: int, address: str, plen: int, flags: int = 0) -> bytes:
+    """ifaddrmsg + IFA_LOCAL and IFA_ADDRESS (the same address: no peer), and IFA_FLAGS
+    when there are flags (the u32 the kernel prefers over ifa_flags)."""
+    fam, _full, packed = _host(address)
+    request = nl.ifaddrmsg(fam, plen, flags=flags & 0xFF, index=index)
+    request += nl.attr(nl.IFA_LOCAL, packed) + nl.attr(nl.IFA_ADDRESS, packed)
+    return request + (nl.attr_u32(nl.IFA_FLAGS, flags) if flags else b"")
+
+
 def addr_replace(index: int, dev: str, prefix: str) -> None:
     """`ip addr replace PREFIX dev DEV` (IPv6 with nodad: no duplicate address detection)."""
     address, plen = _split(prefix)
-    extra = {"flags": IFA_F_NODAD} if family(address) == 6 else {}
-    with _kernel(f"cannot add {prefix} to {dev}"), iproute() as ipr:
-        ipr.addr("replace", index=index, address=address, prefixlen=plen, **extra)
+    flags = IFA_F_NODAD if family(address) == 6 else 0
+    with _kernel(f"cannot add {prefix} to {dev}"), iproute() as sock:
+        request = _addr(index, address, plen, flags)
+        sock.request(nl.RTM_NEWADDR, request, nl.NLM_F_CREATE | nl.NLM_F_REPLACE)
 
 
 def addr_delete(index: int, dev: str, prefix: str) -> bool:
     """`ip addr del PREFIX dev DEV`; False when the address was not there."""
     address, plen = _split(prefix)
-    with _kernel(f"cannot delete {prefix} from {dev}"), iproute() as ipr:
+    with _kernel(f"cannot delete {prefix} from {dev}"), iproute() as sock:
         try:
-            ipr.addr("del", index=index, address=address, prefixlen=plen)
+            sock.request(nl.RTM_DELADDR, _addr(index, address, plen))
         except NetlinkError as exc:
             if exc.code in _GONE:
                 return False
