@@ -6,6 +6,7 @@ Everything here works in the network namespace the process runs in (run vipctl u
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -33,6 +34,7 @@ from vipctl.render.nft import (
     TABLE_PREFIX,
     NftTable,
     Observed,
+    Preparation,
     build_table,
     counter_name,
     digest,
@@ -43,6 +45,8 @@ from vipctl.render.nft import (
     measure_how,
     owner_map_name,
     owners_map_name,
+    preparation,
+    prepared,
     render_table,
     table_name,
     transaction,
@@ -597,6 +601,7 @@ def _read_load_sets(spec: Spec, found: list[tuple[int, int]]) -> bool:
 class _Payload:
     table: NftTable
     batch: str
+    prep: Preparation | None = None  # committed one transaction before `batch`
 
 
 class NftBackend:
@@ -658,7 +663,9 @@ class NftBackend:
         elif live is not None and not live.complete:
             full = observe(spec.cluster, with_elements=False)
             observed = full.observed if full is not None else observed
-        return dataclasses.replace(rendered, payload=_Payload(table, transaction(table, observed)))
+        prep = preparation(table, observed)
+        batch = transaction(table, prepared(observed, prep))
+        return dataclasses.replace(rendered, payload=_Payload(table, batch, prep))
 
     def flow_buckets(self, spec: Spec) -> set[int] | None:
         """Buckets that still have a recorded flow (None: some flows cannot be placed)."""
@@ -682,10 +689,24 @@ class NftBackend:
         return Live(self.name, plan.generation, LiveTable(name, observed, plan.generation))
 
     def check(self, plan: Plan) -> None:
-        check(plan.payload.batch)
+        payload: _Payload = plan.payload
+        check((payload.prep.batch if payload.prep else "") + payload.batch)
 
     def commit(self, plan: Plan) -> None:
-        commit(plan.payload.batch)
+        """One transaction; two when the table gains regular chains (render/nft.py
+        Preparation: they go in first, unreferenced, so that no packet meets them empty).
+        A refused second transaction takes the first one back: nothing changed."""
+        payload: _Payload = plan.payload
+        if payload.prep is None:
+            commit(payload.batch)
+            return
+        commit(payload.prep.batch)
+        try:
+            commit(payload.batch)
+        except KernelError:
+            with contextlib.suppress(KernelError):
+                commit(payload.prep.undo)
+            raise
 
     def verify(self, plan: Plan, *, whole: bool) -> None:
         verify(plan.payload.table, plan.generation, whole=whole)
