@@ -16,17 +16,14 @@ compiler or the headers (`apt-get install linux-libc-dev gcc`).
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
-import subprocess
 import sys
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any, Literal
 
-import pytest
-
+from tests.unit.cheaders import header_values
 from vipctl.backends import tcnl
 from vipctl.render.tc import Gact, Match, Mirred, SetEthDst, TcFilter
 
@@ -535,25 +532,10 @@ def tcnl_attribute_numbers() -> dict[str, int]:
 
 
 def test_numbers_are_the_installed_headers(tmp_path: Path) -> None:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None or not Path("/usr/include/linux/pkt_cls.h").exists():
-        pytest.skip("needs a C compiler and the UAPI headers (apt-get install gcc linux-libc-dev)")
     ours = tcnl_attribute_numbers()
-    checks = {name: value for name, value in NUMBERS.items()}
+    checks = dict(NUMBERS.items())
     names = sorted(set(checks) | set(ours))
-    src = ["#include <stdio.h>", "#include <stddef.h>"]
-    src += [f"#include <{h}>" for h in HEADERS]
-    src.append("int main(void) {")
-    src += [f'  printf("%s %lld\\n", "{n}", (long long)({n}));' for n in names]
-    src += [f'  printf("%s %lld\\n", "{e}", (long long)({e}));' for e in LAYOUT]
-    src += ["  return 0;", "}"]
-    (tmp_path / "h.c").write_text("\n".join(src) + "\n")
-    subprocess.run([cc, "-o", str(tmp_path / "h"), str(tmp_path / "h.c")], check=True)
-    out = subprocess.run([str(tmp_path / "h")], check=True, capture_output=True, text=True)
-    kernel = {}
-    for line in out.stdout.splitlines():
-        name, value = line.rsplit(" ", 1)
-        kernel[name] = int(value)
+    kernel = header_values(tmp_path, HEADERS, [*names, *LAYOUT], needs="linux/pkt_cls.h")
     assert {n: checks[n] for n in checks if checks[n] != kernel[n]} == {}, "this test's numbers"
     assert {n: (ours[n], kernel[n]) for n in ours if ours[n] != kernel[n]} == {}, "tcnl's"
     assert {e: (v, kernel[e]) for e, v in LAYOUT.items() if v != kernel[e]} == {}, "layout"
