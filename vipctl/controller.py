@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
-from vipctl.core import retune as retuning
 from vipctl.core import transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
@@ -30,6 +28,7 @@ from vipctl.errors import KernelError, StateError, VipctlError
 from vipctl.render.wiring import NO_MAC, Wiring
 
 if TYPE_CHECKING:
+    from vipctl.core import retune as retuning
     from vipctl.host.doctor import Finding
 
 
@@ -217,6 +216,8 @@ def _recorded(st: statefile.ClusterState | None) -> Spec | None:
 
 
 def _diff(old: str, new: str) -> str:
+    import difflib  # only for --diff and --dry-run
+
     return "".join(
         difflib.unified_diff(
             old.splitlines(keepends=True), new.splitlines(keepends=True), "live", "new", n=1
@@ -734,6 +735,8 @@ def retune_measured(
     changing nothing, when the state's generation is no longer `st`'s). The daemon measures
     without holding its apply slot and calls this holding it; `apply_args` go to apply
     (cache, reasons, state_write_failure, ...)."""
+    from vipctl.core import retune as retuning  # only when re-tuning
+
     values = [float(p if metric == "packets" else b) for p, b in load]
     layout = st.layout
     solved = retuning.solve(

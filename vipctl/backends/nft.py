@@ -345,7 +345,12 @@ def _elem_pair(elem: Any) -> tuple[Any, Any]:
 def _bucket_from_key(key: Any, spec: Spec) -> int:
     if spec.partition.key == "hash":
         return int(key)
-    return int(ip_address(str(key)))
+    text = str(key)  # a masked source address: 0.0.0.7, ::7
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return int.from_bytes(socket.inet_pton(family, text), "big")
+    except OSError:
+        raise ValueError(f"{text!r} is not an address") from None
 
 
 def live_table(spec: Spec, live: LiveTable | None = None) -> tuple[Table, dict[int, Table]] | None:
