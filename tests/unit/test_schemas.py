@@ -104,3 +104,26 @@ def test_fingerprint_is_canonical_and_sensitive() -> None:
     assert fingerprint(table, "hash", 2, 1) != fingerprint(table, "hash", 2, 2)
     with pytest.raises(ValueError):
         fingerprint(table, "mask", 3, 0)
+
+
+def test_layout_export_follows_the_schema(rig: Rig) -> None:
+    from vipctl.core import layoutfile
+
+    rig.apply(
+        make_spec(
+            members=[
+                {"name": "web1", "port": "m1", "address": "198.51.100.10", "weight": 1},
+                {"name": "web2", "port": "m2", "address": "198.51.100.18", "weight": 0.5},
+                {"name": "web3", "port": "m3", "address": "198.51.100.26", "weight": 1},
+            ],
+        ),
+        down={"web3"},
+    )
+    spec, layout = controller.exportable("web", rig.dir, backends=rig.pick)
+    data = json.loads(layoutfile.dumps(layoutfile.export(spec, layout)))
+    assert errors(data, schemas.LAYOUT) == []
+    assert data["layout"]["weights"] == ["1", "1/2", "1"] and data["layout"]["down"] == ["web3"]
+    # the check can fail: a weight as a float, a run that is not a pair of integers
+    data["layout"]["weights"][1] = 0.5
+    data["layout"]["table"][0] = ["0", 3]
+    assert len(errors(data, schemas.LAYOUT)) == 2

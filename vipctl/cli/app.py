@@ -57,12 +57,14 @@ def schema(
     output: Annotated[
         str,
         typer.Option(
-            "--output", help="whose schema: spec (the input), status or plan (--json output)"
+            "--output",
+            help="whose schema: spec (the input), status or plan (--json output), layout "
+            "(layout export)",
         ),
     ] = "spec",
 ) -> None:
-    """Print a JSON Schema: the spec's (for editors), or that of `status --json` or
-    `plan --json` (for programs that read them)."""
+    """Print a JSON Schema: the spec's (for editors), or that of `status --json`,
+    `plan --json` or `layout export` (for programs that read them)."""
     from vipctl.core import schemas
 
     if output not in schemas.NAMES:

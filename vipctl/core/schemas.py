@@ -1,9 +1,10 @@
 """JSON Schemas of what vipctl prints for programs (pure data).
 
-`vipctl schema --output status|plan|spec` prints them; the files under schemas/ are these,
-checked in and compared exactly by tests/unit/test_schemas.py, which also validates real
-`status --json` and `plan --json` output against them. Numbers are JSON numbers: a weight
-of 1 is `1`; `healthy` is true, false or null (PRODUCT.md, "The interface").
+`vipctl schema --output status|plan|layout|spec` prints them; the files under schemas/ are
+these, checked in and compared exactly by tests/unit/test_schemas.py, which also validates
+real `status --json`, `plan --json` and `layout export` output against them. Numbers are
+JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (PRODUCT.md, "The
+interface"); the layout file's weights are exact fractions in text ("1/3").
 
 A field added to a report must be added here (the objects forbid unknown properties, so
 the tests catch a report that drifts from its schema).
@@ -151,12 +152,54 @@ PLAN: dict[str, Any] = {
 }
 
 
+_RUNS = {
+    "type": "array",
+    "description": "the bucket table run-length encoded: [member index into `members` "
+    "(-1: nobody, no member up), run length], in bucket order",
+    "items": {"type": "array", "items": {"type": "integer", "minimum": -1}, "minItems": 2},
+}
+
+LAYOUT: dict[str, Any] = {
+    "$schema": DRAFT,
+    "$id": BASE + "layout.json",
+    "title": "vipctl layout export",
+    **_object(
+        {
+            "version": {"enum": [1]},
+            "cluster": _NAME,
+            "key": {"enum": ["mask", "hash"]},
+            "bits": {"type": "integer", "minimum": 1, "maximum": 16},
+            "seed": {"type": "integer", "minimum": 0},
+            "fingerprint": {**_FINGERPRINT, "type": "string"},
+            "layout": _object(
+                {
+                    "bits": {"type": "integer", "minimum": 1, "maximum": 16},
+                    "members": {"type": "array", "items": _NAME},
+                    "weights": {
+                        "type": "array",
+                        "description": "each member's weight as an exact fraction in text "
+                        "('1', '1/3'): the file reproduces the table exactly, which a float "
+                        "could not promise",
+                        "items": {"type": "string", "pattern": "^[0-9]+(/[0-9]+)?$"},
+                    },
+                    "base": _RUNS,
+                    "down": {"type": "array", "items": _NAME},
+                    "table": _RUNS,
+                }
+            ),
+        }
+    ),
+}
+
+
 def schema(name: str) -> dict[str, Any]:
-    """The JSON Schema of one output: spec (input), status, plan."""
+    """The JSON Schema of one output: spec (input), status, plan, layout."""
     if name == "status":
         return STATUS
     if name == "plan":
         return PLAN
+    if name == "layout":
+        return LAYOUT
     if name == "spec":
         from vipctl.core.spec import json_schema
 
@@ -164,4 +207,4 @@ def schema(name: str) -> dict[str, Any]:
     raise KeyError(name)
 
 
-NAMES = ("spec", "status", "plan")
+NAMES = ("spec", "status", "plan", "layout")

@@ -644,9 +644,7 @@ def preparation(table: NftTable, observed: Observed) -> Preparation | None:
         for s in table.sets
         if s.name not in live_sets and re.search(rf"@{re.escape(s.name)}\b", rules)
     ]
-    new_counters = [
-        c for c in table.counters if c not in observed.counters and f'"{c}"' in rules
-    ]
+    new_counters = [c for c in table.counters if c not in observed.counters and f'"{c}"' in rules]
     cmds = []
     for ch in new_chains:  # chains first: a new verdict map's elements may name them
         cmds.append(f"add chain {ref} {ch.name}")
