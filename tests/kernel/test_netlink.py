@@ -417,3 +417,29 @@ def test_observe_structure_is_what_nft_lists(router: str, topo: Lab, tmp_path: P
         sh(router, "nft delete table inet nlt_other || true")
     assert _observed(router, "nlt") is None
     assert _observed(router, "nlu") is None
+
+
+def test_link_events_arrive_on_a_subscription(topo: Lab) -> None:
+    """The daemon's link watch (service/health.py): a port set down and up again is seen
+    as RTM_NEWLINK events with the flags `ip` set, in the namespace the socket was made in."""
+    port = topo.members[0].port
+    with links.in_netns(topo.router_ns):
+        events = nl.Subscription(nl.RTMGRP_LINK)
+    try:
+        assert events.messages() == []  # nothing queued yet, and no blocking
+        sh(topo.router_ns, f"ip link set dev {port} down")
+        sh(topo.router_ns, f"ip link set dev {port} up")
+        seen: list[tuple[int, bool]] = []
+        for _ in range(100):
+            seen += [
+                (m.type, bool(m["flags"] & 0x1))
+                for m in events.messages()
+                if m.get_attr("IFLA_IFNAME") == port
+            ]
+            if (nl.RTM_NEWLINK, True) in seen[1:]:
+                break
+            threading.Event().wait(0.02)
+        assert (nl.RTM_NEWLINK, False) in seen and seen[-1] == (nl.RTM_NEWLINK, True), seen
+    finally:
+        events.close()
+        sh(topo.router_ns, f"ip link set dev {port} up")

@@ -654,6 +654,45 @@ class NetlinkSocket:
         return self.replies(self.send(msg_type, NLM_F_REQUEST | NLM_F_ACK | flags, payload))[0]
 
 
+RTMGRP_LINK = 0x1  # linux/rtnetlink.h: the link events' multicast group
+
+
+class Subscription:
+    """A non-blocking rtnetlink socket joined to multicast `groups` (RTMGRP_LINK): the
+    kernel's events, read with `messages()` after the socket is readable. An overrun
+    (the kernel dropped events: ENOBUFS) raises OSError; the caller starts over."""
+
+    def __init__(self, groups: int, protocol: int = NETLINK_ROUTE) -> None:
+        self.sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+            protocol,
+        )  # fmt: skip
+        try:
+            self.sock.bind((0, groups))
+        except BaseException:
+            self.sock.close()
+            raise
+        self._buf = bytearray(RECV_BUFFER)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def messages(self) -> list[Message]:
+        """Every event queued now (none when nothing is)."""
+        out: list[Message] = []
+        while True:
+            try:
+                size = self.sock.recv_into(self._buf)
+            except BlockingIOError:
+                return out
+            for mtype, _flags, _seq, offset, end in frames(self._buf, size):
+                if mtype in LAYOUTS:
+                    out.append(decode_message(self._buf, offset, end))
+
+
 # --------------------------------------------------------------------------------------
 # One socket per namespace and thread
 # --------------------------------------------------------------------------------------

@@ -604,12 +604,6 @@ class Daemon:
 
     # -- main ---------------------------------------------------------------------------
     async def run(self) -> int:
-        # health.Monitor.start (after the first apply, which sends READY=1) subscribes to
-        # link events through pyroute2. Import it now: ~80 ms of imports and dozens of
-        # files opened belong before READY=1, not after it (host/rtnl used to import it
-        # at start; the command line's paths no longer do)
-        import pyroute2  # noqa: F401
-
         from vipctl.service import health
 
         loop = asyncio.get_running_loop()

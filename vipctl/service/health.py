@@ -41,6 +41,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from vipctl.core.spec import HttpProbe, IcmpProbe, Member, NoProbe, Spec, TcpProbe
+from vipctl.errors import KernelError
 
 log = logging.getLogger("vipctl.health")
 
@@ -576,42 +577,46 @@ class Monitor:
 
     async def _subscribe_links(self) -> Any:
         """Join RTMGRP_LINK, then dump the ports' current state. Subscribing first means a
-        change between the two is seen as an event, never lost."""
-        # pyroute2 is imported here, not at module level: the pure half of this module
-        # (and its unit tests) must not need it.
-        from pyroute2 import AsyncIPRoute
+        change between the two is seen as an event, never lost. Over vipctl's own netlink
+        client (host/netlink.py): pyroute2 would add ~10 MB to the daemon's RSS."""
+        from vipctl.host import netlink, rtnl
 
-        rtmgrp_link = 0x1
-        ipr = AsyncIPRoute()
+        events = netlink.Subscription(netlink.RTMGRP_LINK)
         try:
-            await ipr.bind(groups=rtmgrp_link)
             ports = {m.port for m in self.spec.members}
-            seen: set[str] = set()
-            async for msg in await ipr.link("dump"):
-                if msg.get_attr("IFLA_IFNAME") in ports:
-                    seen.add(msg.get_attr("IFLA_IFNAME"))
-                    self._on_link_message(msg)
-            for name in sorted(ports - seen):
-                self.link_event(name, False, "does not exist")
+            found = rtnl.links()
+            for name in sorted(ports):
+                link = found.get(name)
+                if link is None:
+                    self.link_event(name, False, "does not exist")
+                else:
+                    self._on_link_state(name, link.admin_up, link.admin_up and link.carrier)
         except BaseException:
-            ipr.close()
+            events.close()
             raise
-        return ipr
+        return events
 
-    async def _link_loop(self, ipr: Any) -> None:
+    async def _link_loop(self, events: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
-                    async for msg in ipr.get():
+                    readable = loop.create_future()
+                    loop.add_reader(events.fileno(), readable.set_result, None)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(events.fileno())
+                    for msg in events.messages():
                         self._on_link_message(msg)
-                except (OSError, RuntimeError, ValueError) as exc:
+                except (OSError, RuntimeError, ValueError, KernelError) as exc:
                     # e.g. ENOBUFS: the kernel dropped events for us. Start over from a
                     # fresh dump rather than trust a state we may have missed changes of.
                     log.warning("link events interrupted (%s); subscribing again", exc)
-                    ipr.close()
-                    ipr = await self._resubscribe()
+                    events.close()
+                    events = await self._resubscribe()
         finally:
-            ipr.close()
+            events.close()
 
     async def _resubscribe(self) -> Any:
         """Subscribe again until it works (EMFILE, ENOBUFS: the prober's own trouble must
@@ -621,24 +626,27 @@ class Monitor:
             await asyncio.sleep(delay)
             try:
                 return await self._subscribe_links()
-            except OSError as exc:
+            except (OSError, KernelError) as exc:
                 log.error("cannot watch links: %s; retrying in %.1f s", _oserror(exc), delay)
                 delay = min(delay * 2, 5.0)
 
     def _on_link_message(self, msg: Any) -> None:
-        """One rtnetlink link message (pyroute2 ifinfmsg: a dict with get_attr())."""
-        if not hasattr(msg, "get_attr"):
-            return
+        """One rtnetlink link message (host/netlink.py Message: type, fields, attributes)."""
+        from vipctl.host import netlink
+
         name = msg.get_attr("IFLA_IFNAME")
         if name is None or name not in {m.port for m in self.spec.members}:
             return
-        if msg.get("event") == "RTM_DELLINK":
+        if msg.type == netlink.RTM_DELLINK:
             self.link_event(name, False, "was removed")
             return
         flags = int(msg["flags"])
-        if carrier(flags):
+        self._on_link_state(name, bool(flags & 0x1), carrier(flags))
+
+    def _on_link_state(self, name: str, admin_up: bool, has_carrier: bool) -> None:
+        if has_carrier:
             self.link_event(name, True, "is up")
-        elif not flags & 0x1:
+        elif not admin_up:
             self.link_event(name, False, "was set down")
         else:
             self.link_event(name, False, "lost carrier")
