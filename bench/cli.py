@@ -7,7 +7,8 @@ cluster's spec as YAML, compiles vipctl's bytecode (as an installed package has 
 the cluster in its router, then runs every command as `ip netns exec ROUTER python -m
 vipctl.cli ...` once per round, in an order rotated every round and interleaved with
 `python -c pass` (the floor: the interpreter and `ip netns exec` alone), and reports the
-median wall time of each. Then the RSS of `vipctl daemon` (4 members, probes running).
+median wall time of each. Then the RSS of `vipctl daemon` (4 members, probes running),
+with the lab's 2**8-bucket spec and with a 2**16-bucket one.
 Writes bench/results/cli-<UTC>.json; --write-docs replaces the section between the
 `cli-bench` markers in docs/benchmarks.md (bench/report.py keeps that section).
 Nothing outside the lab's namespaces is touched; the lab is removed at the end.
