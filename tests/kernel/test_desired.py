@@ -14,10 +14,13 @@ real TCP connections in namespaces.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +237,68 @@ def test_a_deleted_and_recreated_port_is_failed_over_and_comes_back(cluster: Clu
     finally:  # the module's lab must keep its port whatever happened
         if subprocess.run(["ip", "-n", topo.router_ns, "link", "show", m.port]).returncode:
             labmod.recreate_port(topo, m.name)
+
+
+# -- a layout file is input like a spec ------------------------------------------------------
+
+
+def _corpus(good: dict[str, object], tmp: Path) -> list[Path]:
+    from vipctl.core.partition import Layout, fingerprint
+
+    def crafted(name: str, base: list[list[int]]) -> Path:
+        data = json.loads(json.dumps(good))
+        layout = data["layout"]
+        layout["base"], layout["table"], layout["down"] = base, base, []
+        p = parse_spec(json.loads(json.dumps(good["__spec__"]))).partition  # type: ignore[arg-type]
+        table = Layout.from_json(layout).table
+        data["fingerprint"] = fingerprint(table, p.key, p.bits, p.seed)  # anyone can
+        data.pop("__spec__")
+        path = tmp / f"{name}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    n = 1 << int(good["bits"])  # type: ignore[call-overload]
+    files = [
+        crafted("ownerless", [[-1, n]]),
+        crafted("all-to-one", [[0, n]]),
+        crafted("partial", [[0, n // 2], [-1, n - n // 2]]),
+    ]
+    plain = {k: v for k, v in good.items() if k != "__spec__"}
+    for name, text in (
+        ("version-true", json.dumps({**plain, "version": True})),
+        ("duplicate", '{"version": 1, "version": 1}'),
+        ("huge-number", '{"version": 1e309}'),
+        ("deep", "[" * 100000 + "]" * 100000),
+    ):
+        (tmp / f"{name}.json").write_text(text)
+        files.append(tmp / f"{name}.json")
+    (tmp / "latin1.json").write_bytes(b'{"cluster": "caf\xe9"}')
+    (tmp / "oversized.json").write_bytes(b" " * (5 << 20))
+    os.mkfifo(tmp / "fifo.json")
+    files += [tmp / "latin1.json", tmp / "oversized.json", tmp / "fifo.json", Path("/dev/zero")]
+    return files
+
+
+def test_a_bad_layout_file_changes_nothing(cluster: Cluster) -> None:
+    c = cluster
+    ns = c.topo.router_ns
+    assert vipctl(ns, "apply", str(c.path), "--state-dir", str(c.state)).returncode == 0
+    out = vipctl(ns, "layout", "export", "web", "--state-dir", str(c.state))
+    assert out.returncode == 0, out.stderr
+    good = json.loads(out.stdout)
+    good["__spec__"] = c.spec
+    ruleset = sh(ns, "nft list ruleset")
+    state = (c.state / "web.json").read_bytes()
+    for path in _corpus(good, c.tmp):
+        got = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "vipctl.cli", "apply",
+             str(c.path), "--layout", str(path), "--state-dir", str(c.state)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert got.returncode == 78, (path.name, got.returncode, got.stderr)
+        assert "Traceback" not in got.stderr and got.stderr.startswith(f"{path}: "), (
+            path.name,
+            got.stderr,
+        )
+        assert sh(ns, "nft list ruleset") == ruleset, path.name
+        assert (c.state / "web.json").read_bytes() == state, path.name
