@@ -202,8 +202,13 @@ def _previous(
         found = backend.live_table(spec, live)
         if found is not None:
             table, _ = found
-            weights = planning.spec_weights(spec)
-            adopted = Layout(bits=spec.partition.bits, weights=weights, base=table, table=table)
+            # the weights in force, and the members the state knew down that own nothing
+            # live (they stay down: a stale state must not hand them buckets back)
+            weights = tuple(weights_in_force(spec, st).items())
+            down = tuple(n for n in (st.layout.down if st else ()) if n not in table)
+            adopted = Layout(
+                bits=spec.partition.bits, weights=weights, base=table, down=down, table=table
+            )
             return adopted, live_gen or 0
     return None, (st.generation if st else live_gen or 0)
 
@@ -287,7 +292,8 @@ def apply(
     env: Env | None = None,
 ) -> ApplyResult:
     """Converge the kernel to the cluster's desired state in one atomic step (idempotent):
-    observe, decide (core/reconcile.py), render, check, commit, verify, save.
+    observe, decide (core/reconcile.py), plan, then nothing (the kernel is right), or
+    check, commit, verify, save.
 
     Buckets that change owner go through a transition (core/transition.py) when the
     backend keeps flow state and `pinning.mode` is moving: first, for `pinning.record_ms`,
@@ -299,88 +305,120 @@ def apply(
     started = time.perf_counter()
     be = env.backend(spec)
     be.refuse(spec)
-    keep_going = opts.state_write_failure == "continue"
-    with statefile.locked(directory, spec.cluster, required=not keep_going):
-        seen = _observe(be, spec, directory, opts, env.cache)
-        previous, generation = _previous(spec, seen.st, seen.live, be)
-        desired, intent = _desired(spec, seen.st, opts, be)
-        layout = reconcile.target_layout(desired, previous)
-        wiring = _wiring(env, spec, layout, seen.fast)
-        if opts.preflight and not opts.dry_run:
-            _preflight(env.host, spec, layout.down)
-        trusted = _trusted(spec, seen, previous, wiring)
-        observed = reconcile.Observed(
-            previous=previous,
-            moving=seen.st.moving if seen.st is not None else {},
-            flows=_flows_if_due(be, spec, seen.st, desired, env.clock()),
-            trusted=trusted,
-            drift=_drift(be, spec, seen, wiring) if trusted and opts.check_drift else (),
-        )
-        decision = reconcile.decide(desired, observed, env.clock())
+    with statefile.locked(directory, spec.cluster, required=opts.state_write_failure == "raise"):
+        ctx, work = _decide(spec, directory, opts, env, be)
+        outcome = _Outcome(spec, opts, be, work.decision, work.previous, work.generation, started)
+        st = ctx.seen.st
+        if st is not None and reconcile.unchanged(work.decision, st.digest, work.plan.digest):
+            return _up_to_date(ctx, outcome, work)
+        diff = _diff(work.old_text(be, ctx.seen), work.plan.text) if opts.want_diff else ""
         if opts.dry_run:
-            decision = dataclasses.replace(decision, record=(), record_s=0.0)
-        plan = be.plan(
-            spec,
-            decision.layout,
-            wiring,
-            generation + 1,
-            seen.live,
-            seen.recorded if trusted and not decision.whole else None,
-            decision.moving,
-            opts.measuring,
+            be.check(work.plan)
+            return outcome.result(True, work.state, work.plan.text, diff)
+        return _install(ctx, outcome, work, diff)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What apply decided and rendered: the layout live before and its generation, the
+    decision, the wiring it was rendered for, the plan and the state to save with it."""
+
+    previous: Layout | None
+    generation: int
+    trusted: bool
+    decision: reconcile.Decision
+    wiring: Wiring
+    plan: Plan
+    state: statefile.ClusterState
+
+    def old_text(self, be: Backend, seen: _Seen) -> str:
+        return _old_text(
+            be, seen.recorded, self.previous, self.wiring, seen.st, self.generation, self.trusted
         )
-        new_state = statefile.ClusterState(
-            cluster=spec.cluster,
-            generation=generation + 1,
-            layout=decision.layout,
-            digest=plan.digest,
-            spec=spec.model_dump(mode="json"),
-            ifindex=dict(wiring.ifindex),
-            macs=dict(wiring.macs),
-            reasons={**(seen.st.reasons if seen.st else {}), **(opts.reasons or {})},
-            moving=decision.moving,
-            intent=intent,
+
+
+def _decide(
+    spec: Spec, directory: Path, opts: ApplyOptions, env: Env, be: Backend
+) -> tuple[_Context, _Work]:
+    """Observe, build the desired state, check the kernel against the state, decide and
+    plan. Reads the kernel (unless the daemon's cache stands for it); changes nothing."""
+    seen = _observe(be, spec, directory, opts, env.cache)
+    ctx = _Context(be, spec, directory, env, seen, opts)
+    previous, generation = _previous(spec, seen.st, seen.live, be)
+    desired, intent = _desired(spec, seen.st, opts, be)
+    layout = reconcile.target_layout(desired, previous)
+    wiring = _wiring(env, spec, layout, seen.fast)
+    if opts.preflight and not opts.dry_run:
+        _preflight(env.host, spec, layout.down)
+    trusted = _trusted(spec, seen, previous, wiring)
+    observed = reconcile.Observed(
+        previous=previous,
+        moving=seen.st.moving if seen.st is not None else {},
+        flows=_flows_if_due(be, spec, seen.st, desired, env.clock()),
+        trusted=trusted,
+        drift=_drift(be, spec, seen, wiring) if trusted and opts.check_drift else (),
+    )
+    decision = reconcile.decide(desired, observed, env.clock())
+    if opts.dry_run:
+        decision = dataclasses.replace(decision, record=(), record_s=0.0)
+    plan = be.plan(
+        spec,
+        decision.layout,
+        wiring,
+        generation + 1,
+        seen.live,
+        seen.recorded if trusted and not decision.whole else None,
+        decision.moving,
+        opts.measuring,
+    )
+    state = statefile.ClusterState(
+        cluster=spec.cluster,
+        generation=generation + 1,
+        layout=decision.layout,
+        digest=plan.digest,
+        spec=spec.model_dump(mode="json"),
+        ifindex=dict(wiring.ifindex),
+        macs=dict(wiring.macs),
+        reasons={**(seen.st.reasons if seen.st else {}), **(opts.reasons or {})},
+        moving=decision.moving,
+        intent=intent,
+    )
+    return ctx, _Work(previous, generation, trusted, decision, wiring, plan, state)
+
+
+def _install(ctx: _Context, outcome: _Outcome, work: _Work, diff: str) -> ApplyResult:
+    """Commit what was decided: the record step first when buckets start a transition,
+    then the move; the cache, the old backend's removal and the ARP/ND answering after."""
+    be, spec, opts, env, decision = ctx.be, ctx.spec, ctx.opts, ctx.env, work.decision
+    if opts.host:
+        env.host.announce_check(spec)  # a refusal after the commit would be too late
+    plan, state = work.plan, work.state
+    state_error: str | None = None
+    if decision.record_s > 0:
+        plan, state, state_error = _record_step(ctx, plan, state, decision)
+        outcome = dataclasses.replace(outcome, generation=outcome.generation + 1)
+    state_error = (
+        _commit(
+            be,
+            plan,
+            ctx.directory,
+            state,
+            whole=decision.whole and decision.record_s == 0,
+            verify=not ctx.seen.fast,
+            keep_going=opts.state_write_failure == "continue",
         )
-        outcome = _Outcome(spec, opts, be, decision, previous, generation, started)
-        st = seen.st
-        if st is not None and reconcile.unchanged(decision, st.digest, plan.digest):
-            return _up_to_date(outcome, env, directory, seen, new_state, plan, keep_going)
-        diff = ""
-        if opts.want_diff:
-            old = _old_text(be, seen.recorded, previous, wiring, seen.st, generation, trusted)
-            diff = _diff(old, plan.text)
-        if opts.dry_run:
-            be.check(plan)
-            return outcome.result(True, new_state, plan.text, diff)
-        if opts.host:
-            env.host.announce_check(spec)  # a refusal after the commit would be too late
-        state_error: str | None = None
-        if decision.record_s > 0:
-            ctx = _Context(be, spec, directory, env, seen, opts)
-            plan, new_state, state_error = _record_step(ctx, plan, new_state, decision)
-            generation += 1
-            outcome = dataclasses.replace(outcome, generation=generation)
-        state_error = (
-            _commit(
-                be,
-                plan,
-                directory,
-                new_state,
-                whole=decision.whole and decision.record_s == 0,
-                verify=not seen.fast,
-                keep_going=keep_going,
-            )
-            or state_error
-        )
-        if env.cache is not None:
-            env.cache.remember(be, plan, wiring)
-        if seen.recorded is not None and seen.recorded.backend != spec.backend:
-            # the cluster moved to another backend: the new rules are live, remove the old
-            env.backend(seen.recorded).down(seen.recorded, spec.cluster)
-        if opts.host:
-            env.host.announce(spec)
-        text = plan.text if opts.want_diff else ""
-        return outcome.result(True, new_state, text, diff, state_error)
+        or state_error
+    )
+    if env.cache is not None:
+        env.cache.remember(be, plan, work.wiring)
+    recorded = ctx.seen.recorded
+    if recorded is not None and recorded.backend != spec.backend:
+        # the cluster moved to another backend: the new rules are live, remove the old
+        env.backend(recorded).down(recorded, spec.cluster)
+    if opts.host:
+        env.host.announce(spec)
+    text = plan.text if opts.want_diff else ""
+    return outcome.result(True, state, text, diff, state_error)
 
 
 @dataclass(frozen=True)
@@ -551,29 +589,22 @@ def _drift(be: Backend, spec: Spec, seen: _Seen, wiring: Wiring) -> tuple[str, .
     return tuple(dict.fromkeys(problems))
 
 
-def _up_to_date(
-    outcome: _Outcome,
-    env: Env,
-    directory: Path,
-    seen: _Seen,
-    new_state: statefile.ClusterState,
-    plan: Plan,
-    keep_going: bool,
-) -> ApplyResult:
+def _up_to_date(ctx: _Context, outcome: _Outcome, work: _Work) -> ApplyResult:
     """The kernel is right: the state learns the spec (addresses, health settings), the
     reasons and the intent, keeping its generation; nothing is committed."""
-    st = seen.st
+    st = ctx.seen.st
     assert st is not None
-    new_state = dataclasses.replace(new_state, generation=st.generation)
+    new_state = dataclasses.replace(work.state, generation=st.generation)
     state_error = None
-    opts = outcome.opts
+    opts = ctx.opts
     if not opts.dry_run:
         learned = (new_state.spec, new_state.reasons, new_state.moving, new_state.intent)
-        if seen.behind or learned != (st.spec, st.reasons, st.moving, st.intent):
-            state_error = _save(directory, new_state, keep_going)
+        if ctx.seen.behind or learned != (st.spec, st.reasons, st.moving, st.intent):
+            keep_going = opts.state_write_failure == "continue"
+            state_error = _save(ctx.directory, new_state, keep_going)
         if opts.host:
-            env.host.announce(outcome.spec)  # not part of the ruleset digest
-    text = plan.text if opts.want_diff or opts.dry_run else ""
+            ctx.env.host.announce(ctx.spec)  # not part of the ruleset digest
+    text = work.plan.text if opts.want_diff or opts.dry_run else ""
     return outcome.result(False, new_state, text, state_error=state_error)
 
 
