@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -212,3 +213,26 @@ def test_a_renamed_metric_or_a_missing_label_is_found() -> None:
         "panel 'Table fingerprints live' A: label fingerprint is on none of "
         "['vipctl_cluster_info']",
     ]
+
+
+# -- docs/operations.md says what the kit and the exporter hold ---------------------------
+
+OPERATIONS = promql.ROOT / "docs" / "operations.md"
+
+
+def test_operations_doc_explains_every_alert_with_its_severity() -> None:
+    text = OPERATIONS.read_text()
+    documented = dict(re.findall(r"^\| `(Vipctl\w+)` \((\w+)\) \|", text, re.M))
+    shipped = {r["alert"]: r["labels"]["severity"] for g in rules()["groups"] for r in g["rules"]}
+    assert documented == shipped
+
+
+def test_operations_doc_lists_every_exported_metric() -> None:
+    stats = DaemonStats(probe_latency={"web1": 0.001}, probe_local_errors={"EMFILE": 1})
+    registry = CollectorRegistry()
+    registry.register(
+        ClusterCollector(lambda: ["web"], report, {"web": stats}, PinCounts(lambda _: {}))
+    )
+    exported = promql.exported_names(generate_latest(registry).decode())
+    rows = re.findall(r"^\| `(vipctl_\w+)\{([\w,]*)\}` \|", OPERATIONS.read_text(), re.M)
+    assert {name: frozenset(labels.split(",")) for name, labels in rows} == exported
