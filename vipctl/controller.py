@@ -529,7 +529,9 @@ def _drift(be: Backend, spec: Spec, seen: _Seen, wiring: Wiring) -> tuple[str, .
     if st is None or recorded is None:
         return ()
     try:
-        committed = be.render(recorded, st.layout, wiring, st.generation, st.moving)
+        committed = be.plan(
+            recorded, st.layout, wiring, st.generation, seen.live, recorded, st.moving
+        )
     except KeyError:  # a port the state knew is gone: that is drift
         return ("a port of the committed table is missing",)
     try:

@@ -19,7 +19,7 @@ from vipctl import statefile
 from vipctl.cli.output import echo, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.errors import KernelError, SpecError, StateError, VipctlError
+from vipctl.errors import KernelError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
@@ -201,11 +201,7 @@ def apply(
         if layout_path is not None:
             from vipctl.core import layoutfile
 
-            try:
-                text = layout_path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SpecError(str(layout_path), [f"cannot read: {exc}"]) from None
-            imported = layoutfile.parse(text, str(layout_path), spec)
+            imported = layoutfile.read(layout_path, spec)
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
             spec,
