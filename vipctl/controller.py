@@ -356,7 +356,11 @@ def _decide(
         moving=seen.st.moving if seen.st is not None else {},
         flows=_flows_if_due(be, spec, seen.st, desired, env.clock()),
         trusted=trusted,
-        drift=_drift(be, spec, seen, wiring) if trusted and opts.check_drift else (),
+        drift=(
+            (_drift(be, spec, seen, wiring) if opts.check_drift else ())
+            if trusted
+            else _untrusted(seen, wiring)
+        ),
     )
     decision = reconcile.decide(desired, observed, env.clock())
     if opts.dry_run:
@@ -542,6 +546,22 @@ def _trusted(spec: Spec, seen: _Seen, previous: Layout | None, wiring: Wiring) -
         and live.generation == st.generation
         and st.ifindex == dict(wiring.ifindex)
     )
+
+
+def _untrusted(seen: _Seen, wiring: Wiring) -> tuple[str, ...]:
+    """Why the state does not describe the kernel, when there is a state (a first install
+    has nothing to repair)."""
+    st, live = seen.st, seen.live
+    if st is None or seen.recorded is None:
+        return ()
+    if live is None:
+        return ("the cluster's table is missing from the kernel",)
+    if live.generation != st.generation:
+        return (f"the kernel holds generation {live.generation}, the state {st.generation}",)
+    moved = sorted(p for p, i in wiring.ifindex.items() if st.ifindex.get(p) not in (None, i))
+    if moved:
+        return (f"ports re-created since the commit (new ifindex): {', '.join(moved)}",)
+    return ()
 
 
 def _flows_if_due(

@@ -136,7 +136,8 @@ class Observed:
     """What the shell found: the layout live before (from the state, or adopted from the
     kernel's own table), the transitions under way, the buckets that still hold a recorded
     flow (None: not read, or unknown), whether the state describes the kernel exactly
-    (`trusted`) and, when it was checked, what differs between them (`drift`)."""
+    (`trusted`) and, when it was checked, what differs between them (`drift`; also why it
+    is not trusted, when a state exists)."""
 
     previous: Layout | None
     moving: Moving = field(default_factory=dict)
@@ -153,7 +154,7 @@ class Decision:
     record_s: float  # 0: one commit
     whole: bool  # replace the whole table: the kernel is not what the state says
     failover: bool  # members went down: commit at once
-    reasons: tuple[str, ...] = ()  # why `whole` (for the log and --diff)
+    reasons: tuple[str, ...] = ()  # what differed from the state (drift repaired)
 
 
 def target_layout(desired: Desired, previous: Layout | None) -> Layout:
@@ -186,7 +187,6 @@ def decide(desired: Desired, observed: Observed, now: float) -> Decision:
     # a failover never waits for a record step: the buckets it moves were a dead member's
     record = () if failover or not desired.record_s else tuple(fresh)
     whole = not observed.trusted or bool(observed.drift)
-    reasons = observed.drift or (("the state does not describe the kernel",) if whole else ())
     return Decision(
         layout=layout,
         moving=moving,
@@ -194,7 +194,7 @@ def decide(desired: Desired, observed: Observed, now: float) -> Decision:
         record_s=desired.record_s if record else 0.0,
         whole=whole,
         failover=failover,
-        reasons=reasons,
+        reasons=observed.drift,
     )
 
 

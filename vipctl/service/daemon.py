@@ -278,6 +278,12 @@ class Daemon:
             )
         return result
 
+    def _own_commit(self) -> None:
+        """The ruleset generation now is our own commit's: the measuring table of a
+        re-tune must not be taken for drift (a convergence check would switch its counting
+        off). A change by someone else in the same instant waits for the periodic check."""
+        self._genid_seen = self._kernel_generation()
+
     def _kernel_generation(self) -> int | None:
         """The backend's ruleset generation (None: it has none, or it cannot be read)."""
         from vipctl.controller import backend_for
@@ -600,6 +606,7 @@ class Daemon:
             except VipctlError as exc:
                 return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
             self.generation = started.generation
+            self._own_commit()  # the counting table is ours: no convergence check for it
         await asyncio.sleep(rt.window_s)  # the slot is free: a failover goes first
         async with self._slot:
             if (
@@ -619,6 +626,7 @@ class Daemon:
             except VipctlError as exc:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             self.generation = st.generation
+            self._own_commit()
             self._apply_started = time.monotonic()
             try:
                 res = await asyncio.to_thread(
@@ -642,6 +650,7 @@ class Daemon:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             finally:
                 self._apply_started = None
+                self._own_commit()
         solved = res.solved
         if res.applied is None:
             if solved.total == 0:
