@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from vipctl import controller, statefile
-from vipctl.backends.base import Live, Plan, text_digest
+from vipctl.backends.base import Backend, Live, Plan, text_digest
 from vipctl.core.partition import Layout, Table
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.core.transition import Moving
@@ -173,6 +173,9 @@ class FakeBackend:
 
     def ruleset_generation(self) -> int | None:
         return None
+
+
+_TYPED: type[Backend] = FakeBackend  # mypy: the fake implements the whole protocol
 
 
 class FakeBox:
