@@ -20,6 +20,7 @@ from vipctl import __version__, statefile
 from vipctl.cli import commands
 from vipctl.cli import retune as _rt
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail
+from vipctl.core.spec import RETUNE_METRIC, RETUNE_TOLERANCE, RETUNE_WINDOW_S
 from vipctl.errors import VipctlError
 
 app = typer.Typer(
@@ -89,9 +90,9 @@ def plan(
             help="preview `rebalance --auto`: measure each bucket's load for --window seconds",
         ),
     ] = False,
-    window: _rt.WindowOpt = 10.0,
-    tolerance: _rt.ToleranceOpt = 1.1,
-    metric: _rt.MetricOpt = "packets",
+    window: _rt.WindowOpt = RETUNE_WINDOW_S,
+    tolerance: _rt.ToleranceOpt = RETUNE_TOLERANCE,
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     png: _rt.PngOpt = None,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
@@ -201,9 +202,9 @@ def rebalance(
             "--auto", help="re-tune from each bucket's load measured in the kernel (--window)"
         ),
     ] = False,
-    window: _rt.WindowOpt = 10.0,
-    tolerance: _rt.ToleranceOpt = 1.1,
-    metric: _rt.MetricOpt = "packets",
+    window: _rt.WindowOpt = RETUNE_WINDOW_S,
+    tolerance: _rt.ToleranceOpt = RETUNE_TOLERANCE,
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the moves only")] = False,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
@@ -231,7 +232,7 @@ def status(
         ),
     ] = False,
     window: _rt.WindowOpt = 5.0,
-    metric: _rt.MetricOpt = "packets",
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     png: _rt.PngOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
