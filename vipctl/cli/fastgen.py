@@ -134,6 +134,9 @@ def render() -> str:
             if not body:
                 lines.append(f"    {_literal(name)}: {{}},")
                 continue
+            if key == "positional" and len(body) == 1:  # as ruff format writes it
+                lines.append(f"    {_literal(name)}: ({body[0]},),")
+                continue
             open_, close = ("(", ")") if key == "positional" else ("{", "}")
             lines.append(f"    {_literal(name)}: {open_}")
             lines.extend(f"        {entry}," for entry in body)

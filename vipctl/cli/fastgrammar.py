@@ -15,25 +15,15 @@ Kind = Literal["flag", "str", "path"]
 
 # command -> its arguments in order: (parameter, kind, required)
 POSITIONAL: dict[str, tuple[tuple[str, Kind, bool], ...]] = {
-    "validate": (
-        ("spec_path", "path", True),
-    ),
+    "validate": (("spec_path", "path", True),),
     "which": (
         ("spec_path", "path", True),
         ("source", "str", True),
     ),
-    "plan": (
-        ("spec_path", "path", True),
-    ),
-    "status": (
-        ("cluster", "str", False),
-    ),
-    "apply": (
-        ("spec_path", "path", True),
-    ),
-    "rebalance": (
-        ("spec_path", "path", True),
-    ),
+    "plan": (("spec_path", "path", True),),
+    "status": (("cluster", "str", False),),
+    "apply": (("spec_path", "path", True),),
+    "rebalance": (("spec_path", "path", True),),
 }
 
 # command -> long option -> (parameter, kind); any other option is typer's
