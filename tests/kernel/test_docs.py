@@ -70,10 +70,9 @@ EXPECT: list[tuple[str, str]] = [
     (r"^vipctl lab probe", r"no reply: 0  two or more replies: 0  wrong member: 0"),
     (r"^vipctl lab down", r"lab \S+ removed"),
     (r"^nft list tables", r"table netdev vipctl_web"),
-    (r"^nft list table ", r"chain up0_in|chain vip4"),
-    (r"^nft list map .*owners4_m8", r"elements = \{.*goto to4_web"),
-    (r"^nft list map .*flows4_", r"map flows4_t600_n1048576_k12 \{"),
-    (r"^nft list map .*pin4_", r"map pin4_t600_n1048576_k12 \{"),
+    (r"^nft list table ", r"chain in_up0 \{"),
+    (r"^nft list map .*owners", r"elements = \{.*goto to4_web"),
+    (r"^nft list map ", r"^\s*map [a-z0-9_]+ \{\n\s*(type|typeof) "),
     (r"^nft list counters ", r"counter c_web1 \{\s*packets \d+ bytes \d+"),
 ]
 
