@@ -12,7 +12,8 @@ EXPECT fails, so a new documented command gets its check.
 Where a command runs: `vipctl member SPEC NAME` in member NAME's namespace; `vipctl lab
 ...` on the host, in a lab of its own (`--prefix` added); `vipctl daemon` and `vipctl
 metrics` in the background until they serve (READY=1 on a real $NOTIFY_SOCKET, the
-metrics page answering), then SIGTERM, which must end them with exit 0; everything else
+metrics page answering), then SIGTERM, which must end them with exit 0 (`status --watch`:
+until it has refreshed twice, then SIGINT, as an operator's Ctrl-C); everything else
 in the router's namespace through `sh -c` (so pipes work), `vipctl` being this checkout's
 `python -m vipctl.cli`.
 """
@@ -41,7 +42,7 @@ from vipctl.lab import topology as labmod
 from vipctl.lab.topology import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/troubleshooting.md")
+DOCS = ("README.md", "docs/troubleshooting.md", "docs/operations.md", "docs/deployment.md")
 MARK = re.compile(r"^<!-- docs-test: run(?P<overrides>( [a-z_.]+=\S+)*) -->$")
 VIPCTL = f"{shlex.quote(sys.executable)} -m vipctl.cli"
 
@@ -55,6 +56,7 @@ EXPECT: list[tuple[str, str]] = [
     (r"^vipctl apply ", r"web: (generation \d+ applied|up to date)"),
     (r"^vipctl which ", r"^10\.99\.1\.7 -> bucket 7 -> web\d \((live|state|spec)\)"),
     (r"^vipctl status .*--load", r"web1 .*\n(.*\n)*.*web3"),
+    (r"^vipctl status .*--watch", r"^\d\d:\d\d:\d\d\n(.*\n)*cluster web .*\n(.*\n)*web1 "),
     (r"^vipctl status .*--json", r'"cluster": "web"'),
     (r"^vipctl status", r"cluster web .*in sync\n(.*\n)*web1 .*\n(.*\n)*web3 "),
     (r"^vipctl rebalance .*--auto", r"cluster web: \d+ packets in [\d.]+ s; imbalance"),
@@ -64,6 +66,11 @@ EXPECT: list[tuple[str, str]] = [
     (r"^vipctl schema ", r'"\$schema"'),
     (r"^vipctl daemon ", r"vipctl_cluster_generation\{cluster=\"web\"\}"),
     (r"^vipctl metrics ", r"vipctl_member_packets_total\{cluster=\"web\""),
+    (r"^vipctl member .*--format networkd", r"\[Match\]\nName=lo"),
+    (r"^vipctl member .*--format ifupdown", r"iface lo inet static\n\s+address 198\.51\.100\.253"),
+    (r"^vipctl member .*--format netplan", r"network:"),
+    (r"^vipctl member .*--apply", r"^web/web1: configured"),
+    (r"^vipctl member .*--remove", r"^web/web1: removed"),
     (r"^vipctl member ", r"ip addr (add|replace) 198\.51\.100\.253/32 dev lo"),
     (r"^vipctl down ", r"^web: removed"),
     (r"^vipctl lab up", r"lab \S+ is up"),
@@ -113,8 +120,9 @@ def commands(doc: str) -> list[Command]:
 
 
 def expectation(cmd: str) -> str:
+    command = re.sub(r"\s+#.*$", "", cmd)  # what follows `#` is the doc's comment
     for pattern, output in EXPECT:
-        if re.search(pattern, cmd):
+        if re.search(pattern, command):
             return output
     raise AssertionError(f"no EXPECT entry for `{cmd}`: say what its output must show")
 
@@ -124,7 +132,7 @@ def test_docs_have_runnable_commands(doc: str) -> None:
     """Each document has its runnable blocks, and each command an expectation (no root
     needed for this part, but it lives with the test that runs them)."""
     found = commands(doc)
-    assert len(found) >= 5, f"{doc}: only {len(found)} runnable commands"
+    assert found, f"{doc}: no runnable block (<!-- docs-test: run --> before a ```sh fence)"
     for c in found:
         expectation(c.text)
 
@@ -181,10 +189,12 @@ class Runner:
     def run(self, c: Command) -> tuple[int, str]:
         """(exit code, stdout + stderr) of one documented command."""
         self.use_spec(c.overrides)
-        words = c.text.split()
+        words = re.sub(r"\s+#.*$", "", c.text).split()
         line = re.sub(r"^vipctl ", f"{VIPCTL} ", c.text)
         if words[:2] == ["vipctl", "daemon"] or words[:2] == ["vipctl", "metrics"]:
             return self._background(line, words)
+        if "--watch" in words:
+            return self._watch(line)
         if words[:2] == ["vipctl", "lab"]:
             if words[2] == "up":
                 self.labs.append(unique_prefix())
@@ -195,6 +205,31 @@ class Runner:
         else:
             out = self._sh(self.topo.router_ns, line)
         return out.returncode, out.stdout + out.stderr
+
+    def _watch(self, line: str) -> tuple[int, str]:
+        """`status --watch`: refreshes until interrupted; Ctrl-C (SIGINT) ends it, exit 0."""
+        log = self.workdir / "watch.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.topo.router_ns, "sh", "-c", f"exec {line}"],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and proc.poll() is None:
+                if len(re.findall(r"^\d\d:\d\d:\d\d$", log.read_text(), re.M)) >= 2:
+                    break
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return code, log.read_text()
 
     def _background(self, line: str, words: list[str]) -> tuple[int, str]:
         """Start it, wait until it serves, read its metrics page, SIGTERM it."""
