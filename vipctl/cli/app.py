@@ -22,6 +22,7 @@ from vipctl.cli import retune as _rt
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail
 from vipctl.core.spec import RETUNE_METRIC, RETUNE_TOLERANCE, RETUNE_WINDOW_S
 from vipctl.errors import VipctlError
+from vipctl.service.stats import PIN_MAX_AGE_S
 
 app = typer.Typer(
     name="vipctl",
@@ -291,7 +292,7 @@ def metrics(
             min=0,
             help="count pinned flows at most once per SECONDS (a listing of every pin map)",
         ),
-    ] = 15.0,
+    ] = PIN_MAX_AGE_S,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Serve Prometheus metrics read from the kernel at every scrape (until SIGTERM)."""
