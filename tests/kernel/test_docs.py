@@ -206,24 +206,27 @@ class Runner:
             out = self._sh(self.topo.router_ns, line)
         return out.returncode, out.stdout + out.stderr
 
-    def _watch(self, line: str) -> tuple[int, str]:
-        """`status --watch`: refreshes until interrupted; Ctrl-C (SIGINT) ends it, exit 0."""
-        log = self.workdir / "watch.log"
+    def _until(
+        self, line: str, done: Callable[[str], bool], stop: int, env: dict[str, str]
+    ) -> tuple[int, str]:
+        """Start `line` in the router's namespace, wait (30 s at most) until `done(output)`,
+        send `stop`; (its exit code, its output)."""
+        log = self.workdir / "background.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.topo.router_ns, "sh", "-c", f"exec {line}"],
                 cwd=self.workdir,
-                env=self.env,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and proc.poll() is None:
-                if len(re.findall(r"^\d\d:\d\d:\d\d$", log.read_text(), re.M)) >= 2:
+                if done(log.read_text()):
                     break
                 time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             code = proc.wait(timeout=20)
         finally:
             if proc.poll() is None:
@@ -231,8 +234,18 @@ class Runner:
                 proc.wait()
         return code, log.read_text()
 
+    def _watch(self, line: str) -> tuple[int, str]:
+        """`status --watch`: refreshes until interrupted; Ctrl-C (SIGINT) ends it, exit 0."""
+        return self._until(
+            line,
+            lambda out: len(re.findall(r"^\d\d:\d\d:\d\d$", out, re.M)) >= 2,
+            signal.SIGINT,
+            self.env,
+        )
+
     def _background(self, line: str, words: list[str]) -> tuple[int, str]:
-        """Start it, wait until it serves, read its metrics page, SIGTERM it."""
+        """Start it, wait until it serves (the daemon: READY=1 first), read its metrics
+        page, SIGTERM it."""
         listen = next(
             (
                 w.split("=", 1)[-1]
@@ -245,37 +258,24 @@ class Runner:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(notify))
         sock.settimeout(0.2)
-        log = self.workdir / "background.log"
-        env = dict(self.env, NOTIFY_SOCKET=str(notify))
-        with open(log, "w") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.topo.router_ns, "sh", "-c", f"exec {line}"],
-                cwd=self.workdir,
-                env=env,
-                stdout=out,
-                stderr=out,
-            )
-        page = ""
-        ready = words[1] != "daemon"  # the daemon says when it has applied: READY=1
+        ready = [words[1] != "daemon"]
+        page = [""]
+
+        def serving(_: str) -> bool:
+            if not ready[0]:
+                with contextlib.suppress(TimeoutError):
+                    ready[0] = b"READY=1" in sock.recv(65536)
+                return False
+            page[0] = self._scrape(listen)
+            return bool(page[0])
+
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and proc.poll() is None:
-                if not ready:
-                    with contextlib.suppress(TimeoutError):
-                        ready = b"READY=1" in sock.recv(65536)
-                    continue
-                page = self._scrape(listen)
-                if page:
-                    break
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=20)
+            code, output = self._until(
+                line, serving, signal.SIGTERM, dict(self.env, NOTIFY_SOCKET=str(notify))
+            )
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
             sock.close()
-        return code, log.read_text() + page
+        return code, output + page[0]
 
     def _scrape(self, listen: str) -> str:
         out = self._sh(
