@@ -3,8 +3,8 @@
 `vipctl schema --output status|plan|layout|spec` prints them; the files under schemas/ are
 these, checked in and compared exactly by tests/unit/test_schemas.py, which also validates
 real `status --json`, `plan --json` and `layout export` output against them. Numbers are
-JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (PRODUCT.md, "The
-interface"); the layout file's weights are exact fractions in text ("1/3").
+JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (docs/operations.md,
+"Read status and metrics"); the layout file's weights are exact fractions in text ("1/3").
 
 A field added to a report must be added here (the objects forbid unknown properties, so
 the tests catch a report that drifts from its schema).

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -237,6 +237,12 @@ class Pinning(_Model):
         return self.mode != "off"
 
 
+# The re-tune defaults: the spec's `retune` section and `rebalance/plan --auto` alike.
+RETUNE_WINDOW_S = 10.0
+RETUNE_TOLERANCE = 1.1
+RETUNE_METRIC: Final = "packets"
+
+
 class Retune(_Model):
     """Re-tune from measured load on a schedule (the daemon; off by default): every
     `interval_s`, measure each bucket's traffic for `window_s`, and when a member's load is
@@ -247,14 +253,14 @@ class Retune(_Model):
         default=0, ge=0, le=7 * 24 * 3600, description="seconds between re-tunes; 0: off"
     )
     window_s: float = Field(
-        default=10.0,
+        default=RETUNE_WINDOW_S,
         ge=0.1,
         le=3600,
         allow_inf_nan=False,
         description="how long each bucket's traffic is measured",
     )
     tolerance: float = Field(
-        default=1.1,
+        default=RETUNE_TOLERANCE,
         gt=1.0,
         le=10.0,
         allow_inf_nan=False,
@@ -263,7 +269,7 @@ class Retune(_Model):
     max_moves: int = Field(
         default=16, ge=1, le=1 << 16, description="most buckets moved per re-tune"
     )
-    metric: Literal["packets", "bytes"] = "packets"
+    metric: Literal["packets", "bytes"] = RETUNE_METRIC
 
     @model_validator(mode="after")
     def _window_fits(self) -> Retune:
