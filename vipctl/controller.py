@@ -23,7 +23,13 @@ from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
 from vipctl.core import reconcile, transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
-from vipctl.core.spec import Spec, parse_spec
+from vipctl.core.spec import (
+    RETUNE_METRIC,
+    RETUNE_TOLERANCE,
+    RETUNE_WINDOW_S,
+    Spec,
+    parse_spec,
+)
 from vipctl.errors import KernelError, StateError, VipctlError
 from vipctl.render.wiring import NO_MAC, Wiring
 
@@ -956,9 +962,9 @@ AIM = 0.8  # re-tuning aims at 1 + AIM * (tolerance - 1): room for measurement n
 class Tuning:
     """What a re-tune is asked for (`rebalance --auto`, the daemon's `retune` section)."""
 
-    window: float = 10.0
-    tolerance: float = 1.1
-    metric: str = "packets"
+    window: float = RETUNE_WINDOW_S
+    tolerance: float = RETUNE_TOLERANCE
+    metric: str = RETUNE_METRIC
     max_moves: int | None = None
     dry_run: bool = False
 

@@ -127,11 +127,11 @@ class Desired:
 
     bits: int
     weights: Weights
-    down: frozenset[str] | None = None
-    layout: Layout | None = None
-    transitions: bool = True  # the backend keeps flow state and pinning.mode is moving
-    idle_timeout_s: float = 600.0
-    record_s: float = 1.0
+    down: frozenset[str] | None
+    layout: Layout | None
+    transitions: bool  # the backend keeps flow state and pinning.mode is moving
+    idle_timeout_s: float  # spec.pinning.idle_timeout_s
+    record_s: float  # spec.pinning.record_ms, in seconds
 
 
 @dataclass(frozen=True)
