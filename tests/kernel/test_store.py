@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ import pytest
 
 from tests.kernel.test_two_routers import stop_daemons, wait_for
 from vipctl.backends import nft
-from vipctl.core.partition import fingerprint
+from vipctl.core import plan as planning
+from vipctl.core.partition import Layout, bucket_of, fingerprint, moved
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.host import links
 from vipctl.lab import topology as labmod
+from vipctl.lab import traffic
 
 PREFIX = f"vx24.{os.getpid()}"
 ETCD = shutil.which("etcd")
@@ -264,5 +267,69 @@ def test_with_the_store_down_changes_are_refused_and_failover_works(
                 for r in two.routers
             ),
         )
+    finally:
+        stop_daemons(procs)
+
+
+# -- a router dies during a transition: the members' second chance ---------------------------
+
+
+def test_connections_survive_the_death_of_the_router_that_saw_them_open(
+    two: labmod.TwoRouters, etcd: Etcd, tmp_path: Path
+) -> None:
+    """rebalance (through the store: both routers move the same buckets), 200 connections
+    in the moving buckets opened before it and 200 after it, spread over both routers by
+    the upstream's ECMP; then router 1 dies hard (its links down, its daemon killed). The
+    connections opened after the change through router 1 reach router 2 as packets it
+    never saw a SYN of: router 2 sends them to the old owner, which has no socket for them
+    and hands them back (host/member.py), and router 2 gives them to the new owner. Every
+    one of the 400 keeps its member."""
+    spec = spec_with_store(two, etcd)
+    model = parse_spec(spec)
+    p = model.partition
+    before_layout = Layout.initial(p.bits, planning.spec_weights(model))
+    after_layout = before_layout.reweight(planning.spec_weights(model, {"web1": Fraction(3)}))
+    moving = set(moved(before_layout.table, after_layout.table))
+    pool = [
+        s
+        for s in traffic.expand(two.lab.sources4, 8192)
+        if bucket_of(s, p.key, p.bits, p.seed) in moving
+    ]
+    assert len(pool) >= 400, len(pool)
+    early, late = pool[:200], pool[200:400]
+    procs = start(two, tmp_path, spec)
+    r1, r2 = two.routers
+    try:
+        wait_for("both routers serve", lambda: all(fingerprints(two, tmp_path)))
+        wait_for("two paths upstream", lambda: len(labmod.upstream_paths(two, two.lab.vip4)) == 2)
+        time.sleep(2.0)  # BGP settles (a route replaced meanwhile answers net unreachable)
+        with traffic.TcpSessions(two.lab, two.lab.vip4, early) as first:
+            assert set(first.opened.values()) == {"ok"}, first.opened
+            was = first.ping()
+            vipctl(r1, "rebalance", str(tmp_path / "lab.json"), "--weights", "web1=3",
+                   "--state-dir", str(tmp_path / r1))  # fmt: skip
+            new = status(r1, tmp_path)["fingerprint"]
+            wait_for("router 2 converges",
+                     lambda: status(r2, tmp_path).get("fingerprint") == new)  # fmt: skip
+            with traffic.TcpSessions(two.lab, two.lab.vip4, late) as second:
+                assert set(second.opened.values()) == {"ok"}, second.opened
+                now = second.ping()
+                assert set(now.values()) == {"web1"}, now  # the new owner
+                assert first.ping() == was  # the old connections stayed
+                # router 1 dies hard
+                procs[0].send_signal(signal.SIGKILL)
+                labmod.run_in(r1, ["ip", "link", "set", two.lab.uplink, "down"])
+                for m in two.lab.members:
+                    labmod.run_in(r1, ["ip", "link", "set", m.port, "down"])
+                wait_for(
+                    "one path upstream",
+                    lambda: labmod.upstream_paths(two, two.lab.vip4) == [labmod.ROUTER_LINK4[1]],
+                    timeout=10,
+                )
+                after_second = second.ping()
+                after_first = first.ping()
+        broken = {s: (now[s], after_second[s]) for s in late if after_second[s] != now[s]}
+        broken.update({s: (was[s], after_first[s]) for s in early if after_first[s] != was[s]})
+        assert not broken, f"{len(broken)} of 400 connections reset or moved: {broken}"
     finally:
         stop_daemons(procs)

@@ -486,15 +486,24 @@ def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
     arp_ignore=1, arp_announce=2, rp_filter at most loose (the lab's 0 is kept)."""
+    from vipctl.backends import nft
     from vipctl.core.spec import parse_spec
     from vipctl.host import member as membermod
 
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
+
+    def setup_one(setup: membermod.MemberSetup) -> None:
+        membermod.apply_setup(setup, state)
+        gateways = membermod.gateways(setup.interface)
+        batch = membermod.second_chance_batch(setup, gateways)
+        name = membermod.second_chance_table(setup)
+        nft.replace_tables(batch, [("ip", name), ("ip6", name)])
+
     for m in lab.members:
         for interface in interfaces:
             setup = membermod.build_setup(spec, m.name, interface)
-            _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
+            _in_netns(m.ns, lambda setup=setup: setup_one(setup))
 
 
 def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:

@@ -294,6 +294,10 @@ def build_table(
             parts.chains.append(NftChain(member_chain(family, m.name), None, rules))
     uplink = f'type filter hook ingress device "{spec.uplink}" priority 0; policy accept;'
     parts.chains.insert(0, NftChain(f"in_{spec.uplink}", uplink, tuple(parts.ingress)))
+    for m in present:
+        if m.name in parts.second:
+            hook = f'type filter hook ingress device "{m.port}" priority 0; policy accept;'
+            parts.chains.append(NftChain(f"from_{m.port}", hook, tuple(parts.second[m.name])))
     if spec.mode == "broadcast":
         parts.chains.extend(_egress_chains(ctx))
     return NftTable(
@@ -313,6 +317,8 @@ class _Parts:
     sets: list[NftSet] = dataclasses.field(default_factory=list)
     ingress: list[str] = dataclasses.field(default_factory=list)
     chains: list[NftChain] = dataclasses.field(default_factory=list)
+    # the second chance: rules of each old owner's port ingress, by member
+    second: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -459,7 +465,38 @@ def _owners_lookup(
         fmap = flows_name(family, spec)
         parts.sets.append(_dynamic_map(fmap, fam.flow, spec))
         parts.chains.extend(_transition_chains(ctx, fam, fmap, recorders, pairs))
+        _second_chance(parts, ctx, fam, layout, moving)
     return pairs
+
+
+def second_map_name(family: int, member: str) -> str:
+    return f"second{family}_{member}"
+
+
+def _second_chance(parts: _Parts, ctx: _Ctx, fam: _Family, layout: Layout, moving: Moving) -> None:
+    """A moving bucket's old owner gives the router a second chance (host/member.py): a
+    TCP packet that does not start a connection and that it has no socket for comes back
+    on its port, still addressed to the VIP, and goes to the bucket's new owner. That is
+    where a connection opened after the change lives when another router (whose flow
+    map never saw its SYN) sent its packet to the old owner: the connection survives the
+    death of the router that recorded it. Only the old owner's port takes it back, only
+    for the buckets it gave away, so a packet bounces once at most; anything else addressed
+    to a VIP from a member port is dropped (a member never sends to a VIP: it holds it)."""
+    family, mark = fam.family, ctx.mark
+    by_old: dict[str, list[str]] = {}
+    for bucket, move in sorted(moving.items()):
+        owner = layout.table[bucket] if bucket < len(layout.table) else None
+        if move.phase != "move" or owner is None or not {move.old, move.new} <= set(mark):
+            continue  # as _verdicts: only a bucket in its move chain
+        by_old.setdefault(move.old, []).append(
+            f"{fam.literals[bucket]} : goto {member_chain(family, move.new)}"
+        )
+    for old, elements in sorted(by_old.items(), key=lambda kv: mark[kv[0]]):
+        name = second_map_name(family, old)
+        parts.sets.append(NftSet(name, "map", (f"typeof {fam.typeof} : verdict",), tuple(elements)))
+        parts.second.setdefault(old, []).extend(
+            [f"{fam.is_vip} {fam.expr} vmap @{name}", f"{fam.is_vip} drop"]
+        )
 
 
 def _verdicts(
