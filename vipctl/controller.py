@@ -467,7 +467,7 @@ def _old_text(
     """The live ruleset as text, re-rendered from the state (for --diff)."""
     if not trusted or recorded is None or previous is None or st is None:
         return ""
-    old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+    old_wiring = Wiring(wiring.ifindex, {**wiring.macs, **st.macs}, wiring.uplink_mac)
     try:
         return be.render(recorded, previous, old_wiring, generation).text
     except KeyError:

@@ -40,9 +40,11 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None
         time.sleep(0.1)
 
 
-def start_daemons(two: labmod.TwoRouters, tmp_path: Path) -> list[subprocess.Popen[str]]:
+def start_daemons(
+    two: labmod.TwoRouters, tmp_path: Path, **extra: Any
+) -> list[subprocess.Popen[str]]:
     spec = tmp_path / "lab.json"
-    spec.write_text(json.dumps(two.spec()))
+    spec.write_text(json.dumps({**two.spec(), **extra}))
     procs = []
     for r in two.routers:
         log = open(tmp_path / f"{r}.log", "w")  # noqa: SIM115
@@ -219,6 +221,48 @@ def test_router_with_no_member_up_withdraws(
     labmod.run_in(r1, ["nft", "delete", "table", "inet", "vx18_block"])
     wait_for("router 1 sees every member up", lambda: all(healthy(r1, tmp_path).values()))
     wait_for("two paths upstream again", lambda: both_paths(two))
+
+
+def rx_packets(ns: str, dev: str) -> int:
+    (link,) = labmod.ip_json(ns, ["-s", "link", "show", "dev", dev])
+    return int(link["stats64"]["rx"]["packets"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"pinning": {"mode": "always"}}],
+    ids=["nftables", "nftables-pinning-always"],
+)
+def test_flooded_frames_are_forwarded_once(
+    two: labmod.TwoRouters, tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    """Invariant 11: the routers' switch floods (ageing 0 and learning off: every frame is
+    unknown unicast), so each frame the upstream sends to one router reaches both. Only
+    the router it is addressed to forwards it: 4096 sources, each answered exactly once
+    (without the check, every datagram was answered twice). The tc backend (this host's
+    kernel has no flower/pedit/gact) is checked in tests/vm."""
+    procs = start_daemons(two, tmp_path, **extra)
+    try:
+        wait_for("two ECMP paths upstream", lambda: both_paths(two))
+        flood_and_probe(two)
+    finally:
+        stop_daemons(procs)
+
+
+def flood_and_probe(two: labmod.TwoRouters) -> None:
+    up = two.upstream_ns
+    labmod.run_in(up, ["ip", "link", "set", "br0", "type", "bridge", "ageing_time", "0"])
+    for port in ("r1", "r2"):
+        labmod.run_in(up, ["bridge", "link", "set", "dev", port, "learning", "off"])
+    uplink = two.lab.uplink
+    before = [rx_packets(r, uplink) for r in two.routers]
+    sources = traffic.expand(two.lab.sources4, 4096)
+    got = traffic.probe(two.lab, two.lab.vip4, sources, timeout=3.0)
+    flooded = [rx_packets(r, uplink) - b for r, b in zip(two.routers, before, strict=True)]
+    # the bridge did flood: each router's uplink received (nearly) every datagram
+    assert all(n >= 4096 for n in flooded), flooded
+    counts = traffic.summarize(got)
+    assert len(got) == 4096 and "<dup>" not in counts and "<none>" not in counts, counts
 
 
 def test_down_on_router1_loses_nothing(

@@ -293,6 +293,11 @@ def build_table(
     ctx = _Ctx(spec, wiring, present, alive, mark)
     # `ip daddr <VIPs>` per family: the match of the uplink's jump and of each egress rule
     is_vip = {f: f"{'ip' if f == 4 else 'ip6'} daddr {vip_match(f, spec)}" for f in families}
+    # At the uplink, only frames addressed to this router (invariant 11): a frame the
+    # routers' switch floods (unknown unicast, a MAC table flush) reaches every router,
+    # and each one forwarding it would deliver it twice. Not taken here, an OTHERHOST
+    # frame goes on to the stack, which drops it.
+    to_me = {f: f"meta pkttype host {is_vip[f]}" for f in families}
     for family in families:
         ip = "ip" if family == 4 else "ip6"
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
@@ -368,8 +373,8 @@ def build_table(
             if measuring:
                 count, extra = load_objects(spec, family, expr, typeof, literals)
                 sets.extend(extra)
-            ingress.append(f"{is_vip[family]} {count}{expr} vmap @{owners}{comment}")
-            ingress.append(f"{is_vip[family]} drop")
+            ingress.append(f"{to_me[family]} {count}{expr} vmap @{owners}{comment}")
+            ingress.append(f"{to_me[family]} drop")
             for m in present:
                 member_body[m.name].append(icmp)
             need_deliver = bool(pairs)
@@ -433,7 +438,7 @@ def build_table(
                 rules.insert(1, count.strip())
             rules.append("drop")
             chains.append(NftChain(f"vip{family}", None, tuple(rules)))
-            ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
+            ingress.append(f"{to_me[family]} jump vip{family}{comment}")
         chains.append(NftChain(icmp_chain(family), None, _icmp_rules(ctx)))
         for m in present:
             body = (*member_body[m.name], ctx.deliver(m.name))

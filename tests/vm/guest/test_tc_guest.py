@@ -26,6 +26,7 @@ from vipctl.backends import tc as tc_backend
 from vipctl.core import partition
 from vipctl.core.partition import Layout, bucket_of
 from vipctl.core.spec import Spec, parse_spec
+from vipctl.host import links
 from vipctl.lab import echo, traffic
 from vipctl.lab import topology as labmod
 from vipctl.lab.topology import Lab
@@ -91,6 +92,7 @@ def wiring(spec: Spec) -> Wiring:
     return Wiring(
         ifindex={m.port: socket.if_nametoindex(m.port) for m in spec.members},
         macs={m.name: str(m.mac) for m in spec.members},
+        uplink_mac=links.hwaddr(spec.uplink),
     )
 
 
