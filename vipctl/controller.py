@@ -820,7 +820,7 @@ def down(
         if spec is not None and spec.bgp is not None:
             from vipctl.host import bgp
 
-            bgp.stop(cluster, directory)
+            bgp.stop(cluster, directory, spec)
         statefile.remove(directory, cluster)
         if not removed and st is None:
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")

@@ -401,3 +401,100 @@ def test_fingerprints_equal_after_every_step(
             seen.add(f1)
     assert f1 == first  # all up: exactly the first table
     assert set(healthy(r1, tmp_path)) == members
+
+
+def bird_protocols(ctl: Path, ns: str) -> dict[str, tuple[str, str]]:
+    """`birdc show protocols` of the BIRD at `ctl`: name -> (protocol kind, state/info)."""
+    out = labmod.run_in(ns, ["birdc", "-s", str(ctl), "show", "protocols"]).stdout
+    rows: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[1] in ("BGP", "Static", "BFD", "Device"):
+            rows[cols[0]] = (cols[1], cols[-1])
+    return rows
+
+
+def test_two_clusters_share_one_bgp_speaker_ipv4_and_ipv6(
+    two: labmod.TwoRouters, tmp_path: Path
+) -> None:
+    """Two clusters with `bgp` on the same two routers, IPv4 and IPv6 VIPs: every VIP is
+    announced by both routers (two ECMP paths upstream each), by ONE BIRD per router with
+    one session per peer (one IPv4, one IPv6); `vipctl down` of one cluster withdraws its
+    VIPs only and keeps the sessions; the last cluster's down ends the BIRD."""
+    peers = [
+        {"address": labmod.UPSTREAM_LINK4, "asn": labmod.UPSTREAM_ASN},
+        {"address": labmod.UPSTREAM_LINK6, "asn": labmod.UPSTREAM_ASN},
+    ]
+    bgp = {"asn": labmod.ROUTER_ASN, "peers": peers, "bfd_interval_ms": 100}
+    vips = {
+        "lab": ["198.51.100.253", "2001:db8:f::253"],
+        "api": ["198.51.100.252", "2001:db8:f::252"],
+    }
+    procs = []
+    try:
+        for cluster, cvips in vips.items():
+            spec = tmp_path / f"{cluster}.json"
+            spec.write_text(json.dumps({**two.lab.spec(cluster, vips=cvips), "bgp": bgp}))
+            for r in two.routers:
+                log = open(tmp_path / f"{r}-{cluster}.log", "w")  # noqa: SIM115
+                cmd = ["daemon", str(spec), "--state-dir", str(tmp_path / r)]
+                procs.append(
+                    labmod.spawn_in(
+                        r,
+                        [sys.executable, "-m", "vipctl.cli", *cmd],
+                        stdout=log.fileno(),
+                        stderr=log.fileno(),
+                    )
+                )
+        every = [v for cvips in vips.values() for v in cvips]
+
+        def announced(vip: str) -> list[str]:
+            return labmod.upstream_paths(two, vip)
+
+        both = {4: sorted(labmod.ROUTER_LINK4), 6: sorted(labmod.ROUTER_LINK6)}
+        wait_for(
+            "every VIP with two paths upstream",
+            lambda: all(announced(v) == both[6 if ":" in v else 4] for v in every),
+            timeout=60,
+        )
+        for r in two.routers:
+            ctl = tmp_path / r / "bird" / "bird.ctl"
+            rows = bird_protocols(ctl, r)
+            sessions = {n: st for n, (kind, st) in rows.items() if kind == "BGP"}
+            # one session per peer, for both clusters
+            assert sessions == {
+                "peer_203_0_113_126": "Established",
+                "peer_2001_db8_ff__7e": "Established",
+            }, rows
+            # one BIRD on the router: its pid file, one process listening on port 179
+            listen = labmod.run_in(r, ["ss", "-Htlnp", "sport", "= :179"]).stdout
+            assert len({line.split("pid=")[1].split(",")[0] for line in listen.splitlines()}) == 1
+        up = bird_protocols(two.bird_ctl, two.upstream_ns)
+        assert all(
+            up[f"router{i}{t}"] == ("BGP", "Established") for i in (1, 2) for t in ("", "v6")
+        )
+
+        # `down api` on router 1: its VIPs leave router 1 only, lab's stay on both
+        r1 = two.routers[0]
+        for p in procs[2:]:
+            p.terminate()
+            p.wait(timeout=10)
+        vipctl(r1, "down", "api", "--state-dir", str(tmp_path / r1))
+        for v in vips["api"]:
+            assert announced(v) == [both[6 if ":" in v else 4][1]], v
+        for v in vips["lab"]:
+            assert announced(v) == both[6 if ":" in v else 4], v
+        rows = bird_protocols(tmp_path / r1 / "bird" / "bird.ctl", r1)
+        assert {n for n, (k, st) in rows.items() if k == "BGP" and st == "Established"} == {
+            "peer_203_0_113_126",
+            "peer_2001_db8_ff__7e",
+        }
+        assert not any(n.endswith("_api") for n in rows), rows
+        # the last cluster: BIRD ends with it
+        for p in procs[:2]:
+            p.terminate()
+            p.wait(timeout=10)
+        vipctl(r1, "down", "lab", "--state-dir", str(tmp_path / r1))
+        assert not labmod.run_in(r1, ["ss", "-Htln", "sport", "= :179"]).stdout.strip()
+    finally:
+        stop_daemons(procs)

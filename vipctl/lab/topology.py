@@ -608,6 +608,8 @@ UPSTREAM_ASN = 65000
 ROUTER_ASN = 65001
 UPSTREAM_LINK4 = "203.0.113.126"  # the upstream's address on the routers' shared segment
 ROUTER_LINK4 = ("203.0.113.65", "203.0.113.66")  # router 1, router 2 on that segment
+UPSTREAM_LINK6 = "2001:db8:ff::7e"  # the same segment in IPv6 (IPv6 VIPs, ipv6 sessions)
+ROUTER_LINK6 = ("2001:db8:ff::41", "2001:db8:ff::42")
 
 
 @dataclass(frozen=True)
@@ -645,15 +647,20 @@ def upstream_bird_conf(log: str) -> str:
     multipath kernel route, BFD on each session, short timers (a session is back within
     seconds after a failure)."""
     sessions = "".join(
-        f"protocol bgp router{i + 1} {{ local {UPSTREAM_LINK4} as {UPSTREAM_ASN}; "
-        f"neighbor {addr} as {ROUTER_ASN};\n  ipv4 {{ import all; export none; }}; bfd on; "
+        f"protocol bgp router{i + 1}{tag} {{ local {local} as {UPSTREAM_ASN}; "
+        f"neighbor {addr} as {ROUTER_ASN};\n  ipv{v} {{ import all; export none; }}; bfd on; "
         "hold time 3; keepalive time 1;\n  connect delay time 1; connect retry time 2; "
         "error wait time 1, 4; error forget time 10; }\n"
-        for i, addr in enumerate(ROUTER_LINK4)
+        for v, tag, local, addrs in (
+            (4, "", UPSTREAM_LINK4, ROUTER_LINK4),
+            (6, "v6", UPSTREAM_LINK6, ROUTER_LINK6),
+        )
+        for i, addr in enumerate(addrs)
     )
     return (
         f'log "{log}" all;\nrouter id {UPSTREAM_LINK4};\nprotocol device {{ scan time 10; }}\n'
         "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }\n"
+        "protocol kernel { ipv6 { export where source = RTS_BGP; }; merge paths on; }\n"
         'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
         "multiplier 3; }; }\n" + sessions
     )
@@ -721,6 +728,7 @@ def _build_two(two: TwoRouters) -> None:
             "link set c0 up",
             "link add br0 type bridge",
             f"addr add {UPSTREAM_LINK4}/26 dev br0",
+            f"addr add {UPSTREAM_LINK6}/64 dev br0 nodad",
             "link set br0 up",
         ]
         + [
@@ -733,6 +741,7 @@ def _build_two(two: TwoRouters) -> None:
         lines = [
             "link set lo up",
             f"addr add {ROUTER_LINK4[ri - 1]}/26 dev {lab.uplink}",
+            f"addr add {ROUTER_LINK6[ri - 1]}/64 dev {lab.uplink} nodad",
             f"link set {lab.uplink} up",
         ]
         for m in lab.members:
@@ -780,7 +789,10 @@ def _build_two(two: TwoRouters) -> None:
 
 def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
     """The nexthops (router addresses) of the upstream's kernel route to `vip`."""
-    routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
+    if ":" in vip:
+        routes = ip_json(two.upstream_ns, ["-6", "route", "show", f"{vip}/128"])
+    else:
+        routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
     hops: list[str] = []
     for r in routes:
         if "gateway" in r:
