@@ -498,3 +498,68 @@ def test_two_clusters_share_one_bgp_speaker_ipv4_and_ipv6(
         assert not labmod.run_in(r1, ["ss", "-Htln", "sport", "= :179"]).stdout.strip()
     finally:
         stop_daemons(procs)
+
+
+def operator_bird_conf(r: int, include_dir: Path, log: Path) -> str:
+    """A router's own BIRD as an operator runs it: its session to the upstream, and an
+    include of whatever vipctl writes, exported by the statics' names."""
+    return (
+        f'log "{log}" all;\nrouter id {labmod.ROUTER_LINK4[r]};\nprotocol device {{ }}\n'
+        f'include "{include_dir}/*.conf";\n'
+        f"protocol bgp upstream {{ local as {labmod.ROUTER_ASN}; "
+        f"neighbor {labmod.UPSTREAM_LINK4} as {labmod.UPSTREAM_ASN};\n"
+        '  ipv4 { import none; export where proto ~ "vips4_*"; }; bfd off;\n'
+        "  hold time 3; keepalive time 1; connect delay time 1; connect retry time 2; }\n"
+    )
+
+
+def test_external_speaker_gets_an_include_file_and_a_reload(
+    two: labmod.TwoRouters, tmp_path: Path
+) -> None:
+    """`speaker: external`: each router already runs its own BIRD; vipctl writes the
+    cluster's statics into the include file and reloads that BIRD (no BIRD of its own):
+    the VIP is announced by both routers, and `vipctl down` on router 1 withdraws it there
+    while the operator's BIRD keeps running."""
+    for i, r in enumerate(two.routers):
+        d = tmp_path / r
+        (d / "vipctl.d").mkdir(parents=True)
+        conf = d / "op-bird.conf"
+        conf.write_text(operator_bird_conf(i, d / "vipctl.d", d / "op-bird.log"))
+        labmod.run_in(
+            r, ["bird", "-c", str(conf), "-s", str(d / "op.ctl"), "-P", str(d / "op.pid")]
+        )
+    procs = []
+    try:
+        for r in two.routers:
+            d = tmp_path / r
+            data = two.spec()
+            data["bgp"] = {
+                "speaker": "external",
+                "include": str(d / "vipctl.d" / "lab.conf"),
+                "control": str(d / "op.ctl"),
+            }
+            spec = d / "lab.json"
+            spec.write_text(json.dumps(data))
+            log = open(d / "daemon.log", "w")  # noqa: SIM115
+            cmd = ["daemon", str(spec), "--state-dir", str(d / "state")]
+            procs.append(
+                labmod.spawn_in(
+                    r,
+                    [sys.executable, "-m", "vipctl.cli", *cmd],
+                    stdout=log.fileno(),
+                    stderr=log.fileno(),
+                )
+            )
+        wait_for("two ECMP paths upstream", lambda: both_paths(two))
+        for r in two.routers:
+            assert not (tmp_path / r / "state" / "bird").exists()  # no BIRD of vipctl's
+            rows = bird_protocols(tmp_path / r / "op.ctl", r)
+            assert rows["upstream"] == ("BGP", "Established") and "vips4_lab" in rows
+        r1 = two.routers[0]
+        stop_daemons(procs[:1])
+        vipctl(r1, "down", "lab", "--state-dir", str(tmp_path / r1 / "state"))
+        assert only_router2(two)
+        assert "route " not in (tmp_path / r1 / "vipctl.d" / "lab.conf").read_text()
+        assert bird_protocols(tmp_path / r1 / "op.ctl", r1)["upstream"][1] == "Established"
+    finally:
+        stop_daemons(procs)
