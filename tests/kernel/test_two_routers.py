@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,7 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None
 
 
 def start_daemons(
-    two: labmod.TwoRouters, tmp_path: Path, **extra: Any
+    two: labmod.TwoRouters, tmp_path: Path, wrapper: tuple[str, ...] = (), **extra: Any
 ) -> list[subprocess.Popen[str]]:
     spec = tmp_path / "lab.json"
     spec.write_text(json.dumps({**two.spec(), **extra}))
@@ -52,6 +53,7 @@ def start_daemons(
             labmod.spawn_in(
                 r,
                 [
+                    *wrapper,
                     sys.executable,
                     "-m",
                     "vipctl.cli",
@@ -561,5 +563,38 @@ def test_external_speaker_gets_an_include_file_and_a_reload(
         assert only_router2(two)
         assert "route " not in (tmp_path / r1 / "vipctl.d" / "lab.conf").read_text()
         assert bird_protocols(tmp_path / r1 / "op.ctl", r1)["upstream"][1] == "Established"
+    finally:
+        stop_daemons(procs)
+
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "vipctl@.service"
+CAP_BITS = {"net_bind_service": 10, "net_admin": 12, "net_raw": 13}
+
+
+def unit_capabilities() -> list[str]:
+    """The shipped unit's CapabilityBoundingSet, as setpriv names (net_admin, ...)."""
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            return [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    raise AssertionError(f"{UNIT} sets no CapabilityBoundingSet")
+
+
+def test_bgp_under_the_units_capabilities(two: labmod.TwoRouters, tmp_path: Path) -> None:
+    """Both daemons run as the shipped unit runs them (its capability bounding set, read
+    from systemd/vipctl@.service, no new privileges): the BIRD they start inherits that
+    set, binds port 179 and announces (two paths upstream). With the unit's former set
+    (CAP_NET_ADMIN CAP_NET_RAW) BIRD logged "bind: Permission denied" and nothing was
+    announced."""
+    caps = unit_capabilities()
+    wrapper = ("setpriv", "--bounding-set", ",".join(["-all", *(f"+{c}" for c in caps)]))
+    procs = start_daemons(two, tmp_path, (*wrapper, "--inh-caps", "-all", "--nnp"))
+    try:
+        wait_for("two ECMP paths upstream", lambda: both_paths(two), timeout=30)
+        for r in two.routers:
+            pid = int((tmp_path / r / "bird" / "bird.pid").read_text())
+            status = Path(f"/proc/{pid}/status").read_text()
+            bnd = int(re.search(r"^CapBnd:\s+([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+            assert bnd == sum(1 << CAP_BITS[c] for c in caps), (r, hex(bnd))
+            assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
     finally:
         stop_daemons(procs)
