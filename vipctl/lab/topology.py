@@ -642,10 +642,10 @@ class TwoRouters:
         return self.lab.workdir / "upstream-bird.ctl"
 
 
-def upstream_bird_conf(log: str) -> str:
+def upstream_bird_conf(log: str, bfd_ms: int = 100, bfd_multiplier: int = 3) -> str:
     """The upstream edge as an operator runs it: every router's route merged into one
-    multipath kernel route, BFD on each session, short timers (a session is back within
-    seconds after a failure)."""
+    multipath kernel route, BFD on each session (`bfd_ms` x `bfd_multiplier`), short
+    timers (a session is back within seconds after a failure)."""
     sessions = "".join(
         f"protocol bgp router{i + 1}{tag} {{ local {local} as {UPSTREAM_ASN}; "
         f"neighbor {addr} as {ROUTER_ASN};\n  ipv{v} {{ import all; export none; }}; bfd on; "
@@ -661,8 +661,8 @@ def upstream_bird_conf(log: str) -> str:
         f'log "{log}" all;\nrouter id {UPSTREAM_LINK4};\nprotocol device {{ scan time 10; }}\n'
         "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }\n"
         "protocol kernel { ipv6 { export where source = RTS_BGP; }; merge paths on; }\n"
-        'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
-        "multiplier 3; }; }\n" + sessions
+        f'protocol bfd {{ interface "*" {{ min rx interval {bfd_ms} ms; '
+        f"min tx interval {bfd_ms} ms; multiplier {bfd_multiplier}; }}; }}\n" + sessions
     )
 
 
@@ -687,12 +687,15 @@ def discover_two(prefix: str) -> TwoRouters | None:
     return describe_two(prefix, n) if n else None
 
 
-def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
+def build_two_routers(
+    prefix: str, members: int = 3, *, echo: bool = True, bfd: tuple[int, int] = (100, 3)
+) -> TwoRouters:
+    """`bfd`: the upstream's BFD interval (ms) and multiplier."""
     two = describe_two(prefix, members)
     lab = two.lab
     destroy(prefix)
     try:
-        _build_two(two)
+        _build_two(two, bfd)
         if echo:
             start_echo(lab)
     except BaseException:
@@ -701,7 +704,7 @@ def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> Tw
     return two
 
 
-def _build_two(two: TwoRouters) -> None:
+def _build_two(two: TwoRouters, bfd: tuple[int, int] = (100, 3)) -> None:
     lab = two.lab
     lab.workdir.mkdir(parents=True, exist_ok=True)
     _ip_batch(None, [f"netns add {ns}" for ns in two.namespaces])
@@ -782,7 +785,7 @@ def _build_two(two: TwoRouters) -> None:
     _setup_members(lab, ("eth1", "eth2"))
     log = lab.workdir / "upstream-bird.log"
     conf = lab.workdir / "upstream-bird.conf"
-    conf.write_text(upstream_bird_conf(str(log)))
+    conf.write_text(upstream_bird_conf(str(log), *bfd))
     pid = lab.workdir / "upstream-bird.pid"
     run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
 
