@@ -224,6 +224,8 @@ def sync(spec: Spec, directory: Path, serving: bool) -> str:
     if spec.bgp is None:
         raise KernelError(f"cluster {spec.cluster} has no bgp section")
     if spec.bgp.speaker == "external":
+        if (paths(directory).clusters / f"{spec.cluster}.json").exists():
+            stop(spec.cluster, directory)  # it was on the shared BIRD: not any more
         return _sync_external(spec, serving)
     p = paths(directory)
     with _locked(p):
@@ -272,7 +274,11 @@ def stop(cluster: str, directory: Path, spec: Spec | None = None) -> bool:
             p.clusters / f"{cluster}.json": None,
         }
         if members:
-            _apply_shared(p, {**gone, p.conf: _shared_text(p, members)})
+            files = {**gone, p.conf: _shared_text(p, members)}
+            if running(p.ctl):
+                _apply_shared(p, files)
+            else:  # the other clusters' daemons start it when they announce
+                _write_all(files)
             return True
         if running(p.ctl):
             birdc(p.ctl, "down")
