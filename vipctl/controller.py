@@ -250,6 +250,7 @@ class ApplyOptions:
     layout: Layout | None = None
     weights: Mapping[str, Fraction] | None = None
     intent_source: str = "rebalance"
+    intent_generation: int | None = None  # the shared store's generation being installed
     expect_generation: int | None = None
     measuring: bool = False
     check_drift: bool = True
@@ -356,7 +357,11 @@ def _decide(
         moving=seen.st.moving if seen.st is not None else {},
         flows=_flows_if_due(be, spec, seen.st, desired, env.clock()),
         trusted=trusted,
-        drift=_drift(be, spec, seen, wiring) if trusted and opts.check_drift else (),
+        drift=(
+            (_drift(be, spec, seen, wiring) if opts.check_drift else ())
+            if trusted
+            else _untrusted(seen, wiring)
+        ),
     )
     decision = reconcile.decide(desired, observed, env.clock())
     if opts.dry_run:
@@ -505,7 +510,11 @@ def _desired(
     if opts.weights is not None:
         wanted = planning.spec_weights(spec, opts.weights)
         intent = reconcile.next_intent(
-            st.intent if st else None, own, weights=wanted, source=opts.intent_source
+            st.intent if st else None,
+            own,
+            weights=wanted,
+            source=opts.intent_source,
+            generation=opts.intent_generation,
         )
     else:
         intent = reconcile.next_intent(st.intent if st else None, own)
@@ -542,6 +551,22 @@ def _trusted(spec: Spec, seen: _Seen, previous: Layout | None, wiring: Wiring) -
         and live.generation == st.generation
         and st.ifindex == dict(wiring.ifindex)
     )
+
+
+def _untrusted(seen: _Seen, wiring: Wiring) -> tuple[str, ...]:
+    """Why the state does not describe the kernel, when there is a state (a first install
+    has nothing to repair)."""
+    st, live = seen.st, seen.live
+    if st is None or seen.recorded is None:
+        return ()
+    if live is None:
+        return ("the cluster's table is missing from the kernel",)
+    if live.generation != st.generation:
+        return (f"the kernel holds generation {live.generation}, the state {st.generation}",)
+    moved = sorted(p for p, i in wiring.ifindex.items() if st.ifindex.get(p) not in (None, i))
+    if moved:
+        return (f"ports re-created since the commit (new ifindex): {', '.join(moved)}",)
+    return ()
 
 
 def _flows_if_due(
@@ -1170,7 +1195,106 @@ def status(
     offload = be.offload(live)
     if offload is not None:
         report["offload"] = offload
+    if spec.store is not None:
+        report.update(_routers(spec))
     return report
+
+
+def _routers(spec: Spec) -> dict[str, Any]:
+    """With a store: every router's fingerprint and generations, as their daemons
+    published them (`routers`), and whether they differ (`routers_agree`)."""
+    from vipctl.host import store
+
+    try:
+        found = store.Client(spec).routers()
+    except VipctlError as exc:
+        return {"routers": [], "store_error": str(exc)}
+    routers = [
+        {
+            "name": str(r["name"]),
+            "fingerprint": r.get("fingerprint"),
+            "generation": r.get("generation"),
+            "desired_generation": r.get("desired_generation"),
+            "age_s": round(max(0.0, time.time() - float(r.get("at", 0))), 1),
+        }
+        for r in found
+    ]
+    return {
+        "routers": routers,
+        "routers_agree": len({r["fingerprint"] for r in routers}) <= 1,
+    }
+
+
+def rebalance_shared(
+    spec: Spec,
+    directory: Path,
+    weights: Mapping[str, Fraction],
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
+) -> ApplyResult:
+    """`rebalance --weights` with a store: the new base table is computed from the shared
+    one (every router re-weights the same base), written once by compare-and-swap on the
+    shared document (StoreError, exit 75, nothing changed: unreachable, or another router
+    changed it first), then installed here; every other router's daemon converges to it.
+    The store is written first: it is the desired state, and a router that cannot install
+    it now converges as soon as it can."""
+    from vipctl.core import shared as sharedmod
+    from vipctl.host import store
+
+    opts = options or ApplyOptions()
+    client = store.Client(spec)
+    found = client.read()
+    st = statefile.load(directory, spec.cluster)
+    own = planning.spec_weights(spec)
+    wanted = planning.spec_weights(spec, {**weights_in_force(spec, st), **weights})
+    if found.shared is not None:
+        base = found.shared.layout
+    elif st is not None and st.layout.bits == spec.partition.bits:
+        base = Layout.of(st.layout.bits, st.layout.weights, st.layout.base)
+    else:
+        base = Layout.initial(spec.partition.bits, own)
+    layout = base.reweight(wanted).with_down(())
+    generation = (found.shared.generation if found.shared is not None else 0) + 1
+    new = sharedmod.Shared(generation, "rebalance", own, layout)
+    if not opts.dry_run:
+        client.swap(found, new)
+    down = st.layout.down if st is not None else ()
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            opts,
+            layout=new.layout_for(down),
+            weights=dict(wanted),
+            intent_generation=generation,
+        ),
+        env,
+    )
+
+
+def converge_shared(
+    spec: Spec,
+    directory: Path,
+    found: Any,
+    options: ApplyOptions,
+    env: Env | None = None,
+) -> ApplyResult:
+    """Install the shared desired state `found.shared` with this router's health
+    (`options.down`): the daemon, when the store's generation moved."""
+    shared = found.shared
+    down = options.down if options.down is not None else ()
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            options,
+            layout=shared.layout_for(set(down)),
+            weights=dict(shared.layout.weights),
+            intent_generation=shared.generation,
+            intent_source=shared.intent().source,
+        ),
+        env,
+    )
 
 
 def exportable(

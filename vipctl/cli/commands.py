@@ -287,11 +287,11 @@ def rebalance(
         new_weights = planning.parse_weights(weights, spec)
         directory = statefile.state_dir(state_dir)
         in_force = controller.weights_in_force(spec, statefile.load(directory, spec.cluster))
-        result = controller.apply(
-            spec,
-            directory,
-            controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights}),
-        )
+        options = controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights})
+        if spec.store is not None:  # once, in the store: every router converges to it
+            result = controller.rebalance_shared(spec, directory, new_weights, options)
+        else:
+            result = controller.apply(spec, directory, options)
     except VipctlError as exc:
         fail(exc)
     if dry_run:
@@ -409,4 +409,24 @@ def _status_text(r: dict[str, object]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if r.get("weights_from") not in (None, "spec"):
+        lines.append(f"weights in force set by {r['weights_from']} (the spec's differ)")
+    lines.extend(_routers_text(r))
     return "\n".join(lines)
+
+
+def _routers_text(r: dict[str, object]) -> list[str]:
+    """With a store: one line per router, and whether they agree."""
+    if "store_error" in r:
+        return [f"routers: unknown ({r['store_error']})"]
+    routers = r.get("routers")
+    if not isinstance(routers, list):
+        return []
+    agree = "all routers agree" if r.get("routers_agree") else "ROUTERS DIFFER"
+    out = [f"routers ({agree}):"]
+    for x in routers:
+        out.append(
+            f"  {x['name']}  fingerprint {x['fingerprint'] or '-'}  generation "
+            f"{x['generation']}  desired {x['desired_generation']}  ({x['age_s']:g} s ago)"
+        )
+    return out

@@ -99,15 +99,18 @@ def next_intent(
     *,
     weights: Weights | None = None,
     source: str = "rebalance",
+    generation: int | None = None,
 ) -> Intent | None:
     """The intent after a command: `weights` given (rebalance, layout import) sets them
-    (None when they are the spec's own: nothing to remember); otherwise the previous intent
-    stays while it holds and is dropped when the spec's weights changed."""
+    (None when they are the spec's own and no shared `generation` is to be kept: nothing
+    to remember); otherwise the previous intent stays while it holds and is dropped when
+    the spec's weights changed. `generation`: the shared store's (core/shared.py)."""
     if weights is None:
         return previous if holds(previous, spec_weights) else None
-    if weights == spec_weights:
+    if weights == spec_weights and generation is None:
         return None
-    generation = (previous.generation + 1) if previous is not None else 1
+    if generation is None:
+        generation = (previous.generation + 1) if previous is not None else 1
     return Intent(weights, spec_weights, source, generation)
 
 
@@ -136,7 +139,8 @@ class Observed:
     """What the shell found: the layout live before (from the state, or adopted from the
     kernel's own table), the transitions under way, the buckets that still hold a recorded
     flow (None: not read, or unknown), whether the state describes the kernel exactly
-    (`trusted`) and, when it was checked, what differs between them (`drift`)."""
+    (`trusted`) and, when it was checked, what differs between them (`drift`; also why it
+    is not trusted, when a state exists)."""
 
     previous: Layout | None
     moving: Moving = field(default_factory=dict)
@@ -153,7 +157,7 @@ class Decision:
     record_s: float  # 0: one commit
     whole: bool  # replace the whole table: the kernel is not what the state says
     failover: bool  # members went down: commit at once
-    reasons: tuple[str, ...] = ()  # why `whole` (for the log and --diff)
+    reasons: tuple[str, ...] = ()  # what differed from the state (drift repaired)
 
 
 def target_layout(desired: Desired, previous: Layout | None) -> Layout:
@@ -186,7 +190,6 @@ def decide(desired: Desired, observed: Observed, now: float) -> Decision:
     # a failover never waits for a record step: the buckets it moves were a dead member's
     record = () if failover or not desired.record_s else tuple(fresh)
     whole = not observed.trusted or bool(observed.drift)
-    reasons = observed.drift or (("the state does not describe the kernel",) if whole else ())
     return Decision(
         layout=layout,
         moving=moving,
@@ -194,7 +197,7 @@ def decide(desired: Desired, observed: Observed, now: float) -> Decision:
         record_s=desired.record_s if record else 0.0,
         whole=whole,
         failover=failover,
-        reasons=reasons,
+        reasons=observed.drift,
     )
 
 

@@ -74,6 +74,21 @@ _STATUS_CLUSTER = _object(
         },
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
+        "routers": {
+            "type": "array",
+            "description": "with a store: what each router's daemon published",
+            "items": _object(
+                {
+                    "name": _NAME,
+                    "fingerprint": _FINGERPRINT,
+                    "generation": {"type": ["integer", "null"], "minimum": 0},
+                    "desired_generation": {"type": ["integer", "null"], "minimum": 0},
+                    "age_s": {"type": "number", "minimum": 0},
+                }
+            ),
+        },
+        "routers_agree": {"type": "boolean"},
+        "store_error": {"type": "string"},
     },
     required=[
         "bits",

@@ -390,6 +390,41 @@ class Bgp(_Model):
         return problems
 
 
+# An etcd endpoint: http(s)://host[:port], host a name, an IPv4 address or [IPv6]
+EtcdUrl = Annotated[
+    str,
+    Field(
+        pattern=r"^https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
+        r"(:[0-9]{1,5})?/?$"
+    ),
+]
+StorePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]{0,200}$")]
+
+
+class Store(_Model):
+    """The cluster's desired state shared by every router (docs/two-routers.md): weights in
+    force and the base table live in this etcd cluster; `rebalance` on any router changes
+    them once and every router's daemon converges to them. The data plane never depends on
+    it: with the store unreachable, failover and restoration still work and changes are
+    refused (exit 75)."""
+
+    etcd: list[EtcdUrl] = Field(min_length=1, max_length=16, description="etcd endpoints")
+    prefix: StorePath = Field(default="/vipctl", description="key prefix in etcd")
+    ca: StorePath | None = Field(default=None, description="CA file for https endpoints")
+    cert: StorePath | None = Field(default=None, description="client certificate file")
+    key: StorePath | None = Field(default=None, description="client key file")
+    timeout_ms: int = Field(default=1000, ge=50, le=30_000, description="per request")
+    poll_ms: int = Field(
+        default=250, ge=50, le=10_000, description="how often a daemon reads the store"
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Store:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("store.cert and store.key go together")
+        return self
+
+
 class Spec(_Model):
     cluster: ClusterName
     vips: list[IPAddress] = Field(min_length=1, max_length=64)
@@ -415,6 +450,7 @@ class Spec(_Model):
     )
     bgp: Bgp | None = None
     retune: Retune = Field(default_factory=Retune)
+    store: Store | None = None
 
     @field_validator("vips")
     @classmethod
