@@ -722,7 +722,7 @@ def _old_text(
     """The live ruleset as text, re-rendered from the state (for --diff)."""
     if not trusted or recorded is None or previous is None or st is None:
         return ""
-    old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+    old_wiring = Wiring(wiring.ifindex, {**wiring.macs, **st.macs}, wiring.uplink_mac)
     try:
         return be.render(recorded, previous, old_wiring, generation).text
     except KeyError:
@@ -1085,7 +1085,7 @@ def down(
         if spec is not None and spec.bgp is not None:
             from vipctl.host import bgp
 
-            bgp.stop(cluster, directory)
+            bgp.stop(cluster, directory, spec)
         statefile.remove(directory, cluster)
         if not removed and st is None:
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")

@@ -481,3 +481,34 @@ def test_concurrent_applies_take_turns(topo: Lab, tmp_path: Path, state: str) ->
         assert report["generation"] == generations[-1] and report["in_sync"]
     finally:
         down(topo, state, "web")
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+@pytest.mark.parametrize("pinning", ["moving", "always"])
+def test_a_frame_for_another_mac_is_not_taken(
+    topo: Lab, tmp_path: Path, state: str, mode: str, pinning: str
+) -> None:
+    """Invariant 11: the client sends the VIPs' packets in frames addressed to another
+    router's MAC (what a switch that floods delivers to every router): no member gets
+    any, IPv4 or IPv6; the same sources to this router's MAC are answered once each."""
+    spec = topo.spec("web", mode=mode, key="mask", bits=8) | {"pinning": {"mode": pinning}}
+    apply(topo, tmp_path, state, spec)
+    gateways = (("-4", topo.router4), ("-6", topo.router6))
+    try:
+        for lladdr in ("02:00:00:00:ee:ee", topo.uplink_mac):
+            for family, gw in gateways:
+                sh(
+                    topo.client_ns,
+                    f"ip {family} neigh replace {gw} dev eth0 lladdr {lladdr} nud permanent",
+                )
+            for vip, cidr in ((topo.vip4, topo.sources4), (topo.vip6, topo.sources6)):
+                got = traffic.probe(topo, vip, traffic.expand(cidr, 512), timeout=2.0)
+                counts = traffic.summarize(got)
+                if lladdr == topo.uplink_mac:
+                    assert all(len(v) == 1 for v in got.values()), (vip, counts)
+                else:
+                    assert not any(got.values()), (vip, counts)
+    finally:
+        for family, gw in gateways:
+            sh(topo.client_ns, f"ip {family} neigh del {gw} dev eth0")
+        down(topo, state, "web")

@@ -30,6 +30,7 @@ from vipctl.render import tc as render_tc
 from vipctl.render.wiring import Wiring
 
 PORTS = {"up0": 1, "m1": 11, "m2": 12, "m3": 13}
+UPLINK_MAC = "02:00:00:00:00:01"
 MACS = {"web1": "02:00:00:00:01:02", "web2": "02:00:00:00:02:02", "web3": "02:00:00:00:03:02"}
 
 
@@ -190,7 +191,7 @@ class FakeBox:
             raise KernelError(self.announce_refusal)
 
     def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
-        return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS))
+        return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS), uplink_mac=UPLINK_MAC)
 
     def preflight(self, spec: Spec, down: Collection[str]) -> list[Finding]:
         return list(self.findings)

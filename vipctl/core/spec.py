@@ -280,21 +280,120 @@ class Retune(_Model):
         return self
 
 
+def _peer_address(value: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    """A BGP neighbour is one unicast host BIRD can open a session to: BIRD accepts
+    224.0.0.5 and then shows "Invalid next hop" while the daemon believes it announces."""
+    if value.is_multicast or value == IPv4Address("255.255.255.255"):
+        raise ValueError(f"{value} is not a unicast address")
+    if value.is_unspecified or value.is_loopback:
+        raise ValueError(f"{value} is not the address of an upstream router")
+    if isinstance(value, IPv4Address) and value.is_reserved:
+        raise ValueError(f"{value} is in the reserved 240.0.0.0/4")
+    if value.is_link_local:
+        raise ValueError(
+            f"{value} is link-local: a session to it needs an interface; use the "
+            "upstream's global address on the shared link"
+        )
+    return value
+
+
+def _router_id(value: object) -> IPv4Address:
+    """A BGP router id is 32 bits written as an IPv4 address (a string, as every address
+    in the spec; strict mode refused the string before, "an instance of IPv4Address")."""
+    addr = _address(value)
+    if not isinstance(addr, IPv4Address):
+        raise ValueError("a router id is written as an IPv4 address (32 bits)")
+    if addr.is_unspecified:
+        raise ValueError("0.0.0.0 is not a router id (BGP needs a non-zero one)")
+    return addr
+
+
+RouterId = Annotated[
+    IPv4Address,
+    PlainValidator(_router_id),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "ipv4"}),
+]
+
+
 class BgpPeer(_Model):
-    address: IPAddress = Field(description="the upstream router's address (on a shared link)")
+    address: Annotated[IPAddress, AfterValidator(_peer_address)] = Field(
+        description="the upstream router's unicast address (on a shared link)"
+    )
     asn: int = Field(ge=1, le=4294967295, description="the upstream's AS number")
+
+
+BIRD_INCLUDE_DIR = "/etc/bird/vipctl.d"
+BIRD_CONTROL = "/run/bird/bird.ctl"
+# written into a birdc command line and a BIRD include directive: no quotes, no spaces
+BirdPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]{1,4095}$")]
+# what the operator's BIRD holds when vipctl only writes an include file
+_SESSION_DEFAULTS: dict[str, object] = {
+    "asn": None,
+    "peers": [],
+    "bfd": True,
+    "bfd_interval_ms": 100,
+    "bfd_multiplier": 3,
+    "router_id": None,
+}
 
 
 class Bgp(_Model):
     """Announce the VIPs to upstream routers, which spread traffic over every vipctl
-    router by ECMP (docs/two-routers.md)."""
+    router by ECMP (docs/two-routers.md). One BGP speaker per router, shared by every
+    cluster: `speaker: vipctl` runs one BIRD for all clusters with a `bgp` section (one
+    session per peer); `speaker: external` only writes this cluster's VIP routes into an
+    include file of the BIRD the operator already runs and reloads it (`birdc configure`);
+    the sessions, BFD and export policy are then the operator's."""
 
-    asn: int = Field(ge=1, le=4294967295, description="this router's AS number")
-    peers: list[BgpPeer] = Field(min_length=1, max_length=16)
+    speaker: Literal["vipctl", "external"] = Field(
+        default="vipctl",
+        description="vipctl: one BIRD that vipctl starts and shares across clusters; "
+        "external: the operator's BIRD (vipctl writes `include` and reloads it)",
+    )
+    asn: int | None = Field(
+        default=None, ge=1, le=4294967295, description="this router's AS number (vipctl)"
+    )
+    peers: list[BgpPeer] = Field(default_factory=list, max_length=16)
     bfd: bool = Field(default=True, description="sub-second detection of a dead router")
-    router_id: IPv4Address | None = Field(
+    bfd_interval_ms: int = Field(
+        default=100, ge=10, le=10000, description="BFD transmit and receive interval (ms)"
+    )
+    bfd_multiplier: int = Field(
+        default=3, ge=1, le=255, description="BFD packets missed before a session is down"
+    )
+    router_id: RouterId | None = Field(
         default=None, description="BGP router id (default: BIRD picks the lowest IPv4 address)"
     )
+    include: BirdPath | None = Field(
+        default=None,
+        description=f"external: the file of this cluster's routes (default "
+        f"{BIRD_INCLUDE_DIR}/<cluster>.conf); the operator's bird.conf includes it",
+    )
+    control: BirdPath | None = Field(
+        default=None, description=f"external: BIRD's control socket (default {BIRD_CONTROL})"
+    )
+
+    def problems(self) -> list[str]:
+        """What the speaker does not take, as `bgp.<field>: message` lines."""
+        problems: list[str] = []
+        if self.speaker == "vipctl":
+            if self.asn is None:
+                problems.append("bgp.asn: required (this router's AS number)")
+            if not self.peers:
+                problems.append("bgp.peers: at least one peer is required")
+            for key in ("include", "control"):
+                if getattr(self, key) is not None:
+                    problems.append(f"bgp.{key}: only for speaker: external")
+        else:
+            # by value, not by the keys given: a recorded spec is dumped with every default
+            for key, default in _SESSION_DEFAULTS.items():
+                if getattr(self, key) != default:
+                    problems.append(
+                        f"bgp.{key}: speaker: external leaves the sessions to the operator's "
+                        "BIRD (set it in its configuration)"
+                    )
+        return problems
 
 
 # An etcd endpoint: http(s)://host[:port], host a name, an IPv4 address or [IPv6]
@@ -417,6 +516,8 @@ class Spec(_Model):
         if not any(m.weight > 0 for m in self.members):
             problems.append("members: at least one member needs a weight > 0")
         if self.bgp is not None:
+            problems += self.bgp.problems()
+        if self.bgp is not None and self.bgp.speaker == "vipctl":
             peer_families = {p.address.version for p in self.bgp.peers}
             for family in sorted(families - peer_families):
                 problems.append(
@@ -426,6 +527,11 @@ class Spec(_Model):
             for i, peer in enumerate(self.bgp.peers):
                 if peer.address in seen_peers:
                     problems.append(f"bgp.peers.{i}.address: {peer.address} is listed twice")
+                if peer.address in self.vips:
+                    problems.append(
+                        f"bgp.peers.{i}.address: {peer.address} is a VIP (the peer is "
+                        "the upstream router, the VIPs are what is announced to it)"
+                    )
                 seen_peers.add(peer.address)
         if problems:
             raise ValueError("\n".join(problems))

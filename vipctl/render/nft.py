@@ -326,7 +326,12 @@ class _Family:
     """What one VIP family's rules are made of."""
 
     family: int
-    is_vip: str  # `ip daddr <VIPs>`: the uplink's match and each egress rule's
+    is_vip: str  # `ip daddr <VIPs>`: each egress rule's match
+    # the uplink's match: only frames addressed to this router (invariant 11): a frame the
+    # routers' switch floods (unknown unicast, a MAC table flush) reaches every router, and
+    # each one forwarding it would deliver it twice. Not taken here, an OTHERHOST frame
+    # goes on to the stack, which drops it.
+    to_me: str
     expr: str  # the bucket of a packet (mask or jhash of the source)
     typeof: str
     literals: tuple[str, ...]  # each bucket as a map key
@@ -341,9 +346,11 @@ class _Family:
         ip = "ip" if family == 4 else "ip6"
         expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
         first = family == spec.vip_families[0]
+        is_vip = f"{ip} daddr {vip_match(family, spec)}"
         return cls(
             family=family,
-            is_vip=f"{ip} daddr {vip_match(family, spec)}",
+            is_vip=is_vip,
+            to_me=f"meta pkttype host {is_vip}",
             expr=expr,
             typeof=typeof,
             literals=_bucket_literals(family, p.key, p.bits),
@@ -425,7 +432,7 @@ def _pinned_lookup(
         rules.insert(1, count.strip())
     rules.append("drop")
     parts.chains.append(NftChain(f"vip{family}", None, tuple(rules)))
-    parts.ingress.append(f"{fam.is_vip} jump vip{family}{fam.comment}")
+    parts.ingress.append(f"{fam.to_me} jump vip{family}{fam.comment}")
 
 
 def _owners_lookup(
@@ -459,8 +466,8 @@ def _owners_lookup(
     if measuring:
         count, extra = load_objects(spec, family, fam.expr, fam.typeof, fam.literals)
         parts.sets.extend(extra)
-    parts.ingress.append(f"{fam.is_vip} {count}{fam.expr} vmap @{owners}{fam.comment}")
-    parts.ingress.append(f"{fam.is_vip} drop")
+    parts.ingress.append(f"{fam.to_me} {count}{fam.expr} vmap @{owners}{fam.comment}")
+    parts.ingress.append(f"{fam.to_me} drop")
     if spec.pinning.mode == "moving":
         fmap = flows_name(family, spec)
         parts.sets.append(_dynamic_map(fmap, fam.flow, spec))
