@@ -875,23 +875,37 @@ def measure_start(
     of the same layout with the counters in the cluster's own ingress rule."""
     st = _installed(spec, directory)
     env = env or Env()
-    res = apply(
-        spec,
-        directory,
-        dataclasses.replace(
-            options or ApplyOptions(),
-            measuring=True,
-            preflight=False,
-            host=False,
-            want_diff=False,
-            expect_generation=st.generation,
-        ),
-        env,
-    )
+    res = _counting(spec, directory, options, env, on=True, expect=st.generation)
     baseline = env.backend(spec).read_load(spec)  # a crashed run's counters keep their counts
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
     return Measuring(res.generation, baseline)
+
+
+def _counting(
+    spec: Spec,
+    directory: Path,
+    options: ApplyOptions | None,
+    env: Env,
+    *,
+    on: bool,
+    expect: int,
+) -> ApplyResult:
+    """The commit that switches per-bucket counting on or off: the same layout, no host
+    work, refused when anyone committed since generation `expect`."""
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            options or ApplyOptions(),
+            measuring=on,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=expect,
+        ),
+        env,
+    )
 
 
 def measure_stop(
@@ -913,19 +927,7 @@ def measure_stop(
             "the measurement was interrupted: another commit replaced the table during the "
             "window (a failover?); nothing changed, run it again"
         )
-    res = apply(
-        spec,
-        directory,
-        dataclasses.replace(
-            options or ApplyOptions(),
-            measuring=False,
-            preflight=False,
-            host=False,
-            want_diff=False,
-            expect_generation=started.generation,
-        ),
-        env,
-    )
+    res = _counting(spec, directory, options, env, on=False, expect=started.generation)
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:
         raise KernelError(f"cluster {spec.cluster} is not installed here")
