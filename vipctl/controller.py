@@ -74,6 +74,10 @@ def backend_for(spec: Spec | str) -> Backend:
         from vipctl.backends.tc import TcBackend
 
         return TcBackend()
+    if name == "xdp":
+        from vipctl.backends.xdp import XdpBackend
+
+        return XdpBackend()
     from vipctl.backends.nft import NftBackend
 
     return NftBackend()

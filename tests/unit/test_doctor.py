@@ -51,6 +51,7 @@ class FakeHost:
     batches: list[str] = field(default_factory=list)  # every batch checked
     tc_error: str | None = 'Error: Unknown filter "flower"'
     proxy: list[str] = field(default_factory=list)
+    xdp: dict[str, int] | None = field(default_factory=dict)  # XDP_ACT_* bits per device
 
     def links(self) -> Mapping[str, LinkInfo]:
         return self.links_
@@ -85,6 +86,9 @@ class FakeHost:
 
     def tc_check(self) -> str | None:
         return self.tc_error
+
+    def xdp_features(self, devs: Sequence[str]) -> Mapping[str, int] | None:
+        return {d: self.xdp.get(d, 0) for d in devs} if self.xdp is not None else None
 
     def proxies(self, uplink: str) -> Sequence[str]:
         return self.proxy
