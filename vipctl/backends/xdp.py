@@ -271,7 +271,13 @@ def _detach(spec: Spec, d: Path) -> None:
 
 
 def write(table: rx.XdpTable, digest: str, cluster: str) -> None:
-    """The new generation into the half packets do not read, then one flip."""
+    """The new generation into the half packets do not read, then one flip.
+
+    A packet reads `active` once and then only that half. One that read it just before the
+    flip finishes within microseconds (XDP runs to completion in the driver's poll); the
+    half it reads is written again only by the next swap, a new commit at least
+    milliseconds later (tests/kernel/test_xdp.py: 200 back-to-back swaps, 0 lost or
+    duplicated)."""
     d = pin_dir(cluster)
     with _Maps(d) as maps:
         half = maps.half()
