@@ -137,6 +137,33 @@ def test_exactly_once_for_4096_sources_v4_and_v6(xtopo: Lab, tmp_path: Path, key
     assert prog is None and f"pref {TC_PREF}" not in filters and not pins
 
 
+def test_several_vips_each_exactly_once_and_a_removed_vip_is_not_steered(
+    xtopo: Lab, tmp_path: Path
+) -> None:
+    extra = "198.51.100.252"
+    for m in xtopo.members:
+        sh(m.ns, f"ip addr add {extra}/32 dev lo")
+    c = Cluster(xtopo, tmp_path, vips=[xtopo.vip4, extra, xtopo.vip6])
+    try:
+        c.apply()
+        sources = traffic.expand(xtopo.sources4, 512)
+        want = c.owners(sources)
+        for vip in (xtopo.vip4, extra):
+            got = traffic.probe(xtopo, vip, sources)
+            assert got == {s: [want[s]] for s in sources}, vip
+        c.spec["vips"] = [xtopo.vip4, xtopo.vip6]
+        write_spec(c.path, c.spec)
+        c.apply()
+        # no member answers: the router passes it on (and has no route for it)
+        assert traffic.summarize(traffic.probe(xtopo, extra, sources[:64])) == {"<none>": 64}
+        got = traffic.probe(xtopo, xtopo.vip4, sources)
+        assert got == {s: [want[s]] for s in sources}
+    finally:
+        c.down()
+        for m in xtopo.members:
+            sh(m.ns, f"ip addr del {extra}/32 dev lo")
+
+
 def test_shares_and_counters_follow_the_weights(xtopo: Lab, tmp_path: Path) -> None:
     c = Cluster(xtopo, tmp_path)
     for m, w in zip(c.spec["members"], (1, 2, 4), strict=True):

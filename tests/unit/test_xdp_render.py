@@ -87,10 +87,14 @@ def test_the_digest_ignores_the_generation_and_follows_the_table() -> None:
     assert moved.digest != a.digest
 
 
-def test_vip_keys_are_sixteen_bytes() -> None:
-    v4, v6 = spec().vips
-    assert rx.vip_key(v4) == bytes(10) + b"\xff\xff" + bytes([198, 51, 100, 253])
-    assert rx.vip_key(v6) == v6.packed
+def test_the_vips_are_part_of_the_generation() -> None:
+    s = spec(vips=["198.51.100.253", "198.51.100.252", "2001:db8:f::253"])
+    t = rx.build(s, desired(s, None), WIRING, 1)
+    fields = rx.CONFIG.unpack(t.config("0" * 16))
+    assert fields[8:10] == (2, 1)  # vips4, vips6
+    assert fields[10][:8] == bytes([198, 51, 100, 253, 198, 51, 100, 252])
+    assert fields[11][:16] == s.vips[2].packed
+    assert rx.CONFIG.size == 40 + 4 * rx.MAX_VIPS + 16 * rx.MAX_VIPS  # steer.bpf.c's struct
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,6 @@ class _Maps:
         self.buckets = Map(str(m / "buckets"), 4, rx.BUCKET.size)
         self.members = Map(str(m / "members"), 4, rx.MEMBER.size)
         self.ports = Map(str(m / "ports"), 4, 4)
-        self.vips = Map(str(m / "vips"), 16, 4)
         self.flows = Map(str(m / "flows"), rx.FLOW_KEY.size, rx.FLOW.size)
         self.counters = Map(str(m / "counters"), 4, rx.COUNT.size, percpu=True)
         self.load = Map(str(m / "load"), 4, rx.COUNT.size, percpu=True)
@@ -151,8 +150,9 @@ class _Maps:
         return rx.U32.unpack(raw[:4])[0] & 1 if raw else 0
 
     def config_of(self, half: int) -> tuple[int, ...]:
+        """generation, digest, timeout_ns, bits, seed, hash, measuring, members"""
         raw = self.config.lookup(rx.U32.pack(half))
-        return rx.CONFIG.unpack(raw[: rx.CONFIG.size]) if raw else (0,) * 9
+        return rx.CONFIG_HEAD.unpack(raw[: rx.CONFIG_HEAD.size]) if raw else (0,) * 8
 
     def names(self, half: int, n: int) -> tuple[str, ...]:
         out = []
@@ -188,7 +188,7 @@ def observe(spec: Spec) -> XdpLive | None:
         return None
     with maps:
         half = maps.half()
-        gen, digest, _t, bits, _s, _h, _m, n, _p = maps.config_of(half)
+        gen, digest, _t, bits, _s, _h, _m, n = maps.config_of(half)
         if gen == 0:
             return None  # loaded but never filled (a crash in the first install)
         names = maps.names(half, n)
@@ -296,14 +296,8 @@ def write(table: rx.XdpTable, digest: str, cluster: str) -> None:
         base = nxt << rx.TABLE_SHIFT
         keys = b"".join(key(base | b) for b in range(n))
         maps.buckets.update_batch(keys, table.bucket_bytes(), n)
-        maps.config.update(key(nxt), table.config(digest))
-        wanted = {rx.vip_key(v) for v in table.vips}
-        for vk in wanted:
-            maps.vips.update(vk, key(1))
+        maps.config.update(key(nxt), table.config(digest))  # with the VIPs
         maps.active.update(key(0), key(nxt))  # the flip: every packet after it meets `nxt`
-        for vk in list(maps.vips.keys()):
-            if vk not in wanted:
-                maps.vips.delete(vk)
 
 
 def _flows(spec: Spec) -> list[tuple[int, bytes, int]]:

@@ -1,7 +1,8 @@
 """Partition -> the XDP steer program's tables (pure): what backends/xdp.py writes into the
 maps of vipctl/backends/bpf/steer.bpf.c, as data and as packed bytes, and its text.
 
-One generation is one half of each double-buffered map: the config, the bucket table
+One generation is one half of each double-buffered map: the config (with the VIPs), the
+bucket table
 (one entry per bucket: phase, owner slot, next owner slot), the members (slot = index in
 spec.members: port ifindex, MAC, alive, name) and the ports devmap (slot -> ifindex).
 The struct layouts here are steer.bpf.c's (x86-64 and every little-endian 64-bit ABI).
@@ -27,8 +28,11 @@ PHASES = {PHASE_NONE: "none", PHASE_STABLE: "stable", PHASE_RECORD: "record", PH
 
 BUCKET = struct.Struct("<HHB3x")  # owner, next, phase
 MEMBER = struct.Struct("<I6sBx32s")  # ifindex, mac, alive, name
-CONFIG = struct.Struct("<QQQIIBBHI")  # generation, digest, timeout_ns, bits, seed, hash,
-#                                       measuring, members, pad
+MAX_VIPS = 64  # per family (the spec allows 64 in all)
+# generation, digest, timeout_ns, bits, seed, hash, measuring, members, vips4, vips6,
+# vip4[64] (network order, as 4 raw bytes), vip6[64] (16 raw bytes each)
+CONFIG = struct.Struct(f"<QQQIIBBHHH{4 * MAX_VIPS}s{16 * MAX_VIPS}s")
+CONFIG_HEAD = struct.Struct("<QQQIIBBH")  # the fields vipctl reads back
 FLOW_KEY = struct.Struct("<16s16sII")  # saddr, daddr, ports, family
 FLOW = struct.Struct("<IIQ")  # slot, pad, seen (ns, CLOCK_MONOTONIC)
 COUNT = struct.Struct("<QQ")  # packets, bytes
@@ -60,6 +64,8 @@ class XdpTable:
     vips: tuple[IPv4Address | IPv6Address, ...]
 
     def config(self, digest: str) -> bytes:
+        v4 = [v.packed for v in self.vips if isinstance(v, IPv4Address)]
+        v6 = [v.packed for v in self.vips if isinstance(v, IPv6Address)]
         return CONFIG.pack(
             self.generation,
             int(digest[:16], 16),
@@ -69,7 +75,10 @@ class XdpTable:
             int(self.hash),
             int(self.measuring),
             len(self.members),
-            0,
+            len(v4),
+            len(v6),
+            b"".join(v4),
+            b"".join(v6),
         )
 
     def bucket_bytes(self) -> bytes:
@@ -84,13 +93,6 @@ class XdpTable:
 
 def mac_bytes(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
-
-
-def vip_key(vip: IPv4Address | IPv6Address) -> bytes:
-    """The `vips` map key: 16 bytes, IPv4 as ::ffff:a.b.c.d."""
-    if isinstance(vip, IPv4Address):
-        return bytes(10) + b"\xff\xff" + vip.packed
-    return vip.packed
 
 
 def ipaddress_of(family: int, raw: bytes) -> IPv4Address | IPv6Address:

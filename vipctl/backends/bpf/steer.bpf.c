@@ -7,7 +7,7 @@
 // is that half's. vipctl writes a whole new generation into the other half and flips
 // `active` with one 4-byte map update: every packet meets exactly one generation.
 //
-// Per packet (steady state): VIP lookup, bucket = low bits of the source (mask key) or
+// Per packet (steady state): the VIP compared with the live config's, bucket = low bits of the source (mask key) or
 // nft's `jhash saddr mod N seed S` (hash key, include/linux/jhash.h), one array lookup,
 // member's MAC into the destination, bpf_redirect_map to the member's port (devmap).
 // Buckets in transition (pinning: moving, see vipctl/core/transition.py) keep their flows
@@ -48,6 +48,8 @@ struct member {
     char name[32];
 };
 
+#define MAX_VIPS 64
+
 struct config {
     __u64 generation;
     __u64 digest;
@@ -57,7 +59,10 @@ struct config {
     __u8 hash;         // 1: jhash key, 0: mask key
     __u8 measuring;    // count packets and bytes per bucket (rebalance --auto)
     __u16 members;     // slots in use
-    __u32 pad;
+    __u16 vips4;       // VIPs in vip4[] and vip6[]
+    __u16 vips6;
+    __u32 vip4[MAX_VIPS];      // as in the packet (network order)
+    __u64 vip6[MAX_VIPS][2];   // as in the packet, two 8-byte words
 };
 
 struct flow_key {
@@ -78,16 +83,11 @@ struct count {
     __u64 bytes;
 };
 
-struct vip_key {
-    __u8 addr[16];  // IPv4: ::ffff:a.b.c.d
-};
-
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u32); } active SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2); __type(key, __u32); __type(value, struct config); } config SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2 * MAX_BUCKETS); __type(key, __u32); __type(value, struct bucket); } buckets SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 2 * MAX_MEMBERS); __type(key, __u32); __type(value, struct member); } members SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_DEVMAP); __uint(max_entries, 2 * MAX_MEMBERS); __type(key, __u32); __type(value, __u32); } ports SEC(".maps");
-struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 128); __type(key, struct vip_key); __type(value, __u32); } vips SEC(".maps");
 // created by vipctl with the spec's pinning.max_flows and handed to the loader
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 65536); __type(key, struct flow_key); __type(value, struct flow); } flows SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, MAX_MEMBERS); __type(key, __u32); __type(value, struct count); } counters SEC(".maps");
@@ -144,6 +144,44 @@ static __always_inline __u32 bucket_of(const struct config *cfg, const __u32 *sa
     return bpf_ntohl(v6 ? saddr[3] : saddr[0]) & (n - 1);
 }
 
+// The VIPs are part of the generation (its config): every lookup a packet makes before the
+// VIP check is an array lookup, which the verifier inlines, and one VIP costs one compare.
+static __always_inline int is_vip4(const struct config *cfg, __u32 daddr)
+{
+    for (__u32 i = 0; i < MAX_VIPS; i++) {
+        if (i >= cfg->vips4)
+            return 0;
+        if (cfg->vip4[i] == daddr)
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline int is_vip6(const struct config *cfg, const void *daddr)
+{
+    __u64 hi, lo;
+    __builtin_memcpy(&hi, daddr, 8);
+    __builtin_memcpy(&lo, daddr + 8, 8);
+    for (__u32 i = 0; i < MAX_VIPS; i++) {
+        if (i >= cfg->vips6)
+            return 0;
+        if (cfg->vip6[i][0] == hi && cfg->vip6[i][1] == lo)
+            return 1;
+    }
+    return 0;
+}
+
+// The live half's config; `half` is read ONCE per packet (this packet's generation).
+static __always_inline struct config *live_config(__u32 *half)
+{
+    __u32 zero = 0;
+    __u32 *act = bpf_map_lookup_elem(&active, &zero);
+    if (!act)
+        return 0;
+    *half = *act & 1;
+    return bpf_map_lookup_elem(&config, half);
+}
+
 static __always_inline void count(void *map, __u32 key, __u64 bytes)
 {
     struct count *c = bpf_map_lookup_elem(map, &key);
@@ -158,9 +196,10 @@ int vipctl_xdp(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    struct vip_key vk = {};
     struct flow_key fk = {};
+    struct config *cfg;
     __u32 *saddr;
+    __u32 half;
     __u8 proto;
     void *l4;
     int v6;
@@ -171,10 +210,8 @@ int vipctl_xdp(struct xdp_md *ctx)
         struct iphdr *ip = (void *)(eth + 1);
         if ((void *)(ip + 1) > end)
             return XDP_PASS;
-        vk.addr[10] = 0xff;
-        vk.addr[11] = 0xff;
-        __builtin_memcpy(&vk.addr[12], &ip->daddr, 4);
-        if (!bpf_map_lookup_elem(&vips, &vk))
+        cfg = live_config(&half);
+        if (!cfg || !is_vip4(cfg, ip->daddr))
             return XDP_PASS;
         v6 = 0;
         proto = ip->protocol;
@@ -193,8 +230,8 @@ int vipctl_xdp(struct xdp_md *ctx)
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         if ((void *)(ip6 + 1) > end)
             return XDP_PASS;
-        __builtin_memcpy(vk.addr, &ip6->daddr, 16);
-        if (!bpf_map_lookup_elem(&vips, &vk))
+        cfg = live_config(&half);
+        if (!cfg || !is_vip6(cfg, &ip6->daddr))
             return XDP_PASS;
         v6 = 1;
         proto = ip6->nexthdr;
@@ -213,14 +250,6 @@ int vipctl_xdp(struct xdp_md *ctx)
         return XDP_PASS;
     }
 
-    __u32 zero = 0;
-    __u32 *act = bpf_map_lookup_elem(&active, &zero);
-    if (!act)
-        return XDP_DROP;
-    __u32 half = *act & 1;  // read once: this packet's generation
-    struct config *cfg = bpf_map_lookup_elem(&config, &half);
-    if (!cfg)
-        return XDP_DROP;
     __u32 b = bucket_of(cfg, saddr, v6) & (MAX_BUCKETS - 1);
     __u32 key = (half << TABLE_SHIFT) | b;
     struct bucket *bk = bpf_map_lookup_elem(&buckets, &key);
@@ -293,7 +322,8 @@ int vipctl_icmp(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     struct ethhdr *eth = data;
-    struct vip_key vk = {};
+    struct config *cfg;
+    __u32 half;
 
     if ((void *)(eth + 1) > end)
         return TC_ACT_OK;
@@ -301,27 +331,19 @@ int vipctl_icmp(struct __sk_buff *skb)
         struct iphdr *ip = (void *)(eth + 1);
         if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_ICMP)
             return TC_ACT_OK;
-        vk.addr[10] = 0xff;
-        vk.addr[11] = 0xff;
-        __builtin_memcpy(&vk.addr[12], &ip->daddr, 4);
+        cfg = live_config(&half);
+        if (!cfg || !is_vip4(cfg, ip->daddr))
+            return TC_ACT_OK;
     } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_ICMPV6)
             return TC_ACT_OK;
-        __builtin_memcpy(vk.addr, &ip6->daddr, 16);
+        cfg = live_config(&half);
+        if (!cfg || !is_vip6(cfg, &ip6->daddr))
+            return TC_ACT_OK;
     } else {
         return TC_ACT_OK;
     }
-    if (!bpf_map_lookup_elem(&vips, &vk))
-        return TC_ACT_OK;
-    __u32 zero = 0;
-    __u32 *act = bpf_map_lookup_elem(&active, &zero);
-    if (!act)
-        return TC_ACT_SHOT;
-    __u32 half = *act & 1;
-    struct config *cfg = bpf_map_lookup_elem(&config, &half);
-    if (!cfg)
-        return TC_ACT_SHOT;
     __u32 n = cfg->members;
     for (__u32 i = 0; i < MAX_MEMBERS && i < n; i++) {
         __u32 key = half * MAX_MEMBERS + i;
