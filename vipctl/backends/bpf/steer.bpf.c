@@ -196,8 +196,8 @@ int vipctl_xdp(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
-    struct flow_key fk = {};
     struct config *cfg;
+    void *l3;
     __u32 *saddr;
     __u32 half;
     __u8 proto;
@@ -217,8 +217,7 @@ int vipctl_xdp(struct xdp_md *ctx)
         proto = ip->protocol;
         l4 = (void *)ip + ip->ihl * 4;
         saddr = &ip->saddr;
-        __builtin_memcpy(fk.saddr, &ip->saddr, 4);
-        __builtin_memcpy(fk.daddr, &ip->daddr, 4);
+        l3 = ip;
         if (proto == IPPROTO_ICMP) {
             __u8 *type = l4;
             if ((void *)(type + 1) > end)
@@ -237,8 +236,7 @@ int vipctl_xdp(struct xdp_md *ctx)
         proto = ip6->nexthdr;
         l4 = ip6 + 1;
         saddr = (__u32 *)&ip6->saddr;
-        __builtin_memcpy(fk.saddr, &ip6->saddr, 16);
-        __builtin_memcpy(fk.daddr, &ip6->daddr, 16);
+        l3 = ip6;
         if (proto == IPPROTO_ICMPV6) {
             __u8 *type = l4;
             if ((void *)(type + 1) > end)
@@ -261,6 +259,17 @@ int vipctl_xdp(struct xdp_md *ctx)
         __u32 *ports = l4;
         if ((void *)(ports + 1) > end)
             return XDP_DROP;
+        // the flow's key, built only for a bucket in transition (steady state: no flow state)
+        struct flow_key fk = {};
+        if (v6) {
+            struct ipv6hdr *ip6 = l3;
+            __builtin_memcpy(fk.saddr, &ip6->saddr, 16);
+            __builtin_memcpy(fk.daddr, &ip6->daddr, 16);
+        } else {
+            struct iphdr *ip = l3;
+            __builtin_memcpy(fk.saddr, &ip->saddr, 4);
+            __builtin_memcpy(fk.daddr, &ip->daddr, 4);
+        }
         fk.ports = *ports;
         fk.family = v6 ? 6 : 4;
         __u64 now = bpf_ktime_get_ns();
