@@ -2,14 +2,15 @@
 
 One command, as root, from the repository root (after ./scripts/install-deps):
 
-    .venv/bin/python -m bench.routercost [--rounds 5] [--seconds 2] [--write-docs]
+    .venv/bin/python -m bench.routercost [--rounds 30] [--seconds 1] [--write-docs]
 
 Lab: `vipctl.lab.topology`, 4 members, trafgen 60-byte UDP frames from 65536 sources
 (10.99.0.0/16, random) in the client namespace; packets/s handed to the members (router
-member-port tx counters). On these VMs trafgen and the router's softirq share one CPU, so
-packets/s is generator-bound; the router's own cost is taken against the generator's
-ceiling measured IN THE SAME ROUND: the router drops every VIP packet at its first hook
-(the higher of an nftables ingress drop and an XDP drop), and
+member-port tx counters). Each variant has a lab of its own, installed once; a round
+measures every lab back to back (one trafgen at a time). On these VMs trafgen and the
+router's softirq share one CPU, so packets/s is generator-bound; the router's own cost is
+taken against the generator's ceiling measured IN THE SAME ROUND: the router drops every
+VIP packet at its first hook (the higher of an nftables ingress drop and an XDP drop), and
 
     router microseconds per packet = 1/pps - 1/ceiling
 
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import affinity, dataplane
-from bench.common import PY, ROOT, machine, netns, nft, run, summary
+from bench.common import PY, ROOT, machine, netns, nft, replace_section, run, summary
 from vipctl.backends.bpfmap import Map
 from vipctl.lab import topology as labmod
 from vipctl.lab import xdp as labxdp
@@ -235,6 +236,20 @@ def analyse(pps: dict[str, list[float]]) -> dict[str, Any]:
             for n, ref in REFERENCES.items()
         },
     }
+    # Best of the rounds: other jobs on the machine only ever slow a measurement down, so
+    # each variant's highest rate is the least disturbed estimate of what it can do.
+    best = {n: max(v) for n, v in pps.items()}
+    top = max(best["ceiling-nft"], best["ceiling-xdp"])
+    best_cost = {n: 1e6 * (1 / best[n] - 1 / top) for n in cost}
+    out["best"] = {
+        "ceiling_pps": round(top),
+        "pps": {n: round(best[n]) for n in cost},
+        "cost_us": {n: round(c, 3) for n, c in best_cost.items()},
+        "speed_ratio_to_plain": {n: round(best_cost["plain"] / c, 3) for n, c in best_cost.items()},
+        "speed_ratio_to_reference": {
+            n: round(best_cost[ref] / best_cost[n], 3) for n, ref in REFERENCES.items()
+        },
+    }
     return out
 
 
@@ -251,6 +266,21 @@ def markdown(res: dict[str, Any]) -> str:
         "| router speed / its reference |",
         "|---|---|---|---|---|---|",
     ]
+    best = a["best"]
+    brows = [
+        "| variant | best pps | router us/packet | router speed / plain "
+        "| router speed / its reference |",
+        "|---|---|---|---|---|",
+        f"| generator's ceiling (higher drop) | {best['ceiling_pps']:,} | - | - | - |",
+    ]
+    for v in VARIANTS:
+        if v.name.startswith("ceiling"):
+            continue
+        ref = best["speed_ratio_to_reference"].get(v.name)
+        brows.append(
+            f"| {v.label} | {best['pps'][v.name]:,} | {best['cost_us'][v.name]:.3f} "
+            f"| {best['speed_ratio_to_plain'][v.name]:.3f} | {'-' if ref is None else ref} |"
+        )
     for v in VARIANTS:
         if v.name.startswith("ceiling"):
             rows.append(f"| {v.label} | {_cell(a['pps'][v.name], ',.0f')} | - | - | - | - |")
@@ -282,6 +312,12 @@ def markdown(res: dict[str, Any]) -> str:
             "",
             *rows,
             "",
+            "Best of the rounds (other jobs only ever slow a measurement down: each "
+            "variant's highest rate is its least disturbed figure; cost against the highest "
+            "ceiling):",
+            "",
+            *brows,
+            "",
             "Goals (issue 30), router's own speed against its hand-written reference: XDP "
             "steer >= 0.95x, nftables steer >= 0.95x, broadcast >= 0.95x.",
             END,
@@ -291,60 +327,67 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def write_docs(section: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    text = doc.read_text() if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    replace_section(doc, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.routercost")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "routercost.json"))
     ap.add_argument("--write-docs", action="store_true", help="replace the docs section")
     ap.add_argument("--report", help="only render the docs section from this JSON file")
     a = ap.parse_args(argv)
-    if a.report:
-        write_docs(markdown(json.loads(Path(a.report).read_text())))
+    if a.report:  # the analysis is recomputed from the raw rates
+        res = json.loads(Path(a.report).read_text())
+        res["analysis"] = analyse(res["pps_rounds"])
+        write_docs(markdown(res))
         return 0
     facts = machine()
     bpffs = labxdp.mount_bpffs()
-    prefix = f"brc{os.getpid() % 100000}"
-    work = Path(f"/tmp/{prefix}")
+    base = f"brc{os.getpid() % 10000}"
+    work = Path(f"/tmp/{base}")
     work.mkdir(parents=True, exist_ok=True)
     pps: dict[str, list[float]] = {v.name: [] for v in VARIANTS}
-    lab = labmod.build(prefix, MEMBERS, echo=False)
-    refs: Refs | None = None
+    # one lab per variant, each installed once: a round measures them back to back, so
+    # the load other jobs put on the machine changes little between a variant and the
+    # ones it is compared with (installing a variant between measurements took seconds)
+    labs: dict[str, tuple[labmod.Lab, Path, Refs]] = {}
     try:
-        labxdp.members_pass(lab, bpffs)
-        dataplane.prepare(lab)
-        conf = work / "udp.trafgen"
-        conf.write_text(affinity.trafgen_conf(lab))
-        refs = Refs(lab, work, bpffs)
+        for i, v in enumerate(VARIANTS):
+            prefix = f"{base}v{i}"
+            lab = labmod.build(prefix, MEMBERS, echo=False)
+            lw = work / v.name
+            lw.mkdir(parents=True, exist_ok=True)
+            labxdp.members_pass(lab, bpffs)
+            dataplane.prepare(lab)
+            conf = lw / "udp.trafgen"
+            conf.write_text(affinity.trafgen_conf(lab))
+            refs = Refs(lab, lw, bpffs)
+            labs[v.name] = (lab, conf, refs)
+            install(lab, v, lw, refs)
         for r in range(a.rounds):
             k = (r * 3) % len(VARIANTS)
             for v in VARIANTS[k:] + VARIANTS[:k]:
-                install(lab, v, work, refs)
-                try:
-                    got = dataplane.measure_pps(lab, conf, a.seconds, 0.5)
-                    # the drop variants deliver nothing: their figure is what was offered
-                    key = "offered_pps" if v.name.startswith("ceiling") else "delivered_pps"
-                    pps[v.name].append(got[key])
-                finally:
-                    uninstall(lab, v, work, refs)
+                lab, conf, _refs = labs[v.name]
+                got = dataplane.measure_pps(lab, conf, a.seconds, 0.3)
+                # the drop variants deliver nothing: their figure is what was offered
+                key = "offered_pps" if v.name.startswith("ceiling") else "delivered_pps"
+                pps[v.name].append(got[key])
             print(
                 f"round {r + 1}: " + ", ".join(f"{n}={x[-1]:.0f}" for n, x in pps.items()),
                 file=sys.stderr,
             )
     finally:
-        labmod.destroy(prefix)
-        labxdp.members_unpass(prefix, bpffs)
-        if refs is not None:
-            refs.remove()
+        for v in VARIANTS:
+            if v.name in labs:
+                lab, _conf, refs = labs[v.name]
+                if v.name in ("nft-steer", "nft-broadcast", "xdp-steer"):
+                    uninstall(lab, v, work / v.name, refs)  # the XDP cluster's pins
+                refs.remove()
+        for i in range(len(VARIANTS)):
+            labmod.destroy(f"{base}v{i}")
+            labxdp.members_unpass(f"{base}v{i}", bpffs)
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "command": "sudo .venv/bin/python -m bench.routercost " + " ".join(argv or sys.argv[1:]),

@@ -6,18 +6,17 @@ redirected frames only then); the backend's pins on a bpffs under /tmp.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.kernel.helpers import sh, vipctl, vipctl_spawn, write_spec
-from tests.kernel.test_pinning import moving_sources, sources_of
-from tests.kernel.test_pmtu import DOWNLOAD, bottleneck
+from tests.kernel import test_pinning as pinning
+from tests.kernel import test_retune as retune
+from tests.kernel.helpers import sh, swaps_under_traffic, vipctl, write_spec
+from tests.kernel.test_pmtu import bottleneck, downloads_complete
 from vipctl.backends.xdp import TC_PREF, XdpBackend, attached_id, pin_dir
 from vipctl.core.partition import bucket_of
 from vipctl.core.plan import desired
@@ -55,27 +54,16 @@ def xspec(topo: Lab, **kw: Any) -> dict[str, Any]:
     return spec
 
 
-class Cluster:
+class Cluster(pinning.Cluster):
+    """test_pinning's cluster (steer, mask, 8 bits) on the XDP backend."""
+
     def __init__(self, topo: Lab, tmp: Path, **kw: Any) -> None:
-        self.topo = topo
-        self.state = str(tmp / "state")
+        super().__init__(topo, tmp)
         self.spec = xspec(topo, key=kw.pop("key", "mask"), bits=kw.pop("bits", 8), **kw)
         self.path = write_spec(tmp / "web.json", self.spec)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return vipctl(self.topo.router_ns, *args, "--state-dir", self.state, check=True)
-
-    def apply(self, *extra: str) -> None:
-        self.run("apply", str(self.path), *extra)
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.run("status", "web", "--json").stdout)
-
     def owners(self, sources: list[str]) -> dict[str, str | None]:
         return owners(self.topo, self.spec, sources)
-
-    def down(self) -> None:
-        vipctl(self.topo.router_ns, "down", "web", "--state-dir", self.state)
 
 
 def owners(topo: Lab, spec: dict[str, Any], sources: list[str]) -> dict[str, str | None]:
@@ -187,50 +175,24 @@ def test_atomic_swap_under_traffic(xtopo: Lab, tmp_path: Path, pinning: str) -> 
     reaches exactly one member (the double-buffered table and its one-word flip)."""
     c = Cluster(xtopo, tmp_path, pinning={"mode": pinning, "record_ms": 0})
     c.apply()
-    sources = traffic.expand(xtopo.sources4, 1024)
     try:
-        cap = traffic.capture_start(xtopo)
-        try:
-            sender = traffic.numbered_spawn(
-                xtopo, xtopo.vip4, sources, count=2_000_000, rate_pps=20000
-            )
-            loop = subprocess.run(
-                [
-                    *("ip", "netns", "exec", xtopo.router_ns, sys.executable),
-                    *(str(HERE / "swaploop.py"), str(c.path), c.state, "200"),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=True,
-            )
-            sender.proc.terminate()
-            stats = sender.wait(timeout=30) if sender.proc.returncode == 0 else None
-        finally:
-            seen = traffic.capture_stop(cap)
-        swaps = json.loads(loop.stdout)
+        swaps, sent, lost, duplicated = swaps_under_traffic(xtopo, c.path, c.state, HERE)
         assert swaps["applies"] == 200 and swaps["moved"] > 0
-        sent = max((max(v) for v in seen.values() if v), default=-1) + 1
         assert sent > 10000, f"too little traffic during the swaps ({sent})"
-        lost, duplicated = traffic.check_exactly_once(sent, seen)
-        assert (len(lost), len(duplicated)) == (0, 0), (lost[:10], duplicated[:10], swaps, stats)
+        assert (len(lost), len(duplicated)) == (0, 0), (lost[:10], duplicated[:10], swaps)
     finally:
         c.down()
 
 
 def test_tcp_connections_survive_a_rebalance(cluster: Cluster, xtopo: Lab) -> None:
     cluster.apply()
-    sources = moving_sources(cluster, "web3=4")  # type: ignore[arg-type]
+    sources = pinning.moving_sources(cluster, "web3=4")
     before = cluster.owners(sources)
     with traffic.TcpSessions(xtopo, xtopo.vip4, sources, timeout=1.0) as tcp:
         assert set(tcp.opened.values()) == {"ok"}
         first = tcp.ping()
         assert first == before
-        proc = vipctl_spawn(
-            xtopo.router_ns,
-            *("rebalance", str(cluster.path), "--weights", "web3=4", "--state-dir"),
-            cluster.state,
-        )
+        proc = cluster.rebalance_async("web3=4")
         pings = 0
         while proc.poll() is None or pings < 10:
             assert tcp.ping() == first
@@ -250,7 +212,7 @@ def test_silent_tcp_connections_keep_their_member(cluster: Cluster, xtopo: Lab) 
     """Nothing sent during the change: the first packet after it finds no record, is not
     a SYN, so it goes to the old owner."""
     cluster.apply()
-    sources = moving_sources(cluster, "web3=4")  # type: ignore[arg-type]
+    sources = pinning.moving_sources(cluster, "web3=4")
     before = cluster.owners(sources)
     with traffic.TcpSessions(xtopo, xtopo.vip4, sources, timeout=1.0) as tcp:
         assert tcp.ping() == before
@@ -264,79 +226,46 @@ def test_silent_tcp_connections_keep_their_member(cluster: Cluster, xtopo: Lab) 
 
 
 def test_udp_flows_survive_a_rebalance(cluster: Cluster, xtopo: Lab) -> None:
+    pinning.test_udp_flows_survive_a_rebalance(cluster, xtopo)
+
+
+def test_failover_sends_a_down_members_sources_to_the_others(cluster: Cluster, xtopo: Lab) -> None:
     cluster.apply()
-    sources = moving_sources(cluster, "web3=4")  # type: ignore[arg-type]
-    before = cluster.owners(sources)
-
-    def udp(sport: int) -> dict[str, str | None]:
-        got = traffic.probe(xtopo, xtopo.vip4, sources, sport=sport)
-        assert all(len(v) == 1 for v in got.values()), got
-        return {s: v[0] for s, v in got.items()}
-
-    assert udp(41000) == before
-    proc = vipctl_spawn(
-        xtopo.router_ns,
-        *("rebalance", str(cluster.path), "--weights", "web3=4", "--state-dir", cluster.state),
-    )
-    rounds = 0
-    while proc.poll() is None or rounds < 10:
-        assert udp(41000) == before
-        rounds += 1
-        time.sleep(0.1)
-    assert proc.returncode == 0
-    after = cluster.owners(sources)
-    assert udp(41001) == after  # a new flow from the same source: the new owner
-    assert udp(41000) == before  # the recorded flow: still its original member
-
-
-def test_failover_and_restoration(cluster: Cluster, xtopo: Lab) -> None:
-    """A member declared down loses its buckets at once (its sources reach the others); on
-    restoration the table is exactly the pre-failure one, and connections opened during
-    the outage stay on the member that took them."""
-    cluster.apply()
-    spec = parse_spec(cluster.spec)
-    full = desired(spec, None)
-    sources = sources_of(cluster, "web2", 32)  # type: ignore[arg-type]
+    sources = pinning.sources_of(cluster, "web2", 32)
     assert set(traffic.summarize(traffic.probe(xtopo, xtopo.vip4, sources))) == {"web2"}
     cluster.apply("--down", "web2")
     assert [m["buckets"] for m in cluster.status()["members"]] == [128, 0, 128]
     takeover = cluster.owners(sources)
     assert set(takeover.values()) <= {"web1", "web3"}
-    got = traffic.probe(xtopo, xtopo.vip4, sources)
-    assert {s: v for s, v in got.items()} == {s: [takeover[s]] for s in sources}
-    with traffic.TcpSessions(xtopo, xtopo.vip4, sources, timeout=1.0) as tcp:
-        assert tcp.ping() == takeover
-        cluster.apply("--down", "")
-        p = spec.partition
-        probe_sources = [f"10.99.7.{b}" for b in range(256)]
-        live = cluster.owners(probe_sources)
-        assert all(
-            live[s] == full.table[bucket_of(s, p.key, p.bits, p.seed)] for s in probe_sources
-        )
-        for _ in range(5):
-            assert tcp.ping() == takeover
-            time.sleep(0.1)
-        with traffic.TcpSessions(xtopo, xtopo.vip4, sources[:8], timeout=1.0) as fresh:
-            assert set(fresh.ping().values()) == {"web2"}
+    assert traffic.probe(xtopo, xtopo.vip4, sources) == {s: [takeover[s]] for s in sources}
 
 
-def test_a_large_download_completes_through_a_smaller_mtu(xtopo: Lab, tmp_path: Path) -> None:
+def test_restoration_returns_the_exact_table_and_keeps_flows_opened_meanwhile(
+    cluster: Cluster, xtopo: Lab
+) -> None:
+    pinning.test_restoration_returns_the_exact_table_and_keeps_flows_opened_meanwhile(
+        cluster, xtopo
+    )
+
+
+def test_a_large_download_completes_through_a_smaller_mtu(
+    xtopo: Lab, lab: Callable[..., Lab], tmp_path: Path
+) -> None:
     """ICMP fragmentation-needed / packet-too-big from a router on the path reaches the
-    member that holds the connection (copied to every member by the tc program)."""
-    mid, far = bottleneck(xtopo)
-    c = Cluster(xtopo, tmp_path)
-    c.apply()
+    member that holds the connection (copied to every member by the tc program). A lab of
+    its own: the bottleneck changes the client's routes."""
+    lb = lab(3)
+    labxdp.prepare(lb)
     try:
-        for vip in (xtopo.vip4, xtopo.vip6):
-            proc = labmod.run_in(
-                far,
-                [sys.executable, "-c", DOWNLOAD, vip, str(xtopo.echo_port), str(100 * 1024)],
-                check=False,
-            )
-            assert proc.stdout.startswith("ok "), (vip, proc.stdout, proc.stderr[-500:])
+        _mid, far = bottleneck(lb)  # its namespaces carry the lab's prefix: removed with it
+        c = Cluster(lb, tmp_path)
+        c.apply()
+        try:
+            downloads_complete(lb, far)
+        finally:
+            c.down()
     finally:
-        c.down()
-        labmod._ip_batch(None, [f"netns del {mid}", f"netns del {far}"])
+        labxdp.members_unpass(lb.prefix)
 
 
 def test_what_xdp_cannot_serve_is_refused_and_nothing_changes(xtopo: Lab, tmp_path: Path) -> None:
@@ -363,3 +292,29 @@ def test_what_xdp_cannot_serve_is_refused_and_nothing_changes(xtopo: Lab, tmp_pa
         labxdp.members_pass(xtopo)
     prog, filters, pins = kernel_objects(xtopo)
     assert prog is None and f"pref {TC_PREF}" not in filters and not pins
+
+
+def test_auto_rebalance_measures_per_bucket_load_in_the_program(
+    cluster: Cluster, xtopo: Lab
+) -> None:
+    """`rebalance --auto`: the program counts each bucket while measuring (config flag),
+    the controller re-tunes from it through the transition path; held connections stay."""
+    table = desired(parse_spec(cluster.spec), None).table
+    sources, heavy = retune.hot_sources(table)
+    cluster.apply()
+    held = [f"10.99.2.{b}" for b in heavy]
+    sender = traffic.numbered_spawn(xtopo, xtopo.vip4, sources, retune.RATE * 60, retune.RATE)
+    try:
+        with traffic.TcpSessions(xtopo, xtopo.vip4, held, timeout=1.0) as tcp:
+            first = tcp.ping()
+            time.sleep(1.0)
+            out = cluster.run("rebalance", str(cluster.path), "--auto", "--window", "3", "--json")
+            report = json.loads(out.stdout)
+            assert report["imbalance_before"] > 1.1, report
+            assert report["reachable"] and 0 < report["moved"] <= 8, report
+            assert report["imbalance_after"] <= 1.1, report
+            assert tcp.ping() == first
+            assert cluster.status()["in_sync"]
+    finally:
+        sender.proc.kill()
+        sender.proc.wait()
