@@ -36,13 +36,15 @@ def xtopo() -> Iterator[Lab]:
 
     root = labxdp.mount_bpffs()
     prefix = unique_prefix()
+    pins: list[Path] = []
     try:
         lab = labmod.build(prefix, 3)
+        pins = labxdp.pins_of(lab, root)
         labxdp.prepare(lab, root)
         yield lab
     finally:
         labmod.destroy(prefix)
-        labxdp.members_unpass(prefix, root)
+        labxdp.cleanup(pins)
 
 
 def xspec(topo: Lab, **kw: Any) -> dict[str, Any]:
@@ -255,6 +257,7 @@ def test_a_large_download_completes_through_a_smaller_mtu(
     member that holds the connection (copied to every member by the tc program). A lab of
     its own: the bottleneck changes the client's routes."""
     lb = lab(3)
+    pins = labxdp.pins_of(lb)
     labxdp.prepare(lb)
     try:
         _mid, far = bottleneck(lb)  # its namespaces carry the lab's prefix: removed with it
@@ -265,7 +268,7 @@ def test_a_large_download_completes_through_a_smaller_mtu(
         finally:
             c.down()
     finally:
-        labxdp.members_unpass(lb.prefix)
+        labxdp.cleanup(pins)
 
 
 def test_what_xdp_cannot_serve_is_refused_and_nothing_changes(xtopo: Lab, tmp_path: Path) -> None:

@@ -222,6 +222,8 @@ def _load(spec: Spec, d: Path) -> None:
 
 def _unpin(d: Path) -> None:
     shutil.rmtree(d, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the namespace's directory, once it holds nothing
+        d.parent.rmdir()
 
 
 def _attach(spec: Spec, d: Path) -> None:

@@ -60,6 +60,14 @@ def prepare(lab: Lab, root: Path = BPFFS) -> None:
     _run(["ip", "netns", "exec", lab.client_ns, "ethtool", "-K", "eth0", "tx", "off"])
 
 
-def members_unpass(prefix: str, root: Path = BPFFS) -> None:
-    """Remove the pins of members_pass (the programs go with the lab's namespaces)."""
-    shutil.rmtree(root / "lab" / prefix, ignore_errors=True)
+def pins_of(lab: Lab, root: Path = BPFFS) -> list[Path]:
+    """Where vipctl and members_pass pin for this lab (backends/xdp.py: pin_dir)."""
+    router = os.stat(f"/run/netns/{lab.router_ns}").st_ino  # the namespace's nsfs inode
+    return [root / "vipctl" / str(router), root / "lab" / lab.prefix]
+
+
+def cleanup(pins: list[Path]) -> None:
+    """Remove the lab's pins (the programs went with its namespaces; a cluster a test did
+    not take down would keep its maps, and their memory, pinned)."""
+    for path in pins:
+        shutil.rmtree(path, ignore_errors=True)
