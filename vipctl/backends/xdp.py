@@ -513,3 +513,8 @@ class XdpBackend:
 
     def offload(self, live: Live) -> dict[str, int] | None:
         return None
+
+    def ruleset_generation(self) -> int | None:
+        # (the Backend protocol on main after the desired-state work) no counter of every
+        # commit in the namespace covers an XDP program: the daemon reads back on its timer
+        return None
