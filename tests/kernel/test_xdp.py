@@ -88,12 +88,14 @@ def cluster(xtopo: Lab, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def kernel_objects(topo: Lab) -> tuple[object, str, bool]:
-    """(XDP program on the uplink, tc ingress filters, the cluster's pins exist)."""
+    """(XDP program on the uplink, its tc qdiscs and ingress filters, the cluster's pins
+    exist)."""
     with links.in_netns(topo.router_ns):
         prog = attached_id(topo.uplink)
         pins = pin_dir("web").exists()
-    filters = sh(topo.router_ns, f"tc filter show dev {topo.uplink} ingress 2>/dev/null || true")
-    return prog, filters, pins
+    dev = topo.uplink
+    tc = sh(topo.router_ns, f"tc qdisc show dev {dev}; tc filter show dev {dev} ingress || true")
+    return prog, tc, pins
 
 
 @pytest.mark.parametrize("key", ["mask", "hash"])
@@ -123,8 +125,8 @@ def test_exactly_once_for_4096_sources_v4_and_v6(xtopo: Lab, tmp_path: Path, key
         assert sum(m["packets"] for m in report["members"]) >= 2 * 4096
     finally:
         c.down()
-    prog, filters, pins = kernel_objects(xtopo)
-    assert prog is None and f"pref {TC_PREF}" not in filters and not pins
+    prog, tc, pins = kernel_objects(xtopo)
+    assert prog is None and f"pref {TC_PREF}" not in tc and "clsact" not in tc and not pins
 
 
 def test_several_vips_each_exactly_once_and_a_removed_vip_is_not_steered(
@@ -293,8 +295,8 @@ def test_what_xdp_cannot_serve_is_refused_and_nothing_changes(xtopo: Lab, tmp_pa
         assert "Traceback" not in out.stderr
     finally:
         labxdp.members_pass(xtopo)
-    prog, filters, pins = kernel_objects(xtopo)
-    assert prog is None and f"pref {TC_PREF}" not in filters and not pins
+    prog, tc, pins = kernel_objects(xtopo)
+    assert prog is None and f"pref {TC_PREF}" not in tc and "clsact" not in tc and not pins
 
 
 def test_auto_rebalance_measures_per_bucket_load_in_the_program(

@@ -42,6 +42,7 @@ XDP_PROG = "vipctl_xdp"
 ICMP_PROG = "vipctl_icmp"
 PASS_PROG = "vipctl_pass"
 TC_PREF = 24301  # the uplink's tc ingress filter that copies ICMP errors (0x5eed)
+CLSACT_MARK = "clsact-created"  # in the pin directory: this cluster added the clsact qdisc
 NOT_NATIVE = (
     "the driver of {dev} has no native XDP ({why}); use backend: nftables, which runs on "
     "every driver"
@@ -247,8 +248,14 @@ def _attach(spec: Spec, d: Path) -> None:
             if "not supported" in str(exc).lower():
                 raise KernelError(NOT_NATIVE.format(dev=dev, why=str(exc))) from None
             raise
-    with contextlib.suppress(KernelError):  # exists already (ours or another user's)
+    try:
         _run(["tc", "qdisc", "add", "dev", dev, "clsact"], f"clsact on {dev}")
+    except KernelError:
+        pass  # exists already (ours or another user's)
+    else:
+        # ours: `down` removes it when nothing else uses it (a directory: a bpffs holds
+        # no regular files)
+        (d / CLSACT_MARK).mkdir(exist_ok=True)
     _run(
         [
             *("tc", "filter", "replace", "dev", dev, "ingress", "pref", str(TC_PREF)),
@@ -270,6 +277,12 @@ def _detach(spec: Spec, d: Path) -> None:
             ["tc", "filter", "del", "dev", dev, "ingress", "pref", str(TC_PREF)],
             f"remove the ICMP copier from {dev}",
         )
+    if (d / CLSACT_MARK).exists():
+        with contextlib.suppress(KernelError):
+            left = _run(["tc", "filter", "show", "dev", dev, "ingress"], "")
+            left += _run(["tc", "filter", "show", "dev", dev, "egress"], "")
+            if not left.strip():
+                _run(["tc", "qdisc", "del", "dev", dev, "clsact"], f"clsact on {dev}")
 
 
 def write(table: rx.XdpTable, digest: str, cluster: str) -> None:
@@ -424,11 +437,11 @@ class XdpBackend:
             live = attached_id(spec.uplink)
             if fresh or live is None or live[0] != prog_id(str(d / "prog" / XDP_PROG)):
                 _attach(spec, d)  # a swap of a live cluster attaches nothing
-        except (KernelError, BpfError) as exc:
+        except (KernelError, OSError) as exc:  # BpfError is an OSError
             if fresh:
                 _detach(spec, d)
                 _unpin(d)
-            if isinstance(exc, BpfError):
+            if not isinstance(exc, KernelError):
                 raise KernelError(f"cluster {spec.cluster}: {exc}. Nothing changed.") from None
             raise
 
