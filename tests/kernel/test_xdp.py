@@ -323,3 +323,25 @@ def test_auto_rebalance_measures_per_bucket_load_in_the_program(
     finally:
         sender.proc.kill()
         sender.proc.wait()
+
+
+def test_a_second_xdp_cluster_on_the_uplink_is_refused_and_changes_nothing(
+    cluster: Cluster, xtopo: Lab, tmp_path: Path
+) -> None:
+    cluster.apply()
+    sources = traffic.expand(xtopo.sources4, 256)
+    want = cluster.owners(sources)
+    other = xspec(xtopo, key="hash", bits=4)
+    other["cluster"] = "two"
+    out = vipctl(
+        xtopo.router_ns, "apply", str(write_spec(tmp_path / "two.json", other)),
+        "--state-dir", cluster.state,
+    )  # fmt: skip
+    assert out.returncode == 1 and "one XDP cluster per uplink" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    with links.in_netns(xtopo.router_ns):
+        assert not pin_dir("two").exists()
+    prog, tc, pins = kernel_objects(xtopo)  # the first cluster's program and ICMP copier
+    assert prog is not None and f"pref {TC_PREF}" in tc and pins
+    assert traffic.probe(xtopo, xtopo.vip4, sources) == {s: [want[s]] for s in sources}
+    assert cluster.status()["in_sync"]

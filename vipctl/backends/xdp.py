@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -272,11 +273,15 @@ def _detach(spec: Spec, d: Path) -> None:
     with contextlib.suppress(BpfError, KernelError):
         if live is not None and live[0] == prog_id(str(d / "prog" / XDP_PROG)):
             _run(["bpftool", "net", "detach", "xdpdrv", "dev", dev], f"detach XDP from {dev}")
-    with contextlib.suppress(KernelError):  # gone with the device, or never attached
-        _run(
-            ["tc", "filter", "del", "dev", dev, "ingress", "pref", str(TC_PREF)],
-            f"remove the ICMP copier from {dev}",
-        )
+    with contextlib.suppress(KernelError, BpfError):  # gone with the device, or not ours
+        shown = _run(["tc", "filter", "show", "dev", dev, "ingress", "pref", str(TC_PREF)], "")
+        found = re.search(r" id (\d+) ", shown)
+        # only our own copier: a refused cluster on another's uplink must leave its filter
+        if found and int(found.group(1)) == prog_id(str(d / "prog" / ICMP_PROG)):
+            _run(
+                ["tc", "filter", "del", "dev", dev, "ingress", "pref", str(TC_PREF)],
+                f"remove the ICMP copier from {dev}",
+            )
     if (d / CLSACT_MARK).exists():
         with contextlib.suppress(KernelError):
             left = _run(["tc", "filter", "show", "dev", dev, "ingress"], "")
