@@ -165,13 +165,8 @@ class _Maps:
         return tuple(out)
 
     def table(self, half: int, bits: int) -> list[tuple[int, int, int]]:
-        out = []
-        base = half << rx.TABLE_SHIFT
-        for b in range(1 << bits):
-            raw = self.buckets.lookup(rx.U32.pack(base | b))
-            owner, nxt, phase = rx.BUCKET.unpack(raw[: rx.BUCKET.size]) if raw else (0, 0, 0)
-            out.append((phase, owner, nxt))
-        return out
+        raw = self.buckets.lookup_range(half << rx.TABLE_SHIFT, 1 << bits)
+        return [(phase, owner, nxt) for owner, nxt, phase in rx.BUCKET.iter_unpack(raw)]
 
 
 def _open(cluster: str) -> _Maps | None:
