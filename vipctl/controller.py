@@ -82,6 +82,10 @@ def backend_for(spec: Spec | str) -> Backend:
         from vipctl.backends.tc import TcBackend
 
         return TcBackend()
+    if name == "xdp":
+        from vipctl.backends.xdp import XdpBackend
+
+        return XdpBackend()
     from vipctl.backends.nft import NftBackend
 
     return NftBackend()
@@ -1119,9 +1123,9 @@ def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
     pick = backends if backends is not None else backend_for
     known = _known_specs(directory)
     names: set[str] = set()
-    for backend in ("nftables", "tc"):
+    for backend in ("nftables", "tc", "xdp"):
         users = [s for s in known if s.backend == backend]
-        if backend == "tc" and not users:
+        if backend != "nftables" and not users:
             continue
         try:
             names.update(pick(backend).clusters(known))

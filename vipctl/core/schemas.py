@@ -59,7 +59,7 @@ _STATUS_MEMBER = _object(
 _STATUS_CLUSTER = _object(
     {
         "cluster": _NAME,
-        "backend": {"enum": ["nftables", "tc"]},
+        "backend": {"enum": ["nftables", "tc", "xdp"]},
         "generation": {"type": ["integer", "null"], "minimum": 0},
         "mode": {"enum": ["broadcast", "steer"]},
         "fingerprint": _FINGERPRINT,

@@ -440,9 +440,10 @@ class Spec(_Model):
     members: list[Member] = Field(min_length=1, max_length=MAX_MEMBERS)
     health: Health = Field(default_factory=Health)
     pinning: Pinning = Field(default_factory=Pinning)
-    backend: Literal["nftables", "tc"] = Field(
+    backend: Literal["nftables", "tc", "xdp"] = Field(
         default="nftables",
-        description="nftables (netdev tables) or tc (flower/u32 + mirred, hardware-offloadable)",
+        description="nftables (netdev tables), tc (flower/u32 + mirred, hardware-offloadable) "
+        "or xdp (native XDP on the uplink, mode: steer)",
     )
     offload: Literal["none", "prefer", "require"] = Field(
         default="prefer",
