@@ -177,3 +177,96 @@ def test_weights_that_are_fine() -> None:
     spec = load_text((ROOT / "examples" / "weighted-steer.yaml").read_text())
     got = planning.parse_weights("small=2.5, big=0,spare=1e3", spec)
     assert {k: float(v) for k, v in got.items()} == {"small": 2.5, "big": 0, "spare": 1000}
+
+
+# -- every number on the command line is bounded before it is parsed (issue 28) -----------
+
+NINES = "9" * 5000  # int()/Fraction() of 4300+ digits raised ValueError: a traceback
+
+
+@pytest.mark.parametrize("command", ["plan", "rebalance"])
+def test_a_weight_of_5000_digits_is_refused_by_its_length(
+    spec_file: Path, tmp_path: Path, command: str
+) -> None:
+    code, err = run(
+        command, str(spec_file), "--weights", f"small={NINES}", "--state-dir", str(tmp_path)
+    )
+    assert code == 2, err
+    assert "--weights" in err and "too long" in err and NINES not in err
+    with pytest.raises(UsageError, match="too long"):
+        planning.parse_weights(f"small=0.{NINES}", load_text(spec_file.read_text()))
+
+
+BAD_SECONDS = ["inf", "-inf", "nan", "1e400", "3601", f"{NINES}"]
+
+
+@pytest.mark.parametrize("value", BAD_SECONDS)
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rebalance", "SPEC", "--auto", "--window"],
+        ["plan", "SPEC", "--auto", "--window"],
+        ["status", "web", "--load", "--window"],
+    ],
+)
+def test_a_window_is_finite_and_at_most_an_hour(
+    spec_file: Path, tmp_path: Path, argv: list[str], value: str
+) -> None:
+    """`rebalance --auto --window inf` committed the counting table (a new generation),
+    then died in sleep() with an OverflowError traceback; 3601 s ran."""
+    args = [str(spec_file) if a == "SPEC" else a for a in argv]
+    code, err = run(*args, value, "--state-dir", str(tmp_path / "state"))
+    assert code == 2, err
+    assert "--window" in err
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "11", "1e400", "0.5"])
+@pytest.mark.parametrize("command", ["rebalance", "plan"])
+def test_a_tolerance_is_finite_and_bounded(
+    spec_file: Path, tmp_path: Path, command: str, value: str
+) -> None:
+    code, err = run(
+        command, str(spec_file), "--auto", "--tolerance", value, "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 2, err
+    assert "--tolerance" in err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "86401"])
+def test_watch_and_pins_max_age_are_finite_and_bounded(tmp_path: Path, value: str) -> None:
+    code, err = run("status", "--watch", value, "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and "--watch" in err, err
+    code, err = run("metrics", "--pins-max-age", value, "--listen", "127.0.0.1:0")
+    assert code == 2 and "--pins-max-age" in err, err
+
+
+@pytest.mark.parametrize(
+    ("body", "kwargs", "option"),
+    [
+        ("rebalance", {"auto": True, "window": float("inf")}, "--window"),
+        ("rebalance", {"auto": True, "window": float("nan")}, "--window"),
+        ("rebalance", {"auto": True, "tolerance": float("inf")}, "--tolerance"),
+        ("plan", {"auto": True, "window": 3601.0}, "--window"),
+        ("status", {"load_": True, "window": float("nan")}, "--window"),
+        ("status", {"watch": float("inf")}, "--watch"),
+    ],
+)
+def test_the_bounds_are_in_the_command_bodies(
+    spec_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    kwargs: dict[str, object],
+    option: str,
+) -> None:
+    """The bodies run for typer and for cli/fast.py alike: the bounds hold on either path."""
+    from vipctl.cli import commands
+
+    first = {"cluster": "web"} if body == "status" else {"spec_path": spec_file}
+    with pytest.raises(SystemExit) as info:
+        getattr(commands, body)(**first, **kwargs, state_dir=str(tmp_path / "s"))
+    assert info.value.code == 2
+    assert option in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

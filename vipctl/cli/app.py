@@ -222,7 +222,7 @@ def status(
     as_json: JsonOpt = False,
     watch: Annotated[
         float | None,
-        typer.Option("--watch", min=0.2, help="refresh every SECONDS until interrupted"),
+        typer.Option("--watch", min=0.2, max=86400, help="refresh every SECONDS until interrupted"),
     ] = None,
     load_: Annotated[
         bool,
@@ -288,6 +288,7 @@ def metrics(
         typer.Option(
             "--pins-max-age",
             min=0,
+            max=86400,
             help="count pinned flows at most once per SECONDS (a listing of every pin map)",
         ),
     ] = 15.0,
@@ -297,8 +298,10 @@ def metrics(
     import signal
     import threading
 
+    from vipctl.cli.output import bounded
     from vipctl.service import metrics as exporter
 
+    bounded("--pins-max-age", pins_max_age, 0, 86400, " seconds")
     try:
         server = exporter.serve(
             listen, statefile.state_dir(state_dir), clusters or None, pin_max_age=pins_max_age

@@ -15,13 +15,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vipctl import statefile
-from vipctl.cli.output import echo, fail, load, usage
+from vipctl.cli.output import bounded, echo, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
 from vipctl.errors import KernelError, SpecError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
+
+
+# `status --watch SECONDS`: sleep() refuses inf and nan with a traceback; a day is plenty
+MAX_WATCH_S = 86400.0
+
+
+def _measuring(window: float, tolerance: float | None = None) -> None:
+    """--window and --tolerance of `--auto` and `--load`, checked before the spec is read
+    and before anything is committed (`--window inf` used to switch counting on, a new
+    generation, and then die in sleep())."""
+    from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
+
+    bounded("--window", window, MIN_WINDOW_S, MAX_WINDOW_S, " seconds")
+    if tolerance is not None:
+        bounded("--tolerance", tolerance, 1.0, MAX_TOLERANCE)
 
 
 def _previous(spec: Spec, state_dir: str | None) -> Layout | None:
@@ -46,6 +61,8 @@ def plan(
     as_json: bool = False,
     state_dir: str | None = None,
 ) -> None:
+    if auto:
+        _measuring(window, tolerance)
     spec = load(spec_path)
     if auto:
         if weights is not None or down is not None:
@@ -248,6 +265,8 @@ def rebalance(
 
     if (weights is None) == (not auto):
         usage("rebalance takes one of --weights NAME=W,... or --auto")
+    if auto:
+        _measuring(window, tolerance)
     spec = load(spec_path)
     if auto:
         from vipctl.cli import retune as _rt
@@ -296,7 +315,10 @@ def status(
 
     from vipctl import controller
 
+    if watch is not None:
+        bounded("--watch", watch, 0.2, MAX_WATCH_S, " seconds")
     if load_:
+        _measuring(window)
         if watch is not None:
             usage("--load and --watch do not combine")
         from vipctl.cli import retune as _rt

@@ -11,6 +11,7 @@ import typer
 
 from vipctl import statefile
 from vipctl.cli.common import fail, usage
+from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
 from vipctl.errors import VipctlError
 
 if TYPE_CHECKING:
@@ -19,12 +20,21 @@ if TYPE_CHECKING:
     from vipctl.core.spec import Spec
 
 WindowOpt = Annotated[
-    float, typer.Option("--window", min=0.1, help="measure each bucket's traffic for SECONDS")
+    float,
+    typer.Option(
+        "--window",
+        min=MIN_WINDOW_S,
+        max=MAX_WINDOW_S,
+        help="measure each bucket's traffic for SECONDS",
+    ),
 ]
 ToleranceOpt = Annotated[
     float,
     typer.Option(
-        "--tolerance", min=1.0, help="largest allowed load / weighted share of any member"
+        "--tolerance",
+        min=1.0,
+        max=MAX_TOLERANCE,
+        help="largest allowed load / weighted share of any member",
     ),
 ]
 MetricOpt = Annotated[str, typer.Option("--metric", help="what load means: packets or bytes")]

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
 from vipctl.core.scalars import MAX_DEPTH, Refused, core_float, core_int
 from vipctl.errors import SpecError
 
@@ -248,15 +249,15 @@ class Retune(_Model):
     )
     window_s: float = Field(
         default=10.0,
-        ge=0.1,
-        le=3600,
+        ge=MIN_WINDOW_S,
+        le=MAX_WINDOW_S,
         allow_inf_nan=False,
         description="how long each bucket's traffic is measured",
     )
     tolerance: float = Field(
         default=1.1,
         gt=1.0,
-        le=10.0,
+        le=MAX_TOLERANCE,
         allow_inf_nan=False,
         description="act when a member's load is above tolerance x its weighted share",
     )
