@@ -270,3 +270,32 @@ def test_the_bounds_are_in_the_command_bodies(
     assert info.value.code == 2
     assert option in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("port", [NINES, "\u00b2", "\u0661", "0", "65536", "", "8o"])
+def test_a_listen_port_is_ascii_digits_in_range(port: str) -> None:
+    """`vipctl metrics --listen 127.0.0.1:<5000 nines>` and `:²` were ValueError tracebacks
+    (str.isdigit() takes superscripts and other scripts' digits; int() does not)."""
+    from vipctl.service.metrics import parse_listen
+
+    with pytest.raises(UsageError, match="--listen"):
+        parse_listen(f"127.0.0.1:{port}", "--listen")
+    code, err = run("metrics", "--listen", f"127.0.0.1:{port}")
+    assert code == 2 and "--listen" in err and NINES not in err, err
+
+
+def test_a_listen_address_that_is_fine() -> None:
+    from vipctl.service.metrics import parse_listen
+
+    assert parse_listen("[::1]:9477") == ("::1", 9477)
+    assert parse_listen(":80") == ("0.0.0.0", 80)
+
+
+def test_the_daemon_refuses_a_bad_metrics_port_before_it_starts(
+    spec_file: Path, tmp_path: Path
+) -> None:
+    code, err = run(
+        "daemon", str(spec_file), "--metrics", f":{NINES}", "--state-dir", str(tmp_path / "s")
+    )
+    assert code == 2 and "--metrics" in err, err
+    assert not (tmp_path / "s").exists()

@@ -303,6 +303,10 @@ def metrics(
 
     bounded("--pins-max-age", pins_max_age, 0, 86400, " seconds")
     try:
+        exporter.parse_listen(listen, "--listen")
+    except VipctlError as exc:
+        fail(exc)
+    try:
         server = exporter.serve(
             listen, statefile.state_dir(state_dir), clusters or None, pin_max_age=pins_max_age
         )
