@@ -299,3 +299,29 @@ def test_the_daemon_refuses_a_bad_metrics_port_before_it_starts(
     )
     assert code == 2 and "--metrics" in err, err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("fe80::1%up0", "scope id"),  # answered, exit 0: specs refuse scope ids
+        ("2001:db8::1%1", "scope id"),
+        ("10.99.0.1%x", "scope id"),
+        (" 10.99.0.1", "not an IPv4 or IPv6 address"),
+        ("010.99.0.1", "not an IPv4 or IPv6 address"),
+        ("9" * 5000, "not an IPv4 or IPv6 address"),
+    ],
+)
+def test_which_takes_addresses_by_the_specs_rules(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    spec = tmp_path / "v6.yaml"
+    spec.write_text(
+        "cluster: web\nvips: [198.51.100.253, '2001:db8:f::253']\nuplink: up0\nmembers:\n"
+        "  - {name: a, port: m1, address: 198.51.100.10}\n"
+    )
+    code, err = run("which", str(spec), source, "--from", "spec", "--state-dir", str(tmp_path))
+    assert code == 2, err
+    assert message in err and "SOURCE" in err and len(err) < 300, err
+    code, _ = run("which", str(spec), "fe80::1", "--from", "spec", "--state-dir", str(tmp_path))
+    assert code == 0

@@ -10,7 +10,6 @@ SystemExit on an error.
 from __future__ import annotations
 
 import json
-from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,10 +106,12 @@ def which(
     source_table: str = "auto",
 ) -> None:
     spec = load(spec_path)
+    from vipctl.core.spec import parse_address  # the spec's rules: no scope id
+
     try:
-        addr = ip_address(source)
-    except ValueError:
-        usage(f"'{source}' is not an IP address")
+        addr = parse_address(source)
+    except ValueError as exc:
+        usage(f"SOURCE: {exc}")
     if addr.version not in spec.vip_families:
         usage(f"{source} is IPv{addr.version} but no VIP is")
     if source_table not in ("auto", "live", "state", "spec"):

@@ -34,7 +34,7 @@ from vipctl.core.scalars import MAX_DEPTH, Refused, core_float, core_int
 from vipctl.errors import SpecError
 
 
-def _address(value: object) -> IPv4Address | IPv6Address:
+def parse_address(value: object) -> IPv4Address | IPv6Address:
     """A string that is an IPv4 or IPv6 address, nothing else: `vips: [7]` is not 0.0.0.7
     and `true` is not 0.0.0.1. No scope id: it would be written into the rules verbatim
     and means nothing to a VIP or a member on its own port."""
@@ -56,7 +56,7 @@ def _address(value: object) -> IPv4Address | IPv6Address:
 
 IPAddress = Annotated[
     IPv4Address | IPv6Address,
-    PlainValidator(_address),
+    PlainValidator(parse_address),
     PlainSerializer(str, return_type=str),
     WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
 ]
