@@ -308,3 +308,26 @@ def test_broadcast_member_limit_is_the_kernels() -> None:
     found = problems(spec(63, "broadcast"))  # validated, and the kernel refused it
     assert any(p.startswith("members:") and "at most 62" in p for p in found), found
     assert len(load_text(spec(200, "steer")).members) == 200
+
+
+@pytest.mark.parametrize(
+    "bad", ['/a"b', "/{}", "/a\\\\b", "/`id`", "/a<b>", "/a^b", "/a|b", "/a#frag", "/%zz", "/%4"]
+)
+def test_http_path_is_rfc3986_characters(bad: str) -> None:
+    """`"{}\\` and a backtick were accepted (printable ASCII was the rule)."""
+    found = problems(GOOD + f"health: {{probe: {{kind: http, path: '{bad}'}}}}\n")
+    assert len(found) == 1 and found[0].startswith("health.probe.path: "), found
+    assert "RFC 3986" in found[0] and "pattern" not in found[0], found
+
+
+@pytest.mark.parametrize(
+    "good", ["/", "/healthz", "/a/b?x=1&y=%22q%22", "/~u/a-b_c.d!$'()*+,;=:@", "/" + "a" * 1023]
+)
+def test_http_paths_that_are_fine(good: str) -> None:
+    spec = load_text(GOOD + f'health: {{probe: {{kind: http, path: "{good}"}}}}\n')
+    assert spec.health.probe.path == good  # type: ignore[union-attr]
+
+
+def test_an_http_path_has_at_most_1024_characters() -> None:
+    found = problems(GOOD + f"health: {{probe: {{kind: http, path: '/{'a' * 1024}'}}}}\n")
+    assert found and "1024" in found[0], found

@@ -169,6 +169,28 @@ class IcmpProbe(_Model):
     kind: Literal["icmp"]
 
 
+# The HTTP probe's request target (origin-form, RFC 3986 3.3 and 3.4): unreserved and
+# sub-delims characters, ':', '@', '/', '?' and %XX escapes. Nothing else: a space, CR, LF
+# or NUL would write a second request or extra headers to the member and forge log lines;
+# '"', '{', '}', '\\', '`', '<', '>', '^', '|' are not URI characters ('#' starts a fragment,
+# which is never sent).
+REQUEST_TARGET = r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*$"
+
+
+def _request_target(path: str) -> str:
+    if len(path) > 1024:
+        raise ValueError(f"at most 1024 characters ({len(path)} given)")
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    if re.fullmatch(REQUEST_TARGET[1:-1], path) is None:
+        bad = re.sub(r"%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@/?-]", "", path)[:1]
+        raise ValueError(
+            f"{bad!r} is not allowed: a request target of RFC 3986 characters (letters, "
+            "digits, -._~!$&'()*+,;=:@/? and %XX escapes)"
+        )
+    return path
+
+
 class TcpProbe(_Model):
     kind: Literal["tcp"]
     port: int = Field(ge=1, le=65535)
@@ -177,9 +199,11 @@ class TcpProbe(_Model):
 class HttpProbe(_Model):
     kind: Literal["http"]
     port: int = Field(default=80, ge=1, le=65535)
-    # one request target: printable ASCII, no space, CR, LF or NUL (those would write a
-    # second request or extra headers to the member, and forge log lines)
-    path: str = Field(default="/", pattern=r"^/[!-~]{0,1023}$")
+    path: Annotated[str, AfterValidator(_request_target)] = Field(
+        default="/",
+        json_schema_extra={"pattern": REQUEST_TARGET, "maxLength": 1024},
+        description="the request target: '/', then RFC 3986 path and query characters",
+    )
     expect: int = Field(default=200, ge=100, le=599)
 
 
