@@ -84,7 +84,7 @@ def test_numbers_that_are_numbers_still_work() -> None:
 def test_weight_that_underflows_to_zero_is_refused() -> None:
     # 1e-400 is not zero, but as a float it is: the member would be drained silently
     found = problems(GOOD.replace("weight: 2}", "weight: 1e-400}"))
-    assert any(p.startswith("spec: ") and "1e-400" in p for p in found), found
+    assert any(p.startswith("members.1.weight: ") and "1e-400" in p for p in found), found
 
 
 # -- YAML 1.2 core schema -------------------------------------------------------------------
@@ -134,11 +134,11 @@ def test_json_duplicate_key_is_refused() -> None:
         ' "members": [{"name": "a", "port": "m1", "address": "198.51.100.2"}]}'
     )
     found = problems(text, "spec.json")
-    assert found == ["spec: duplicate key 'cluster'"], found
+    assert found == ["cluster: duplicate key 'cluster'"], found
     # nested too
     nested = text.replace('"cluster": "evil", ', "")
     nested = nested.replace('"name": "a"', '"name": "a", "name": "b"')
-    assert problems(nested, "spec.json") == ["spec: duplicate key 'name'"]
+    assert problems(nested, "spec.json") == ["members.0.name: duplicate key 'name'"]
 
 
 def test_yaml_duplicate_key_is_refused_at_every_level() -> None:
@@ -331,3 +331,46 @@ def test_http_paths_that_are_fine(good: str) -> None:
 def test_an_http_path_has_at_most_1024_characters() -> None:
     found = problems(GOOD + f"health: {{probe: {{kind: http, path: '/{'a' * 1024}'}}}}\n")
     assert found and "1024" in found[0], found
+
+
+JSON_GOOD = (
+    '{"cluster": "web", "vips": ["198.51.100.253"], "uplink": "up0", "members": '
+    '[{"name": "web1", "port": "m1", "address": "198.51.100.10", "weight": W}], '
+    '"partition": {"bits": B}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "source", "line"),
+    [
+        # issue 28: `spec: NaN is not a JSON number` and 59 more named no field
+        (JSON_GOOD.replace("W", "NaN").replace("B", "8"), "s.json",
+         "members.0.weight: NaN is not a JSON number"),
+        (JSON_GOOD.replace("W", "-Infinity").replace("B", "8"), "s.json",
+         "members.0.weight: -Infinity is not a JSON number"),
+        (JSON_GOOD.replace("W", "1").replace("B", "9" * 80), "s.json",
+         "partition.bits: a number 80 characters long is too long"),
+        (JSON_GOOD.replace("W", "1e-400").replace("B", "8"), "s.json",
+         "members.0.weight: 1e-400 is too small to be told apart from 0"),
+        (JSON_GOOD.replace("W", "1").replace("B", '8, "bits": 9'), "s.json",
+         "partition.bits: duplicate key 'bits'"),
+        (GOOD + "partition: {bits: !!int x}\n", "s.yaml", "partition.bits: 'x' is not an integer"),
+        (GOOD + "announce_vips: !!bool yes\n", "s.yaml",
+         "announce_vips: 'yes' is not true or false"),
+        (GOOD + "partition: {bits: 8, bits: 9}\n", "s.yaml",
+         "partition.bits: duplicate key 'bits' (line 8)"),
+        (GOOD + "health: {7: x}\n", "s.yaml", "health.7: a mapping key must be a string, not 7"),
+        (GOOD.replace("weight: 2", "weight: 1e-999"), "s.yaml",
+         "members.1.weight: 1e-999 is too small to be told apart from 0"),
+    ],
+)  # fmt: skip
+def test_loader_messages_name_their_field(text: str, source: str, line: str) -> None:
+    assert problems(text, source) == [line]
+
+
+def test_every_loader_problem_is_reported_with_its_path() -> None:
+    text = JSON_GOOD.replace("W", "NaN").replace("B", "Infinity")
+    assert problems(text, "s.json") == [
+        "members.0.weight: NaN is not a JSON number",
+        "partition.bits: Infinity is not a JSON number",
+    ]

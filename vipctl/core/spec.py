@@ -10,7 +10,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
-from vipctl.core.scalars import MAX_DEPTH, Refused, core_float, core_int
+from vipctl.core.scalars import MAX_DEPTH, Bad, Refused, core_float, core_int, or_bad
 from vipctl.errors import SpecError
 
 
@@ -448,13 +448,27 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key, value in pairs:
         if key in mapping:  # json.loads keeps the last one silently
-            raise Refused(f"duplicate key {key!r}")
+            mapping[key] = Bad(f"duplicate key {key!r}")
+            continue
         mapping[key] = value
     return mapping
 
 
-def _json_constant(name: str) -> float:
-    raise Refused(f"{name} is not a JSON number")
+def _json_constant(name: str) -> Bad:
+    return Bad(f"{name} is not a JSON number")
+
+
+def _refused(data: object, path: tuple[str, ...] = ()) -> list[str]:
+    """`field.path: message` for every value the reader refused (a Bad in its place)."""
+    if isinstance(data, Bad):
+        return [f"{'.'.join(path) or 'spec'}: {data.message}"]
+    if isinstance(data, dict):
+        items: Iterable[tuple[object, object]] = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return []
+    return [line for k, v in items for line in _refused(v, (*path, _loc_part(k)))]
 
 
 def _json_depth(text: str) -> None:
@@ -477,8 +491,8 @@ def _parse(text: str, source: str) -> object:
         return json.loads(
             text,
             object_pairs_hook=_json_object,
-            parse_int=core_int,
-            parse_float=core_float,
+            parse_int=lambda text: or_bad(core_int, text),
+            parse_float=lambda text: or_bad(core_float, text),
             parse_constant=_json_constant,
         )
     from vipctl.core import specyaml  # PyYAML (~8 ms): only when a YAML spec is read
@@ -538,6 +552,9 @@ def load_text(text: str, source: str = "spec") -> Spec:
     except ValueError as exc:  # JSONDecodeError, specyaml.YamlError
         message = " ".join(str(exc).split())
         raise SpecError(source, [f"spec: not valid YAML/JSON: {message[:300]}"]) from None
+    refused = _refused(data)
+    if refused:
+        raise SpecError(source, refused)
     return parse_spec(data, source)
 
 
