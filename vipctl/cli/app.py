@@ -58,13 +58,13 @@ def schema(
         str,
         typer.Option(
             "--output",
-            help="whose schema: spec (the input), status or plan (--json output), layout "
-            "(layout export)",
+            help="whose schema: spec (the input); status, plan, rebalance, which, doctor "
+            "(their --json output); layout (layout export)",
         ),
     ] = "spec",
 ) -> None:
-    """Print a JSON Schema: the spec's (for editors), or that of `status --json`,
-    `plan --json` or `layout export` (for programs that read them)."""
+    """Print a JSON Schema: the spec's (for editors), or that of a command's --json output
+    or `layout export` (for programs that read them)."""
     from vipctl.core import schemas
 
     if output not in schemas.NAMES:

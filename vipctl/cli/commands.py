@@ -287,13 +287,19 @@ def rebalance(
         new_weights = planning.parse_weights(weights, spec)
         planning.spec_weights(spec, new_weights)
         new_spec = controller.spec_with_weights(spec, new_weights)
+        # what was live before, for the report (read before the commit changes it)
+        previous = _previous(spec, state_dir) if dry_run or as_json else None
         result = controller.apply(new_spec, statefile.state_dir(state_dir), dry_run=dry_run)
     except VipctlError as exc:
         fail(exc)
-    if dry_run:
-        previous = _previous(spec, state_dir)
+    if dry_run or as_json:
         change = planning.Change(previous, result.layout)
         data = planning.report(new_spec, change)
+        if as_json:
+            data["dry_run"] = dry_run
+            data["generation"] = result.generation
+            echo(json.dumps(data, indent=2))
+            return
         echo(planning.render_report(data))
         _print_pins_moving(new_spec, change.moved)
         echo("dry run: nothing changed", err=True)
@@ -335,10 +341,13 @@ def status(
             fail(exc)
         if watch is None:
             break
-        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-        echo(clear + time.strftime("%H:%M:%S"))
-        for report in reports:
-            echo(json.dumps(report) if as_json else _status_text(report))
+        if as_json:  # one document per line, as without --watch (JSON Lines)
+            echo(json.dumps(reports[0] if cluster else {"clusters": reports}))
+        else:
+            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+            echo(clear + time.strftime("%H:%M:%S"))
+            for report in reports:
+                echo(_status_text(report))
         try:
             time.sleep(watch)
         except KeyboardInterrupt:
