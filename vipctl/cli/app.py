@@ -267,11 +267,15 @@ def down_cmd(
 ) -> None:
     """Remove everything vipctl installed for CLUSTER, nothing else."""
     from vipctl import controller
+    from vipctl.service import daemonstatus
 
     try:
-        removed = controller.down(cluster, statefile.state_dir(state_dir))
+        directory = statefile.state_dir(state_dir)
+        removed = controller.down(cluster, directory)
     except VipctlError as exc:
         fail(exc)
+    with contextlib.suppress(OSError):
+        daemonstatus.remove(directory, cluster)
     typer.echo(f"{cluster}: removed" if removed else f"{cluster}: nothing installed")
 
 

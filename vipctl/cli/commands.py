@@ -339,6 +339,7 @@ def status(
             reports = [controller.status(name, directory) for name in names]
         except VipctlError as exc:
             fail(exc)
+        _with_daemon(reports, directory)
         if watch is None:
             break
         if as_json:  # one document per line, as without --watch (JSON Lines)
@@ -366,6 +367,23 @@ def status(
         for m in report["members"]:
             if m.get("reason"):
                 echo(f"  {m['name']}: {m['reason']}")
+        if isinstance(report.get("daemon"), dict):
+            from vipctl.service import daemonstatus
+
+            for line in daemonstatus.describe(report["daemon"], time.time()):
+                echo(line)
+
+
+def _with_daemon(reports: list[dict[str, object]], directory: Path) -> None:
+    """Each cluster's report gains what its daemon last wrote about itself (when a daemon
+    ever ran for it with this state directory): degraded, members it cannot probe, state
+    write failing, last failover (service/daemonstatus.py)."""
+    from vipctl.service import daemonstatus
+
+    for report in reports:
+        found = daemonstatus.read(directory, str(report["cluster"]))
+        if found is not None:
+            report["daemon"] = found
 
 
 def _status_text(r: dict[str, object]) -> str:

@@ -56,6 +56,44 @@ _STATUS_MEMBER = _object(
     }
 )
 
+_DAEMON = {
+    **_object(
+        {
+            "running": {
+                "type": "boolean",
+                "description": "its pid is a live vipctl daemon; false: it stopped or died "
+                "and the rest is what it last wrote",
+            },
+            "pid": {"type": "integer", "minimum": 1},
+            "updated": {"type": "number", "description": "when it wrote this (Unix time)"},
+            "status": {"type": "string", "description": "its systemd STATUS= line"},
+            "generation": {"type": ["integer", "null"], "minimum": 0},
+            "degraded": {"type": "boolean"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "unprobed": {
+                "type": "array",
+                "items": _NAME,
+                "description": "members it cannot probe (their health is kept as it is)",
+            },
+            "state_write_failing": {"type": "boolean"},
+            "state_error": {"type": ["string", "null"]},
+            "last_failover": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "at": {"type": "number", "description": "Unix time"},
+                            "members": {"type": "array", "items": _NAME, "minItems": 1},
+                        }
+                    ),
+                ]
+            },
+        }
+    ),
+    "description": "what the cluster's daemon last wrote about itself (absent: no daemon "
+    "ever ran with this state directory)",
+}
+
 _STATUS_CLUSTER = _object(
     {
         "cluster": _NAME,
@@ -70,6 +108,7 @@ _STATUS_CLUSTER = _object(
         "in_sync": {"type": "boolean"},
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
+        "daemon": _DAEMON,
     },
     required=[
         "bits",

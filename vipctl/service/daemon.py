@@ -199,7 +199,24 @@ class Daemon:
             base = f"cluster {self.spec.cluster}: not applied yet"
         else:
             base = status_line(self.spec, self.generation, set(self.layout.down))
-        return status_text(base, self.problems())
+        text = status_text(base, self.problems())
+        self._publish(text)
+        return text
+
+    def _publish(self, text: str) -> None:
+        """What `vipctl status` shows of the daemon (service/daemonstatus.py)."""
+        from vipctl.service import daemonstatus
+
+        daemonstatus.write(
+            self.state_dir,
+            self.spec.cluster,
+            text,
+            generation=self.generation if self.layout is not None else None,
+            down=self.layout.down if self.layout is not None else None,
+            problems=self.problems(),
+            unprobed=self.monitor.unprobed if self.monitor is not None else (),
+            state_error=self._state_error,
+        )
 
     def on_trouble(self, text: str | None) -> None:
         """health.Monitor: the set of members the prober cannot probe changed."""
