@@ -374,3 +374,17 @@ def test_every_loader_problem_is_reported_with_its_path() -> None:
         "members.0.weight: NaN is not a JSON number",
         "partition.bits: Infinity is not a JSON number",
     ]
+
+
+BGP = "bgp: {asn: 65001, peers: [{address: 203.0.113.254, asn: 65000}], router_id: RID}\n"
+
+
+def test_bgp_router_id_is_an_ipv4_address_as_text() -> None:
+    """Found by the spec fuzz (issue 28): every router_id was refused ('Input should be
+    an instance of IPv4Address'), the strict model took no string."""
+    spec = load_text(GOOD + BGP.replace("RID", "192.0.2.1"))
+    assert spec.bgp is not None and str(spec.bgp.router_id) == "192.0.2.1"
+    assert spec.model_dump(mode="json")["bgp"]["router_id"] == "192.0.2.1"
+    for bad, why in [("'2001:db8::1'", "not an IPv4"), ("7", "string"), ("'1.2.3.4%x'", "scope")]:
+        found = problems(GOOD + BGP.replace("RID", bad))
+        assert len(found) == 1 and found[0].startswith("bgp.router_id: ") and why in found[0]
