@@ -388,3 +388,9 @@ def test_bgp_router_id_is_an_ipv4_address_as_text() -> None:
     for bad, why in [("'2001:db8::1'", "not an IPv4"), ("7", "string"), ("'1.2.3.4%x'", "scope")]:
         found = problems(GOOD + BGP.replace("RID", bad))
         assert len(found) == 1 and found[0].startswith("bgp.router_id: ") and why in found[0]
+
+
+@pytest.mark.parametrize("tag", ["!!binary AAAA", "!custom x", "!!timestamp 2001-01-01"])
+def test_a_yaml_tag_is_refused_with_its_path(tag: str) -> None:
+    found = problems(GOOD + f"partition: {{bits: {tag}}}\n")
+    assert len(found) == 1 and found[0].startswith("partition.bits: the tag "), found

@@ -140,3 +140,11 @@ _Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 # a set (keys of null) or an ordered list of pairs
 for _tag in ("binary", "timestamp", "set", "omap", "pairs", "merge", "value", "yaml"):
     _Yaml12Loader.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
+
+
+def _construct_undefined(loader: _Yaml12Loader, node: yaml.Node) -> object:
+    """Any other tag (`!custom`, `!!binary`): refused where it stands, with its path."""
+    return Bad(f"the tag {node.tag[:40]!r} is not accepted (plain YAML values only)")
+
+
+_Yaml12Loader.add_constructor(None, _construct_undefined)
