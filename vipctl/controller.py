@@ -586,23 +586,35 @@ class Measuring:
 
 
 def measure_start(
-    spec: Spec, directory: Path, *, backends: Backends | None = None, **apply_args: Any
+    spec: Spec,
+    directory: Path,
+    *,
+    backends: Backends | None = None,
+    window: float | None = None,
+    **apply_args: Any,
 ) -> Measuring:
     """Switch per-bucket load counting on: one apply (one transaction, a new generation)
-    of the same layout with the counters in the cluster's own ingress rule."""
+    of the same layout with the counters in the cluster's own ingress rule. A lease in
+    the state directory (statefile.measuring_begin, until `window` and a grace have
+    passed) lets the daemon switch it off when this process dies before measure_stop."""
     st = _installed(spec, directory)
     pick = backends if backends is not None else backend_for
-    res = apply(
-        spec,
-        directory,
-        measuring=True,
-        preflight=False,
-        host=False,
-        want_diff=False,
-        expect_generation=st.generation,
-        backends=backends,
-        **apply_args,
-    )
+    statefile.measuring_begin(directory, spec.cluster, window or 3600.0)
+    try:
+        res = apply(
+            spec,
+            directory,
+            measuring=True,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=st.generation,
+            backends=backends,
+            **apply_args,
+        )
+    except VipctlError:
+        statefile.measuring_end(directory, spec.cluster)  # refused: nothing counts
+        raise
     baseline = pick(spec).read_load(spec)  # counters a crashed run left keep their counts
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
@@ -624,6 +636,7 @@ def measure_stop(
     st = statefile.load(directory, spec.cluster)
     found = pick(spec).read_load(spec) if st and st.generation == started.generation else None
     if found is None:
+        statefile.measuring_end(directory, spec.cluster)  # that commit switched it off
         raise KernelError(
             "the measurement was interrupted: another commit replaced the table during the "
             "window (a failover?); nothing changed, run it again"
@@ -638,6 +651,7 @@ def measure_stop(
         backends=backends,
         **apply_args,
     )
+    statefile.measuring_end(directory, spec.cluster)
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:
         raise KernelError(f"cluster {spec.cluster} is not installed here")
@@ -661,7 +675,7 @@ def measure(
     through apply (generation and state stay consistent). The cluster's lock is held only
     for those commits: a failover during the window commits a table without counting,
     and the measurement is reported interrupted, changing nothing."""
-    started = measure_start(spec, directory, backends=backends, sleep=sleep)
+    started = measure_start(spec, directory, backends=backends, sleep=sleep, window=window)
     try:
         sleep(window)
     except BaseException:

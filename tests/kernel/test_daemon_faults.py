@@ -326,3 +326,34 @@ def test_status_shows_what_the_daemon_knows(cluster: Cluster) -> None:
     vipctl(c.topo.router_ns, "down", "web", "--state-dir", str(c.state), check=True)
     assert not daemonstatus.path(c.state, "web").exists()
     assert not request_cleanup.exists()
+
+
+def test_the_daemon_switches_off_a_killed_measurement(cluster: Cluster) -> None:
+    """`vipctl rebalance --auto` SIGKILLed during its window left the per-bucket counters in
+    the kernel for good while a daemon ran (nothing else applied). The measurement leaves
+    a lease in the state directory; the daemon finds it abandoned (its process gone) and
+    applies, which switches the counting off."""
+    from tests.kernel.helpers import vipctl_spawn
+    from tests.kernel.test_retune import _load_objects
+
+    c = cluster
+    c.spec["pinning"] = {"idle_timeout_s": 10}  # the daemon looks every idle/10 = 1 s
+    write_spec(c.path, c.spec)
+    d = c.daemon()
+    d.wait_note("READY=1")
+    auto = vipctl_spawn(
+        c.topo.router_ns, "rebalance", str(c.path), "--auto", "--window", "30",
+        "--state-dir", str(c.state),
+    )  # fmt: skip
+    assert wait_for(lambda: bool(_load_objects(c.topo.router_ns, "web")), 10, 0.05)
+    auto.kill()
+    auto.communicate(timeout=30)
+    t0 = time.monotonic()
+    assert wait_for(lambda: not _load_objects(c.topo.router_ns, "web"), 10, 0.1), d.text()
+    print(f"\nMEASURED killed measurement switched off by the daemon in "
+          f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+    d.wait_log(r"abandoned")
+    _, table = c.live()
+    st = statefile.load(c.state, "web")
+    assert st is not None and st.layout.table == table
+    no_traceback(d)

@@ -325,3 +325,27 @@ def test_which_takes_addresses_by_the_specs_rules(
     assert message in err and "SOURCE" in err and len(err) < 300, err
     code, _ = run("which", str(spec), "fe80::1", "--from", "spec", "--state-dir", str(tmp_path))
     assert code == 0
+
+
+def test_a_measurement_lease_is_abandoned_when_its_process_is_gone(tmp_path: Path) -> None:
+    """statefile.measuring_*: the daemon switches counting off when a measurement's lease
+    is abandoned (its process gone, its time up, or unreadable), never while it runs."""
+    import json
+
+    assert not statefile.measuring_abandoned(tmp_path, "web")  # no lease
+    statefile.measuring_begin(tmp_path, "web", 5)
+    lease = tmp_path / ".web.measuring"
+    data = json.loads(lease.read_text())
+    assert data["pid"] == os.getpid()
+    # this process is pytest, not vipctl: a reused pid does not hold a lease
+    assert statefile.measuring_abandoned(tmp_path, "web") == (
+        b"vipctl" not in Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+    )
+    assert statefile.measuring_abandoned(tmp_path, "web", now=data["until"] + 1)
+    lease.write_text(json.dumps({"pid": 2**22 + 1, "until": data["until"]}))
+    assert statefile.measuring_abandoned(tmp_path, "web")  # no such process
+    lease.write_text("{")
+    assert statefile.measuring_abandoned(tmp_path, "web")
+    statefile.measuring_end(tmp_path, "web")
+    assert not lease.exists() and not statefile.measuring_abandoned(tmp_path, "web")
+    statefile.measuring_end(tmp_path, "web")  # twice: fine

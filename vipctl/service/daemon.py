@@ -501,6 +501,10 @@ class Daemon:
             if st is not None and st.moving and transition.due(st.moving, time.time(), idle):
                 log.info("transitions are due to settle: applying")
                 self._dirty.set()
+            if statefile.measuring_abandoned(self.state_dir, self.spec.cluster):
+                log.warning("a load measurement was abandoned: switching the counting off")
+                statefile.measuring_end(self.state_dir, self.spec.cluster)
+                self._dirty.set()
 
     async def _retuner(self) -> None:
         """Every `retune.interval_s` (0: off, looked at again after a reload), one re-tune."""
