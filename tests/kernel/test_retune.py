@@ -230,3 +230,45 @@ def test_a_killed_measurement_is_switched_off_by_the_next_apply(
         assert counted, "no kill found counting switched on: the delays are too short"
     finally:
         vipctl(topo.router_ns, "down", "web", "--state-dir", state)
+
+
+def test_refused_numbers_change_nothing(topo: Lab, tmp_path: Path) -> None:
+    """Every refusal of issue 28's command lines: exit 2, no traceback, ruleset and state
+    byte-identical (`--window inf` committed the counting table, a new generation, and
+    then died in sleep() with an OverflowError)."""
+    from tests.kernel.helpers import ruleset
+
+    state = tmp_path / "state"
+    path = write_spec(tmp_path / "web.json", topo.spec("web", mode="steer", key="mask", bits=8))
+
+    def run(*args: str) -> Any:
+        return vipctl(topo.router_ns, *args, "--state-dir", str(state))
+
+    def snapshot() -> tuple[str, dict[str, bytes]]:
+        files = {p.name: p.read_bytes() for p in sorted(state.iterdir())}
+        return ruleset(topo.router_ns), files
+
+    nines = "9" * 5000
+    refused = [
+        ["rebalance", str(path), "--auto", "--window", "inf"],
+        ["rebalance", str(path), "--auto", "--window", "nan"],
+        ["rebalance", str(path), "--auto", "--window", "3601"],
+        ["rebalance", str(path), "--auto", "--tolerance", "inf"],
+        ["rebalance", str(path), "--weights", f"web1={nines}"],
+        ["plan", str(path), "--weights", f"web1={nines}"],
+        ["plan", str(path), "--auto", "--window", "1e400"],
+        ["status", "web", "--load", "--window", "inf"],
+        ["status", "web", "--watch", "nan"],
+        ["which", str(path), "fe80::1%up0"],
+        ["metrics", "--listen", f"127.0.0.1:{nines}"],
+    ]
+    assert run("apply", str(path)).returncode == 0
+    try:
+        before = snapshot()
+        for argv in refused:
+            got = run(*argv)
+            assert got.returncode == 2, (argv[:4], got.returncode, got.stderr[-500:])
+            assert "Traceback" not in got.stderr and nines not in got.stderr, argv[:4]
+            assert snapshot() == before, argv[:4]
+    finally:
+        run("down", "web")

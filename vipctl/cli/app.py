@@ -276,6 +276,7 @@ def down_cmd(
         fail(exc)
     with contextlib.suppress(OSError):
         daemonstatus.remove(directory, cluster)
+        statefile.measuring_end(directory, cluster)
     typer.echo(f"{cluster}: removed" if removed else f"{cluster}: nothing installed")
 
 
