@@ -2,14 +2,16 @@
 rebalance), without typer: cli/app.py declares their arguments for typer and calls these;
 cli/fast.py parses the common command lines itself and calls the same functions.
 
-Each body takes exactly the parameters of its typer command, with the same defaults
-(tests/unit/test_cli_fast.py compares them), prints through cli/output.py and ends with
-SystemExit on an error.
+Each body takes exactly the parameters of its typer command and no defaults: typer's
+are the only ones, and the fast path passes them from cli/fastgrammar.py, generated from
+the typer app (tests/unit/test_cli_fast.py checks both). A body prints through
+cli/output.py and ends with SystemExit on an error.
 """
 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ from vipctl import statefile
 from vipctl.cli.output import bounded, echo, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.errors import KernelError, SpecError, StateError, VipctlError
+from vipctl.errors import KernelError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
@@ -43,6 +45,24 @@ def _previous(spec: Spec, state_dir: str | None) -> Layout | None:
     return st.layout if st is not None else None
 
 
+def _desired(
+    spec: Spec,
+    state_dir: str | None,
+    weights: dict[str, Fraction] | None = None,
+    down: set[str] | None = None,
+) -> tuple[Layout | None, Layout]:
+    """(the layout the state says is live, the one an apply would install): the weights in
+    force (those `rebalance` set, core/reconcile.py), or `weights` over them."""
+    from vipctl.core import reconcile
+
+    st = statefile.load(statefile.state_dir(state_dir), spec.cluster)
+    own = planning.spec_weights(spec)
+    in_force = dict(reconcile.weights_in_force(own, st.intent if st else None))
+    previous = st.layout if st is not None else None
+    layout = planning.desired(spec, previous, weights={**in_force, **(weights or {})}, down=down)
+    return previous, layout
+
+
 def validate(spec_path: Path) -> None:
     spec = load(spec_path)
     echo(f"{spec_path}: ok (cluster {spec.cluster}, {len(spec.members)} members)")
@@ -50,15 +70,15 @@ def validate(spec_path: Path) -> None:
 
 def plan(
     spec_path: Path,
-    weights: str | None = None,
-    down: str | None = None,
-    auto: bool = False,
-    window: float = 10.0,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    png: Path | None = None,
-    as_json: bool = False,
-    state_dir: str | None = None,
+    weights: str | None,
+    down: str | None,
+    auto: bool,
+    window: float,
+    tolerance: float,
+    metric: str,
+    png: Path | None,
+    as_json: bool,
+    state_dir: str | None,
 ) -> None:
     if auto:
         _measuring(window, tolerance)
@@ -82,8 +102,7 @@ def plan(
     try:
         overrides = planning.parse_weights(weights, spec) if weights is not None else None
         down_set = planning.parse_names(down, spec) if down is not None else None
-        previous = _previous(spec, state_dir)
-        layout = planning.desired(spec, previous, weights=overrides, down=down_set)
+        previous, layout = _desired(spec, state_dir, overrides, down_set)
     except VipctlError as exc:
         fail(exc)
     change = planning.Change(previous, layout)
@@ -101,9 +120,9 @@ def plan(
 def which(
     spec_path: Path,
     source: str,
-    state_dir: str | None = None,
-    as_json: bool = False,
-    source_table: str = "auto",
+    state_dir: str | None,
+    as_json: bool,
+    source_table: str,
 ) -> None:
     spec = load(spec_path)
     from vipctl.core.spec import parse_address  # the spec's rules: no scope id
@@ -162,10 +181,13 @@ def _live_layout(spec: Spec, state_dir: str | None, source: str = "auto") -> tup
             return live, "live"
         if source == "live":
             raise KernelError(f"cluster {spec.cluster} is not installed here")
-    previous = _previous(spec, state_dir) if source in ("auto", "state") else None
+    if source in ("auto", "state"):
+        previous, layout = _desired(spec, state_dir)
+    else:
+        previous, layout = None, planning.desired(spec, None)
     if source == "state" and previous is None:
         raise StateError(f"no state for cluster {spec.cluster}")
-    return planning.desired(spec, previous), ("state" if previous else "spec")
+    return layout, ("state" if previous else "spec")
 
 
 def _kernel_table(spec: Spec) -> Layout | None:
@@ -183,12 +205,12 @@ def _kernel_table(spec: Spec) -> Layout | None:
 
 def apply(
     spec_path: Path,
-    dry_run: bool = False,
-    diff: bool = False,
-    down: str | None = None,
-    skip_checks: bool = False,
-    layout_path: Path | None = None,
-    state_dir: str | None = None,
+    dry_run: bool,
+    diff: bool,
+    down: str | None,
+    skip_checks: bool,
+    layout_path: Path | None,
+    state_dir: str | None,
 ) -> None:
     from vipctl import controller
 
@@ -198,22 +220,21 @@ def apply(
         if layout_path is not None:
             from vipctl.core import layoutfile
 
-            try:
-                text = layout_path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SpecError(str(layout_path), [f"cannot read: {exc}"]) from None
-            imported = layoutfile.parse(text, str(layout_path), spec)
-            # the peer's weights become this router's (as `rebalance --weights` records)
-            spec = controller.spec_with_weights(spec, layoutfile.weights_of(imported))
+            imported = layoutfile.read(layout_path, spec)
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
             spec,
             statefile.state_dir(state_dir),
-            dry_run=dry_run,
-            down=down_set,
-            want_diff=diff or dry_run,
-            preflight=not skip_checks,
-            layout=imported,
+            controller.ApplyOptions(
+                dry_run=dry_run,
+                down=down_set,
+                want_diff=diff or dry_run,
+                preflight=not skip_checks,
+                layout=imported,
+                # the peer's weights become this router's weights in force
+                weights=dict(imported.weights) if imported is not None else None,
+                intent_source="layout",
+            ),
         )
     except VipctlError as exc:
         fail(exc)
@@ -253,14 +274,14 @@ def _print_apply(spec: Spec, result: object, *, dry_run: bool, diff: bool) -> No
 
 def rebalance(
     spec_path: Path,
-    weights: str | None = None,
-    auto: bool = False,
-    window: float = 10.0,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    dry_run: bool = False,
-    as_json: bool = False,
-    state_dir: str | None = None,
+    weights: str | None,
+    auto: bool,
+    window: float,
+    tolerance: float,
+    metric: str,
+    dry_run: bool,
+    as_json: bool,
+    state_dir: str | None,
 ) -> None:
     from vipctl import controller
 
@@ -285,37 +306,41 @@ def rebalance(
     assert weights is not None
     try:
         new_weights = planning.parse_weights(weights, spec)
-        planning.spec_weights(spec, new_weights)
-        new_spec = controller.spec_with_weights(spec, new_weights)
+        directory = statefile.state_dir(state_dir)
+        in_force = controller.weights_in_force(spec, statefile.load(directory, spec.cluster))
+        options = controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights})
         # what was live before, for the report (read before the commit changes it)
         previous = _previous(spec, state_dir) if dry_run or as_json else None
-        result = controller.apply(new_spec, statefile.state_dir(state_dir), dry_run=dry_run)
+        if spec.store is not None:  # once, in the store: every router converges to it
+            result = controller.rebalance_shared(spec, directory, new_weights, options)
+        else:
+            result = controller.apply(spec, directory, options)
     except VipctlError as exc:
         fail(exc)
     if dry_run or as_json:
         change = planning.Change(previous, result.layout)
-        data = planning.report(new_spec, change)
+        data = planning.report(spec, change)
         if as_json:
             data["dry_run"] = dry_run
             data["generation"] = result.generation
             echo(json.dumps(data, indent=2))
             return
         echo(planning.render_report(data))
-        _print_pins_moving(new_spec, change.moved)
+        _print_pins_moving(spec, change.moved)
         echo("dry run: nothing changed", err=True)
         return
-    _print_apply(new_spec, result, dry_run=False, diff=False)
+    _print_apply(spec, result, dry_run=False, diff=False)
 
 
 def status(
-    cluster: str | None = None,
-    as_json: bool = False,
-    watch: float | None = None,
-    load_: bool = False,
-    window: float = 5.0,
-    metric: str = "packets",
-    png: Path | None = None,
-    state_dir: str | None = None,
+    cluster: str | None,
+    as_json: bool,
+    watch: float | None,
+    load_: bool,
+    window: float,
+    metric: str,
+    png: Path | None,
+    state_dir: str | None,
 ) -> None:
     import sys
     import time
@@ -435,4 +460,24 @@ def _status_text(r: dict[str, object]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if r.get("weights_from") not in (None, "spec"):
+        lines.append(f"weights in force set by {r['weights_from']} (the spec's differ)")
+    lines.extend(_routers_text(r))
     return "\n".join(lines)
+
+
+def _routers_text(r: dict[str, object]) -> list[str]:
+    """With a store: one line per router, and whether they agree."""
+    if "store_error" in r:
+        return [f"routers: unknown ({r['store_error']})"]
+    routers = r.get("routers")
+    if not isinstance(routers, list):
+        return []
+    agree = "all routers agree" if r.get("routers_agree") else "ROUTERS DIFFER"
+    out = [f"routers ({agree}):"]
+    for x in routers:
+        out.append(
+            f"  {x['name']}  fingerprint {x['fingerprint'] or '-'}  generation "
+            f"{x['generation']}  desired {x['desired_generation']}  ({x['age_s']:g} s ago)"
+        )
+    return out

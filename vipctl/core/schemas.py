@@ -4,8 +4,8 @@
 these, checked in and compared exactly by tests/unit/test_schemas.py; the output of every
 command and option that prints JSON is validated against them (tests/unit/test_schemas.py
 over the fake backend, tests/kernel/test_json_output.py over a real lab). Numbers are
-JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (PRODUCT.md, "The
-interface"); the layout file's weights are exact fractions in text ("1/3").
+JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (docs/operations.md,
+"Read status and metrics"); the layout file's weights are exact fractions in text ("1/3").
 
 A field added to a report must be added here (the objects forbid unknown properties, so
 the tests catch a report that drifts from its schema).
@@ -46,7 +46,8 @@ _STATUS_MEMBER = _object(
         "address": {"type": "string"},
         "healthy": {"type": ["boolean", "null"]},
         "reason": {"type": "string"},
-        "weight": _WEIGHT,
+        "weight": {**_WEIGHT, "description": "in force: set by rebalance, else the spec's"},
+        "spec_weight": {**_WEIGHT, "description": "the spec's own weight"},
         "buckets": _INT,
         "share": _SHARE,
         "target": _SHARE,
@@ -106,9 +107,28 @@ _STATUS_CLUSTER = _object(
         "vips": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "uplink": _NAME,
         "in_sync": {"type": "boolean"},
+        "weights_from": {
+            "enum": ["spec", "rebalance", "layout"],
+            "description": "where the weights in force come from",
+        },
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
         "daemon": _DAEMON,
+        "routers": {
+            "type": "array",
+            "description": "with a store: what each router's daemon published",
+            "items": _object(
+                {
+                    "name": _NAME,
+                    "fingerprint": _FINGERPRINT,
+                    "generation": {"type": ["integer", "null"], "minimum": 0},
+                    "desired_generation": {"type": ["integer", "null"], "minimum": 0},
+                    "age_s": {"type": "number", "minimum": 0},
+                }
+            ),
+        },
+        "routers_agree": {"type": "boolean"},
+        "store_error": {"type": "string"},
     },
     required=[
         "bits",
@@ -122,6 +142,7 @@ _STATUS_CLUSTER = _object(
         "uplink",
         "vips",
         "backend",
+        "weights_from",
     ],
 )
 

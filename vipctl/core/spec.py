@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -281,6 +281,12 @@ class Pinning(_Model):
         return self.mode != "off"
 
 
+# The re-tune defaults: the spec's `retune` section and `rebalance/plan --auto` alike.
+RETUNE_WINDOW_S = 10.0
+RETUNE_TOLERANCE = 1.1
+RETUNE_METRIC: Final = "packets"
+
+
 class Retune(_Model):
     """Re-tune from measured load on a schedule (the daemon; off by default): every
     `interval_s`, measure each bucket's traffic for `window_s`, and when a member's load is
@@ -291,14 +297,14 @@ class Retune(_Model):
         default=0, ge=0, le=7 * 24 * 3600, description="seconds between re-tunes; 0: off"
     )
     window_s: float = Field(
-        default=10.0,
+        default=RETUNE_WINDOW_S,
         ge=MIN_WINDOW_S,
         le=MAX_WINDOW_S,
         allow_inf_nan=False,
         description="how long each bucket's traffic is measured",
     )
     tolerance: float = Field(
-        default=1.1,
+        default=RETUNE_TOLERANCE,
         gt=1.0,
         le=MAX_TOLERANCE,
         allow_inf_nan=False,
@@ -307,7 +313,7 @@ class Retune(_Model):
     max_moves: int = Field(
         default=16, ge=1, le=1 << 16, description="most buckets moved per re-tune"
     )
-    metric: Literal["packets", "bytes"] = "packets"
+    metric: Literal["packets", "bytes"] = RETUNE_METRIC
 
     @model_validator(mode="after")
     def _window_fits(self) -> Retune:
@@ -335,6 +341,41 @@ class Bgp(_Model):
     )
 
 
+# An etcd endpoint: http(s)://host[:port], host a name, an IPv4 address or [IPv6]
+EtcdUrl = Annotated[
+    str,
+    Field(
+        pattern=r"^https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
+        r"(:[0-9]{1,5})?/?$"
+    ),
+]
+StorePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]{0,200}$")]
+
+
+class Store(_Model):
+    """The cluster's desired state shared by every router (docs/two-routers.md): weights in
+    force and the base table live in this etcd cluster; `rebalance` on any router changes
+    them once and every router's daemon converges to them. The data plane never depends on
+    it: with the store unreachable, failover and restoration still work and changes are
+    refused (exit 75)."""
+
+    etcd: list[EtcdUrl] = Field(min_length=1, max_length=16, description="etcd endpoints")
+    prefix: StorePath = Field(default="/vipctl", description="key prefix in etcd")
+    ca: StorePath | None = Field(default=None, description="CA file for https endpoints")
+    cert: StorePath | None = Field(default=None, description="client certificate file")
+    key: StorePath | None = Field(default=None, description="client key file")
+    timeout_ms: int = Field(default=1000, ge=50, le=30_000, description="per request")
+    poll_ms: int = Field(
+        default=250, ge=50, le=10_000, description="how often a daemon reads the store"
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Store:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("store.cert and store.key go together")
+        return self
+
+
 class Spec(_Model):
     cluster: ClusterName
     vips: list[IPAddress] = Field(min_length=1, max_length=64)
@@ -360,6 +401,7 @@ class Spec(_Model):
     )
     bgp: Bgp | None = None
     retune: Retune = Field(default_factory=Retune)
+    store: Store | None = None
 
     @field_validator("vips")
     @classmethod
@@ -502,16 +544,32 @@ def _json_depth(text: str) -> None:
             depth -= 1
 
 
+def _json_with_bad(text: str) -> object:
+    """JSON with a Bad in place of each value the reader refuses (see _refused)."""
+    _json_depth(text)
+    return json.loads(
+        text,
+        object_pairs_hook=_json_object,
+        parse_int=lambda text: or_bad(core_int, text),
+        parse_float=lambda text: or_bad(core_float, text),
+        parse_constant=_json_constant,
+    )
+
+
+def strict_json(text: str) -> object:
+    """JSON as vipctl reads its input files: bounded nesting, no duplicate keys, no NaN or
+    Infinity, numbers of bounded length (Refused naming the first such value's field path,
+    or ValueError when not JSON)."""
+    data = _json_with_bad(text)
+    refused = _refused(data)
+    if refused:
+        raise Refused(refused[0])
+    return data
+
+
 def _parse(text: str, source: str) -> object:
     if source.endswith(".json"):
-        _json_depth(text)
-        return json.loads(
-            text,
-            object_pairs_hook=_json_object,
-            parse_int=lambda text: or_bad(core_int, text),
-            parse_float=lambda text: or_bad(core_float, text),
-            parse_constant=_json_constant,
-        )
+        return _json_with_bad(text)  # load_text reports every Bad with its path
     from vipctl.core import specyaml  # PyYAML (~8 ms): only when a YAML spec is read
 
     return specyaml.load(text)
@@ -575,19 +633,20 @@ def load_text(text: str, source: str = "spec") -> Spec:
     return parse_spec(data, source)
 
 
-def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
+def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES, what: str = "spec") -> bytes:
     """The file's bytes, read once: a regular file of at most `limit` bytes. Opened
-    non-blocking, so a FIFO (or a device) is refused instead of hanging the reader."""
+    non-blocking, so a FIFO (or a device) is refused instead of hanging the reader.
+    `what` starts each message (the spec, a layout file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
+        raise SpecError(str(path), [f"{what}: cannot read {path}: {exc.strerror}"]) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise SpecError(str(path), [f"spec: {path} is not a regular file"])
+            raise SpecError(str(path), [f"{what}: {path} is not a regular file"])
         if info.st_size > limit:
-            raise SpecError(str(path), [_too_large(path, limit)])
+            raise SpecError(str(path), [_too_large(path, limit, what)])
         chunks: list[bytes] = []
         left = limit + 1  # a file that grows while read is caught too
         while left > 0:
@@ -597,29 +656,29 @@ def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
             chunks.append(chunk)
             left -= len(chunk)
     except OSError as exc:
-        raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
+        raise SpecError(str(path), [f"{what}: cannot read {path}: {exc.strerror}"]) from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > limit:
-        raise SpecError(str(path), [_too_large(path, limit)])
+        raise SpecError(str(path), [_too_large(path, limit, what)])
     return data
 
 
-def _too_large(path: Path, limit: int) -> str:
-    return f"spec: {path} is larger than {limit} bytes ({limit // 1024} KiB)"
+def _too_large(path: Path, limit: int, what: str = "spec") -> str:
+    return f"{what}: {path} is larger than {limit} bytes ({limit // 1024} KiB)"
 
 
-def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
-    """The spec file's text (a regular UTF-8 file of at most `limit` bytes, read once),
-    or SpecError; never blocks on a FIFO or a device."""
+def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES, what: str = "spec") -> str:
+    """The file's text (a regular UTF-8 file of at most `limit` bytes, read once), or
+    SpecError; never blocks on a FIFO or a device."""
     path = Path(path)
-    data = read_spec_bytes(path, limit)
+    data = read_spec_bytes(path, limit, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        raise SpecError(str(path), [f"spec: not UTF-8 text ({where})"]) from None
+        raise SpecError(str(path), [f"{what}: not UTF-8 text ({where})"]) from None
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -455,20 +455,55 @@ def _build(lab: Lab) -> None:
     )
 
 
+def recreate_port(lab: Lab, name: str) -> None:
+    """Re-create a member's port after `ip link del` (both ends of the veth went): the same
+    names, MACs and addresses as `build` made them, and a new ifindex."""
+    m = lab.by_name(name)
+    _ip_batch(
+        lab.router_ns,
+        [
+            f"link add {m.port} address {m.port_mac} type veth "
+            f"peer name eth0 address {m.mac} netns {m.ns}",
+            f"addr add {m.gateway}/29 dev {m.port}",
+            f"addr add {m.gateway6}/64 dev {m.port} nodad",
+            f"link set {m.port} up",
+        ],
+    )
+    _ip_batch(
+        m.ns,
+        [
+            f"addr add {m.address}/29 dev eth0",
+            f"addr add {m.address6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            f"route replace default via {m.gateway} dev eth0",
+            f"route replace ::/0 via {m.gateway6} dev eth0",
+        ],
+    )
+
+
 def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     """The member side as an operator does it with `vipctl member SPEC NAME --apply`:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
     arp_ignore=1, arp_announce=2, rp_filter at most loose (the lab's 0 is kept)."""
+    from vipctl.backends import nft
     from vipctl.core.spec import parse_spec
     from vipctl.host import member as membermod
 
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
+
+    def setup_one(setup: membermod.MemberSetup) -> None:
+        membermod.apply_setup(setup, state)
+        gateways = membermod.gateways(setup.interface)
+        batch = membermod.second_chance_batch(setup, gateways)
+        name = membermod.second_chance_table(setup)
+        nft.replace_tables(batch, [("ip", name), ("ip6", name)])
+
     for m in lab.members:
         for interface in interfaces:
             setup = membermod.build_setup(spec, m.name, interface)
-            _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
+            _in_netns(m.ns, lambda setup=setup: setup_one(setup))
 
 
 def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:

@@ -35,6 +35,7 @@ every bucket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -64,6 +65,9 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
 RELOAD_TIMEOUT_S = 10.0  # a spec read that hangs (a dead NFS mount) is given up
 RETUNE_OFF_POLL_S = 5.0  # re-tuning off: how often to look whether a reload switched it on
+CONVERGE_POLL_S = 0.1  # how often the ruleset generation is read (invariant 10: within 1 s)
+CONVERGE_FULL_S = 30.0  # a read-back of the whole table however quiet the generation is
+CONVERGE_TC_S = 1.0  # the same for backends without a generation (tc)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,6 +186,15 @@ class Daemon:
         self._state_retry: asyncio.TimerHandle | None = None
         self._slot = asyncio.Lock()  # one apply at a time: health, retry, reload, re-tune
         self.retunes = 0  # re-tunes that moved buckets
+        # convergence: the ruleset generation our last apply saw, and whether the next apply
+        # must read the kernel back (someone else changed the rules, a port was re-created)
+        self._genid_seen: int | None = None
+        self._check = False
+        # the shared store (spec `store:`): the generation of the desired state installed,
+        # the document to install next, and why the store cannot be read (None: it can)
+        self._shared_generation = 0
+        self._shared_pending: Any = None
+        self._store_problem: str | None = None
 
     # -- what STATUS= says --------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -192,6 +205,8 @@ class Daemon:
             out.append(f"state not written ({self._state_error}), kept in memory")
         if self._reload_problem:
             out.append(self._reload_problem)
+        if self._store_problem:
+            out.append(self._store_problem)
         return out
 
     def status(self) -> str:
@@ -200,10 +215,10 @@ class Daemon:
         else:
             base = status_line(self.spec, self.generation, set(self.layout.down))
         text = status_text(base, self.problems())
-        self._publish(text)
+        self._publish_status(text)
         return text
 
-    def _publish(self, text: str) -> None:
+    def _publish_status(self, text: str) -> None:
         """What `vipctl status` shows of the daemon (service/daemonstatus.py)."""
         from vipctl.service import daemonstatus
 
@@ -240,7 +255,12 @@ class Daemon:
             self._pending_since = t.at
         self._dirty.set()
 
-    async def _apply(self, down: set[str] | None) -> ApplyResult:
+    async def _apply(
+        self, down: set[str] | None, *, check: bool = False, shared: Any = None
+    ) -> ApplyResult:
+        """One apply off the event loop. `check`: read the kernel back first and replace
+        the whole table where it differs from the state (drift), instead of trusting our
+        own last commit (the fast path of a failover)."""
         from vipctl import controller
 
         self._apply_started = time.monotonic()
@@ -249,25 +269,57 @@ class Daemon:
         host = down is None or self._host_pending
         if self.cache is None:
             self.cache = controller.Cache()
+        options = controller.ApplyOptions(
+            down=down,
+            host=host,
+            reasons=dict(self.reasons),
+            want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
+            state_write_failure="continue",
+            unsaved=self._unsaved,
+            check_drift=check or down is None,
+        )
         try:
             async with self._slot:
-                result = await asyncio.to_thread(
-                    controller.apply,
-                    self.spec,
-                    self.state_dir,
-                    down=down,
-                    host=host,
-                    reasons=dict(self.reasons),
-                    cache=self.cache,
-                    want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
-                    state_write_failure="continue",
-                    unsaved=self._unsaved,
-                )
+                seen = self._kernel_generation()
+                env = controller.Env(cache=self.cache)
+                if shared is not None:
+                    result = await asyncio.to_thread(
+                        controller.converge_shared, self.spec, self.state_dir, shared, options, env
+                    )
+                else:
+                    result = await asyncio.to_thread(
+                        controller.apply, self.spec, self.state_dir, options, env
+                    )
+                self._genid_seen = seen
             self._host_pending = False
         finally:
             self._apply_started = None
         self._state_written(result)
+        if result.repaired:
+            with self.stats.lock:
+                self.stats.repairs += 1
+            log.warning(
+                "the kernel differed from the desired state (%s): whole table replaced, "
+                "generation %d",
+                "; ".join(result.repaired),
+                result.generation,
+            )
         return result
+
+    def _own_commit(self) -> None:
+        """The ruleset generation now is our own commit's: the measuring table of a
+        re-tune must not be taken for drift (a convergence check would switch its counting
+        off). A change by someone else in the same instant waits for the periodic check."""
+        self._genid_seen = self._kernel_generation()
+
+    def _kernel_generation(self) -> int | None:
+        """The backend's ruleset generation (None: it has none, or it cannot be read)."""
+        from vipctl.controller import backend_for
+
+        try:
+            return backend_for(self.spec).ruleset_generation()
+        except VipctlError:
+            return None
 
     def _state_written(self, result: ApplyResult) -> None:
         """Keep the state in memory while it cannot be written, retry, say so."""
@@ -330,8 +382,8 @@ class Daemon:
                 describe_moves(before, result.layout),
                 pins,
             )
-        elif result.state_error is None and what == "retry":
-            log.debug("retry: the live table (generation %d) matches", result.generation)
+        elif result.state_error is None and what in ("retry", "check"):
+            log.debug("%s: the live table (generation %d) matches", what, result.generation)
         else:
             log.info(
                 "%s: the live table (generation %d) already matches, nothing written",
@@ -361,8 +413,10 @@ class Daemon:
             since, self._pending_since = self._pending_since, None
             if self.spec.bgp is not None and not set(self.spec.member_names) - down:
                 await self._bgp(False)  # nobody to serve: withdraw before the rules change
+            check, self._check = self._check, False
+            shared, self._shared_pending = self._shared_pending, None
             try:
-                result = await self._apply(down)
+                result = await self._apply(down, check=check, shared=shared)
             except Exception as exc:  # keep serving: the previous rules stay in place
                 if isinstance(exc, VipctlError):
                     log.error("apply failed, the previous rules stay in place: %s", exc)
@@ -372,11 +426,22 @@ class Daemon:
                 sdnotify.notify(f"STATUS=apply failed ({exc}); retrying")
                 if self._pending_since is None:
                     self._pending_since = since
+                self._check = self._check or check
+                self._shared_pending = self._shared_pending or shared
                 self._retry = loop.call_later(self._backoff, self._dirty.set)
                 self._backoff = min(self._backoff * 2, RETRY_MAX_S)
                 continue
             self._backoff = RETRY_FIRST_S
-            self._applied(result, since, "health change" if since is not None else "retry")
+            what = (
+                "health change"
+                if since is not None
+                else "shared desired state"
+                if shared is not None
+                else "check"
+                if check
+                else "retry"
+            )
+            self._applied(result, since, what)
             await self._bgp(bool(set(self.spec.member_names) - set(result.layout.down)))
             if result.changed and self.cache is not None:
                 await self._verify()
@@ -485,6 +550,107 @@ class Daemon:
             self.monitor.update(spec)
         self._dirty.set()
 
+    def converge(self, why: str) -> None:
+        """Read the kernel back and converge it to the desired state at once (the rules
+        may have changed under us: anyone's commit, a port removed or re-created)."""
+        log.debug("converging: %s", why)
+        if self.cache is not None:
+            self.cache.forget()  # its wiring (ifindex, MACs) may be stale
+        self._check = True
+        self._dirty.set()
+
+    async def _watch_kernel(self) -> None:
+        """Invariant 10: whatever changes vipctl's rules, the desired table is back within
+        a second. The backend's ruleset generation (nftables: NFT_MSG_GETGEN, one tiny
+        netlink request) is polled every CONVERGE_POLL_S; when it moved since our last
+        apply, the next apply reads the table back and replaces it where it differs.
+        Without a generation (tc), and every CONVERGE_FULL_S in any case, the same check
+        runs on a timer."""
+        last_full = time.monotonic()
+        while True:
+            await asyncio.sleep(CONVERGE_POLL_S)
+            if self.layout is None or self._dirty.is_set() or self._slot.locked():
+                continue
+            now = time.monotonic()
+            gen = self._kernel_generation()
+            if gen is not None and gen != self._genid_seen:
+                self.converge(f"ruleset generation {self._genid_seen} -> {gen}")
+                last_full = now
+            elif now - last_full >= (CONVERGE_FULL_S if gen is not None else CONVERGE_TC_S):
+                self.converge("periodic read-back")
+                last_full = now
+
+    async def _watch_store(self) -> None:
+        """With `store:` (etcd): read the shared desired state every `store.poll_ms`;
+        when its generation moved, converge to it (the next apply, with this router's
+        health); publish what is live here for `vipctl status` about once a second. An
+        unreachable store changes nothing on the data path: failovers go on from the local
+        state, and it is said in STATUS= until the store answers again."""
+        from vipctl.host import store
+
+        client: store.Client | None = None
+        published = 0.0
+        while True:
+            spec = self.spec
+            if spec.store is None:
+                await asyncio.sleep(RETUNE_OFF_POLL_S)
+                continue
+            await asyncio.sleep(spec.store.poll_ms / 1000)
+            if client is None or client.spec is not spec:
+                client = store.Client(spec)
+            try:
+                found = await asyncio.to_thread(client.read)
+            except VipctlError as exc:
+                if self._store_problem is None:
+                    log.error("store: %s", exc)
+                    self._store_problem = "store unreachable (changes refused, failover works)"
+                    sdnotify.notify(f"STATUS={self.status()}")
+                continue
+            if self._store_problem is not None:
+                log.warning("store: reachable again")
+                self._store_problem = None
+                sdnotify.notify(f"STATUS={self.status()}")
+            shared = found.shared
+            if shared is not None and shared.generation != self._shared_generation:
+                if shared.holds(tuple((m.name, m.exact_weight) for m in spec.members)):
+                    log.info("store: desired state generation %d (%s)", shared.generation,
+                             shared.source)  # fmt: skip
+                    self._shared_pending = found  # kept for a retry if the apply fails
+                    self._shared_generation = shared.generation
+                    self._dirty.set()
+                else:
+                    log.warning(
+                        "store: desired state generation %d was set over other spec weights; "
+                        "this router follows its own spec until they agree",
+                        shared.generation,
+                    )
+                    self._shared_generation = shared.generation
+            now = time.monotonic()
+            if self.layout is not None and now - published >= 1.0:
+                published = now
+                await asyncio.to_thread(self._publish, client)
+
+    def _publish(self, client: Any) -> None:
+        from vipctl.core.partition import fingerprint
+
+        assert self.layout is not None
+        p = self.spec.partition
+        report = {
+            "fingerprint": fingerprint(self.layout.table, p.key, p.bits, p.seed),
+            "generation": self.generation,
+            "desired_generation": self._shared_generation,
+        }
+        try:
+            client.publish(client.router_name, report)
+        except VipctlError as exc:
+            log.debug("store: cannot publish: %s", exc)
+
+    def on_port(self, port: str, why: str) -> None:
+        """health.Monitor: a member's port was removed or re-created (a new ifindex): the
+        rules name ports by ifindex, so they are rendered again."""
+        log.warning("port %s %s: rendering the rules again", port, why)
+        self.converge(f"port {port} {why}")
+
     async def _settler(self) -> None:
         """Buckets in transition return to the stateless path once their recorded flows
         are idle (controller.apply settles what is due): check now and then, apply when a
@@ -533,21 +699,21 @@ class Daemon:
                 else "an apply is pending"
             )
             return self._retune_log(f"skipped: {why}")
-        common: dict[str, Any] = {
-            "cache": self.cache,
-            "reasons": dict(self.reasons),
-            "state_write_failure": "continue",
-        }
+        from vipctl.controller import ApplyOptions, Env, Tuning
+
+        common = ApplyOptions(reasons=dict(self.reasons), state_write_failure="continue")
+        env = Env(cache=self.cache)
         async with self._slot:  # counting on: one commit, like any apply
             if spec is not self.spec or self._dirty.is_set():
                 return self._retune_log("skipped: an apply is pending")
             try:
                 started = await asyncio.to_thread(
-                    controller.measure_start, spec, self.state_dir, **common
+                    controller.measure_start, spec, self.state_dir, common, env
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
             self.generation = started.generation
+            self._own_commit()  # the counting table is ours: no convergence check for it
         await asyncio.sleep(rt.window_s)  # the slot is free: a failover goes first
         async with self._slot:
             if (
@@ -562,11 +728,12 @@ class Daemon:
                 )
             try:
                 st, load = await asyncio.to_thread(
-                    controller.measure_stop, spec, self.state_dir, started, **common
+                    controller.measure_stop, spec, self.state_dir, started, common, env
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             self.generation = st.generation
+            self._own_commit()
             self._apply_started = time.monotonic()
             try:
                 res = await asyncio.to_thread(
@@ -575,20 +742,22 @@ class Daemon:
                     self.state_dir,
                     st,
                     load,
-                    window=rt.window_s,
-                    tolerance=rt.tolerance,
-                    metric=rt.metric,
-                    max_moves=rt.max_moves,
-                    host=False,
-                    reasons=dict(self.reasons),
-                    cache=self.cache,
-                    want_diff=False,
-                    state_write_failure="continue",
+                    Tuning(
+                        window=rt.window_s,
+                        tolerance=rt.tolerance,
+                        metric=rt.metric,
+                        max_moves=rt.max_moves,
+                    ),
+                    dataclasses.replace(
+                        common, host=False, reasons=dict(self.reasons), want_diff=False
+                    ),
+                    env,
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             finally:
                 self._apply_started = None
+                self._own_commit()
         solved = res.solved
         if res.applied is None:
             if solved.total == 0:
@@ -665,7 +834,11 @@ class Daemon:
         if initial_down:
             log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
         self.monitor = health.Monitor(
-            spec, self.on_transition, initial_down, on_trouble=self.on_trouble
+            spec,
+            self.on_transition,
+            initial_down,
+            on_trouble=self.on_trouble,
+            on_port=self.on_port,
         )
         self.stats.probe_latency = self.monitor.latency
         self.stats.probe_local_errors = self.monitor.local_errors
@@ -674,6 +847,8 @@ class Daemon:
             asyncio.create_task(self._reconcile(), name="reconcile"),
             asyncio.create_task(self._settler(), name="settle"),
             asyncio.create_task(self._retuner(), name="retune"),
+            asyncio.create_task(self._watch_kernel(), name="converge"),
+            asyncio.create_task(self._watch_store(), name="store"),
         ]
         period = sdnotify.watchdog_seconds()
         if period:

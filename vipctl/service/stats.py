@@ -6,6 +6,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+# the metrics endpoint counts pinned flows (a listing of every pin map) at most this often;
+# here, not in metrics.py, so that `vipctl metrics --pins-max-age` shows it without
+# importing prometheus_client
+PIN_MAX_AGE_S = 15.0
+
 
 @dataclass
 class DaemonStats:
@@ -14,6 +19,7 @@ class DaemonStats:
     swaps: int = 0
     last_swap_seconds: float = 0.0
     failovers: int = 0
+    repairs: int = 0  # applies that found the kernel differing from the desired state
     probe_latency: dict[str, float] = field(default_factory=dict)
     # the daemon's own trouble: it cannot fully do its job while any of these is set
     probe_local_errors: dict[str, int] = field(default_factory=dict)  # cause -> count
