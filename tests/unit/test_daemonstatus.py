@@ -93,6 +93,7 @@ def test_a_dead_daemon_is_not_running_and_the_text_says_so(tmp_path: Path) -> No
         "cluster": "web", "backend": "nftables", "generation": 3, "mode": "steer",
         "fingerprint": None, "key": "mask", "bits": 4, "vips": ["198.51.100.253"],
         "uplink": "up0", "in_sync": True, "members": [], "daemon": got,
+        "weights_from": "spec",
     }  # fmt: skip
     assert errors(status, schemas.STATUS) == []
 

@@ -262,11 +262,18 @@ def test_the_bounds_are_in_the_command_bodies(
     option: str,
 ) -> None:
     """The bodies run for typer and for cli/fast.py alike: the bounds hold on either path."""
+    import inspect
+
+    from vipctl.cli import app as typer_app
     from vipctl.cli import commands
 
+    # the bodies take typer's defaults from the caller (cli/app.py or the fast path)
+    params = inspect.signature(getattr(typer_app, body)).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
     first = {"cluster": "web"} if body == "status" else {"spec_path": spec_file}
+    args = {**defaults, **first, **kwargs, "state_dir": str(tmp_path / "s")}
     with pytest.raises(SystemExit) as info:
-        getattr(commands, body)(**first, **kwargs, state_dir=str(tmp_path / "s"))
+        getattr(commands, body)(**args)
     assert info.value.code == 2
     assert option in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
