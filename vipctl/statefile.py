@@ -238,6 +238,16 @@ def measuring_end(directory: Path, cluster: str) -> None:
         _lease(directory, cluster).unlink()
 
 
+def measuring_pid(directory: Path, cluster: str) -> int | None:
+    """The process of a measurement under way (its lease is there and not abandoned)."""
+    if measuring_abandoned(directory, cluster):
+        return None
+    try:
+        return int(json.loads(_lease(directory, cluster).read_bytes()[:4096])["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def measuring_abandoned(directory: Path, cluster: str, now: float | None = None) -> bool:
     """A measurement's lease is there and its process is gone or its time is up."""
     try:

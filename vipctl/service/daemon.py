@@ -571,6 +571,14 @@ class Daemon:
             await asyncio.sleep(CONVERGE_POLL_S)
             if self.layout is None or self._dirty.is_set() or self._slot.locked():
                 continue
+            if statefile.measuring_abandoned(self.state_dir, self.spec.cluster):
+                log.warning("a load measurement was abandoned: switching the counting off")
+                statefile.measuring_end(self.state_dir, self.spec.cluster)
+                self.converge("abandoned measurement")
+                continue
+            measurer = statefile.measuring_pid(self.state_dir, self.spec.cluster)
+            if measurer is not None and measurer != os.getpid():
+                continue  # `rebalance --auto` measuring: its counting table is not drift
             now = time.monotonic()
             gen = self._kernel_generation()
             if gen is not None and gen != self._genid_seen:
@@ -666,10 +674,6 @@ class Daemon:
                 continue
             if st is not None and st.moving and transition.due(st.moving, time.time(), idle):
                 log.info("transitions are due to settle: applying")
-                self._dirty.set()
-            if statefile.measuring_abandoned(self.state_dir, self.spec.cluster):
-                log.warning("a load measurement was abandoned: switching the counting off")
-                statefile.measuring_end(self.state_dir, self.spec.cluster)
                 self._dirty.set()
 
     async def _retuner(self) -> None:
