@@ -880,19 +880,7 @@ def measure_start(
     env = env or Env()
     statefile.measuring_begin(directory, spec.cluster, window or 3600.0)
     try:
-        res = apply(
-            spec,
-            directory,
-            dataclasses.replace(
-                options or ApplyOptions(),
-                measuring=True,
-                preflight=False,
-                host=False,
-                want_diff=False,
-                expect_generation=st.generation,
-            ),
-            env,
-        )
+        res = _counting(spec, directory, options, env, on=True, generation=st.generation)
     except VipctlError:
         statefile.measuring_end(directory, spec.cluster)  # refused: nothing counts
         raise
@@ -900,6 +888,32 @@ def measure_start(
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
     return Measuring(res.generation, baseline)
+
+
+def _counting(
+    spec: Spec,
+    directory: Path,
+    options: ApplyOptions | None,
+    env: Env,
+    *,
+    on: bool,
+    generation: int,
+) -> ApplyResult:
+    """The apply that switches per-bucket counting on or off (refused, changing nothing,
+    when the state's generation is no longer `generation`)."""
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            options or ApplyOptions(),
+            measuring=on,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=generation,
+        ),
+        env,
+    )
 
 
 def measure_stop(
@@ -922,19 +936,7 @@ def measure_stop(
             "the measurement was interrupted: another commit replaced the table during the "
             "window (a failover?); nothing changed, run it again"
         )
-    res = apply(
-        spec,
-        directory,
-        dataclasses.replace(
-            options or ApplyOptions(),
-            measuring=False,
-            preflight=False,
-            host=False,
-            want_diff=False,
-            expect_generation=started.generation,
-        ),
-        env,
-    )
+    res = _counting(spec, directory, options, env, on=False, generation=started.generation)
     statefile.measuring_end(directory, spec.cluster)
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:

@@ -38,7 +38,8 @@ def write(directory: Path, down: list[str] | None, now: float, **kw: Any) -> Non
         "state_error": None,
         **kw,
     }
-    daemonstatus.write(directory, "web", "STATUS", clock=lambda: now, **args)
+    facts = daemonstatus.Facts(**args)
+    daemonstatus.write(directory, "web", "STATUS", facts, clock=lambda: now)
 
 
 def test_a_failover_is_when_members_go_down(tmp_path: Path) -> None:

@@ -153,12 +153,17 @@ _RATIO = {
     "with no share carries load (no finite ratio)",
 }
 
+# what every load measurement reports (status --load, plan/rebalance --auto)
+_MEASURED: dict[str, Any] = {
+    "cluster": _NAME,
+    "metric": {"enum": ["packets", "bytes"]},
+    "window_s": {"type": "number", "minimum": 0},
+    "measured": _INT,
+}
+
 _LOAD = _object(
     {
-        "cluster": _NAME,
-        "metric": {"enum": ["packets", "bytes"]},
-        "window_s": {"type": "number", "minimum": 0},
-        "measured": _INT,
+        **_MEASURED,
         "imbalance": _RATIO,
         "members": {
             "type": "array",
@@ -240,10 +245,7 @@ _PLAN_REQUIRED = [
 
 _RETUNE = _object(
     {
-        "cluster": _NAME,
-        "metric": {"enum": ["packets", "bytes"]},
-        "window_s": {"type": "number", "minimum": 0},
-        "measured": _INT,
+        **_MEASURED,
         "tolerance": {"type": "number", "minimum": 1},
         "imbalance_before": _RATIO,
         "imbalance_after": _RATIO,

@@ -222,16 +222,14 @@ class Daemon:
         """What `vipctl status` shows of the daemon (service/daemonstatus.py)."""
         from vipctl.service import daemonstatus
 
-        daemonstatus.write(
-            self.state_dir,
-            self.spec.cluster,
-            text,
+        facts = daemonstatus.Facts(
             generation=self.generation if self.layout is not None else None,
             down=self.layout.down if self.layout is not None else None,
             problems=self.problems(),
             unprobed=self.monitor.unprobed if self.monitor is not None else (),
             state_error=self._state_error,
         )
+        daemonstatus.write(self.state_dir, self.spec.cluster, text, facts)
 
     def on_trouble(self, text: str | None) -> None:
         """health.Monitor: the set of members the prober cannot probe changed."""

@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +57,24 @@ def _load(file: Path) -> dict[str, Any] | None:
     return data
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What the daemon knows when it computes its STATUS= line. `down` None: not applied
+    yet (the members down are then the previous file's: a start is not a failover)."""
+
+    generation: int | None
+    down: Iterable[str] | None
+    problems: list[str]
+    unprobed: Iterable[str]
+    state_error: str | None
+
+
 def report(
-    previous: dict[str, Any] | None,
-    cluster: str,
-    status: str,
-    *,
-    generation: int | None,
-    down: Iterable[str] | None,
-    problems: list[str],
-    unprobed: Iterable[str],
-    state_error: str | None,
-    now: float,
-    pid: int,
+    previous: dict[str, Any] | None, cluster: str, status: str, facts: Facts, now: float, pid: int
 ) -> dict[str, Any]:
-    """The file's content (pure). `down` None: not applied yet, the members down are the
-    previous file's (a start must not look like a failover)."""
+    """The file's content (pure)."""
     before = set(previous.get("down", ())) if previous else set()
-    down_now = sorted(down) if down is not None else sorted(before)
+    down_now = sorted(facts.down) if facts.down is not None else sorted(before)
     last = previous.get("last_failover") if previous else None
     newly = sorted(set(down_now) - before)
     if newly:
@@ -83,13 +85,13 @@ def report(
         "pid": pid,
         "updated": now,
         "status": status,
-        "generation": generation,
-        "degraded": bool(problems),
-        "problems": list(problems),
+        "generation": facts.generation,
+        "degraded": bool(facts.problems),
+        "problems": list(facts.problems),
         "down": down_now,
-        "unprobed": sorted(unprobed),
-        "state_write_failing": state_error is not None,
-        "state_error": state_error,
+        "unprobed": sorted(facts.unprobed),
+        "state_write_failing": facts.state_error is not None,
+        "state_error": facts.state_error,
         "last_failover": last,
     }
 
@@ -98,30 +100,16 @@ def write(
     directory: Path,
     cluster: str,
     status: str,
+    facts: Facts,
     *,
-    generation: int | None,
-    down: Iterable[str] | None,
-    problems: list[str],
-    unprobed: Iterable[str],
-    state_error: str | None,
     clock: Callable[[], float] = time.time,
     runtime: Path | None = None,
 ) -> None:
     """Replace the daemon's status file; never raises (the daemon's job comes first) and
     never creates the state directory (the first apply does)."""
     try:
-        data = report(
-            read(directory, cluster, runtime=runtime, raw=True),
-            cluster,
-            status,
-            generation=generation,
-            down=down,
-            problems=problems,
-            unprobed=unprobed,
-            state_error=state_error,
-            now=clock(),
-            pid=os.getpid(),
-        )
+        previous = read(directory, cluster, runtime=runtime, raw=True)
+        data = report(previous, cluster, status, facts, clock(), os.getpid())
         text = json.dumps(data, separators=(",", ":")).encode()
     except Exception:
         log.exception("cannot describe the daemon's status")
@@ -222,4 +210,4 @@ def describe(d: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
-__all__ = ["describe", "path", "read", "remove", "report", "runtime_path", "write"]
+__all__ = ["Facts", "describe", "path", "read", "remove", "report", "runtime_path", "write"]
