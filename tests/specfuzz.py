@@ -138,12 +138,55 @@ def valid_specs(draw: st.DrawFn, max_members: int = 6) -> dict[str, Any]:
             "fall": draw(st.integers(1, 1000)),
         },
         "pinning": {
-            "enabled": draw(st.booleans()),
             "idle_timeout_s": draw(st.integers(1, 7 * 24 * 3600)),
             "max_flows": draw(st.integers(1, 1 << 26)),
+            "record_ms": draw(st.integers(0, 1000)),
         },
     }
+    # the older spelling or the mode, never both in contradiction
+    if draw(st.booleans()):
+        spec["pinning"]["enabled"] = draw(st.booleans())
+    else:
+        spec["pinning"]["mode"] = draw(st.sampled_from(["moving", "always", "off"]))
+    if draw(st.booleans()):
+        spec["retune"] = draw(retunes())
+    if draw(st.booleans()):
+        spec["bgp"] = draw(bgps(families))
     return spec
+
+
+@st.composite
+def retunes(draw: st.DrawFn) -> dict[str, Any]:
+    """The retune section over its whole range (window_s shorter than interval_s)."""
+    interval = draw(st.one_of(st.just(0), st.integers(1, 7 * 24 * 3600)))
+    top = min(3600.0, interval - 0.001) if interval else 3600.0
+    out: dict[str, Any] = {"interval_s": interval}
+    if top >= 0.1:
+        out["window_s"] = draw(
+            st.one_of(
+                st.floats(0.1, top, allow_nan=False), st.integers(1, max(1, int(top)))
+            ).filter(lambda w: 0.1 <= w <= top)
+        )
+    out["tolerance"] = draw(st.floats(1.0, 10.0, exclude_min=True, allow_nan=False))
+    out["max_moves"] = draw(st.integers(1, 1 << 16))
+    out["metric"] = draw(st.sampled_from(["packets", "bytes"]))
+    return out
+
+
+@st.composite
+def bgps(draw: st.DrawFn, families: tuple[int, ...]) -> dict[str, Any]:
+    """A bgp section with a peer of every VIP family (the spec requires one)."""
+    peers = []
+    if 4 in families:
+        peers.append({"address": "203.0.113.254", "asn": draw(st.integers(1, 4294967295))})
+    if 6 in families:
+        peers.append({"address": "2001:db8:c::fe", "asn": draw(st.integers(1, 4294967295))})
+    out: dict[str, Any] = {"asn": draw(st.integers(1, 4294967295)), "peers": peers}
+    if draw(st.booleans()):
+        out["bfd"] = draw(st.booleans())
+    if draw(st.booleans()):
+        out["router_id"] = draw(st.sampled_from(["203.0.113.1", "192.0.2.1", "10.0.0.1"]))
+    return out
 
 
 # where a mutation may land: every level of the spec
@@ -155,12 +198,18 @@ PATHS: list[tuple[Any, ...]] = [
     ("pinning",),
     ("members", 0),
     ("vips",),
+    ("retune",),
+    ("bgp",),
+    ("bgp", "peers"),
+    ("bgp", "peers", 0),
 ]
 FIELDS = [
     "cluster", "vips", "uplink", "mode", "partition", "members", "health", "pinning",
     "backend", "offload", "announce_vips", "key", "bits", "seed", "name", "port", "address",
     "weight", "mac", "probe", "kind", "path", "expect", "interval_ms", "timeout_ms", "rise",
-    "fall", "enabled", "idle_timeout_s", "max_flows",
+    "fall", "enabled", "idle_timeout_s", "max_flows", "mode", "record_ms", "retune",
+    "interval_s", "window_s", "tolerance", "max_moves", "metric", "bgp", "asn", "peers",
+    "bfd", "router_id",
 ]  # fmt: skip
 
 
@@ -169,11 +218,20 @@ def mutated_specs(draw: st.DrawFn) -> dict[str, Any]:
     """A valid spec with one to three fields replaced by arbitrary values (types, ranges,
     unknown keys at every level, deletions)."""
     spec = draw(valid_specs(max_members=3))
+    spec.setdefault("retune", {"interval_s": 60})
+    spec.setdefault("bgp", draw(bgps((4, 6))))
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(PATHS))
         node: Any = spec
         for part in path:
-            node = node[part]
+            if not isinstance(node, dict | list):
+                break
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        if not isinstance(node, dict | list):
+            continue
         if isinstance(node, list):
             if node and draw(st.booleans()):
                 node[draw(st.integers(0, len(node) - 1))] = draw(values)

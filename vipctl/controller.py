@@ -874,12 +874,20 @@ def measure_start(
     directory: Path,
     options: ApplyOptions | None = None,
     env: Env | None = None,
+    window: float | None = None,
 ) -> Measuring:
     """Switch per-bucket load counting on: one apply (one transaction, a new generation)
-    of the same layout with the counters in the cluster's own ingress rule."""
+    of the same layout with the counters in the cluster's own ingress rule. A lease in
+    the state directory (statefile.measuring_begin, until `window` and a grace have
+    passed) lets the daemon switch it off when this process dies before measure_stop."""
     st = _installed(spec, directory)
     env = env or Env()
-    res = _counting(spec, directory, options, env, on=True, expect=st.generation)
+    statefile.measuring_begin(directory, spec.cluster, window or 3600.0)
+    try:
+        res = _counting(spec, directory, options, env, on=True, generation=st.generation)
+    except VipctlError:
+        statefile.measuring_end(directory, spec.cluster)  # refused: nothing counts
+        raise
     baseline = env.backend(spec).read_load(spec)  # a crashed run's counters keep their counts
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
@@ -893,10 +901,10 @@ def _counting(
     env: Env,
     *,
     on: bool,
-    expect: int,
+    generation: int,
 ) -> ApplyResult:
-    """The commit that switches per-bucket counting on or off: the same layout, no host
-    work, refused when anyone committed since generation `expect`."""
+    """The apply that switches per-bucket counting on or off (refused, changing nothing,
+    when the state's generation is no longer `generation`)."""
     return apply(
         spec,
         directory,
@@ -906,7 +914,7 @@ def _counting(
             preflight=False,
             host=False,
             want_diff=False,
-            expect_generation=expect,
+            expect_generation=generation,
         ),
         env,
     )
@@ -927,11 +935,13 @@ def measure_stop(
     current = st is not None and st.generation == started.generation
     found = env.backend(spec).read_load(spec) if current else None
     if found is None:
+        statefile.measuring_end(directory, spec.cluster)  # that commit switched it off
         raise KernelError(
             "the measurement was interrupted: another commit replaced the table during the "
             "window (a failover?); nothing changed, run it again"
         )
-    res = _counting(spec, directory, options, env, on=False, expect=started.generation)
+    res = _counting(spec, directory, options, env, on=False, generation=started.generation)
+    statefile.measuring_end(directory, spec.cluster)
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:
         raise KernelError(f"cluster {spec.cluster} is not installed here")
@@ -951,7 +961,7 @@ def measure(
     for those commits: a failover during the window commits a table without counting,
     and the measurement is reported interrupted, changing nothing."""
     env = env or Env()
-    started = measure_start(spec, directory, None, env)
+    started = measure_start(spec, directory, None, env, window)
     try:
         env.sleep(window)
     except BaseException:

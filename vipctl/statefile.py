@@ -215,6 +215,57 @@ def locked(
         os.close(fd)
 
 
+# -- a load measurement under way (controller.measure_start .. measure_stop) ---------------
+# The counting table stays in the kernel until someone applies without it. A measurement
+# killed during its window (SIGKILL, a lost ssh session) leaves it there; its lease says
+# so: the daemon finds it abandoned and applies (service/daemon.py `_settler`).
+MEASURE_GRACE_S = 30.0  # past the window: the switch-off commit and a busy lock
+
+
+def _lease(directory: Path, cluster: str) -> Path:
+    return directory / f".{checked(cluster)}.measuring"
+
+
+def measuring_begin(directory: Path, cluster: str, seconds: float) -> None:
+    write_json(
+        _lease(directory, cluster),
+        {"pid": os.getpid(), "until": time.time() + seconds + MEASURE_GRACE_S},
+    )
+
+
+def measuring_end(directory: Path, cluster: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _lease(directory, cluster).unlink()
+
+
+def measuring_pid(directory: Path, cluster: str) -> int | None:
+    """The process of a measurement under way (its lease is there and not abandoned)."""
+    if measuring_abandoned(directory, cluster):
+        return None
+    try:
+        return int(json.loads(_lease(directory, cluster).read_bytes()[:4096])["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measuring_abandoned(directory: Path, cluster: str, now: float | None = None) -> bool:
+    """A measurement's lease is there and its process is gone or its time is up."""
+    try:
+        data = json.loads(_lease(directory, cluster).read_bytes()[:4096])
+        pid, until = int(data["pid"]), float(data["until"])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # unreadable: nobody can be relying on it
+    if (time.time() if now is None else now) > until:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"vipctl" not in cmdline
+
+
 def read_raw(directory: Path, cluster: str) -> bytes | None:
     """The state file's bytes (to put back if a commit fails), None if there is none."""
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -270,3 +272,99 @@ def test_out_of_file_descriptors_fails_no_member(cluster: Cluster) -> None:
     no_traceback(d)
     stop_echo(c.topo, "web3")  # and it still does its job
     assert wait_for(gone(c, "web3"), BOUND_S, 0.01)
+
+
+def cli_status(c: Cluster) -> tuple[dict[str, Any], str]:
+    """`vipctl status web` as an operator runs it (JSON and text)."""
+    from tests.kernel.helpers import vipctl
+
+    args = ("status", "web", "--state-dir", str(c.state))
+    got = vipctl(c.topo.router_ns, *args, "--json", check=True)
+    text = vipctl(c.topo.router_ns, *args, check=True).stdout
+    return json.loads(got.stdout), text
+
+
+def test_status_shows_what_the_daemon_knows(cluster: Cluster) -> None:
+    """`vipctl status` said only "STATE DIFFERS FROM KERNEL" (issue 28); now it shows the
+    daemon's own report: running, degraded and why, state write failing, the last
+    failover; and NOT RUNNING once it died."""
+    from vipctl.service import daemonstatus
+
+    c = cluster
+    d = c.daemon()
+    d.wait_note("READY=1")
+    request_cleanup = daemonstatus.runtime_path(c.state, "web")  # written while read-only
+    report, text = cli_status(c)
+    assert report["daemon"]["running"] and not report["daemon"]["degraded"], report
+    assert report["daemon"]["last_failover"] is None
+    assert "daemon: pid" in text and "no trouble" in text, text
+    with read_only(c, d, "chattr"):
+        stop_echo(c.topo, "web2")
+        assert wait_for(gone(c, "web2"), BOUND_S, 0.01), d.text()[-3000:]
+        d.wait_log(r"STATE NOT WRITTEN")
+        report, text = cli_status(c)
+        daemon = report["daemon"]
+        assert daemon["state_write_failing"] and daemon["degraded"], daemon
+        assert daemon["last_failover"]["members"] == ["web2"], daemon
+        assert "STATE WRITE FAILING" in text and "DEGRADED" in text, text
+        assert re.search(r"last failover: web2 at ", text), text
+    d.wait_log(r"state written again", timeout=15)
+    report, text = cli_status(c)
+    assert not report["daemon"]["state_write_failing"] and report["in_sync"], report
+    assert report["daemon"]["last_failover"]["members"] == ["web2"]
+    from tests.schemacheck import errors
+    from vipctl.core import schemas
+
+    assert errors(report, schemas.STATUS) == []
+    d.kill(signal.SIGKILL)
+    report, text = cli_status(c)
+    assert report["daemon"]["running"] is False and "daemon: NOT RUNNING" in text, text
+    no_traceback(d)
+    # `vipctl down` removes what the daemon wrote, with the state
+    from tests.kernel.helpers import vipctl
+
+    vipctl(c.topo.router_ns, "down", "web", "--state-dir", str(c.state), check=True)
+    assert not daemonstatus.path(c.state, "web").exists()
+    assert not request_cleanup.exists()
+
+
+def test_the_daemon_switches_off_a_killed_measurement(cluster: Cluster) -> None:
+    """With a daemon running: `rebalance --auto` measures undisturbed (the measurement's
+    lease in the state directory tells the daemon's convergence check that the counting
+    table is no drift), and SIGKILLed during its window its counters do not stay: the
+    daemon finds the lease abandoned (its process gone) and converges, which switches the
+    counting off."""
+    from tests.kernel.helpers import vipctl, vipctl_spawn
+    from tests.kernel.test_retune import _load_objects
+
+    c = cluster
+    c.spec["pinning"] = {"idle_timeout_s": 10}  # the daemon looks every idle/10 = 1 s
+    write_spec(c.path, c.spec)
+    d = c.daemon()
+    d.wait_note("READY=1")
+    # a measurement that runs its course is not taken for drift by the daemon's
+    # convergence check (it switched the counting off within 0.1 s: "interrupted")
+    whole = vipctl(
+        c.topo.router_ns, "rebalance", str(c.path), "--auto", "--window", "2", "--dry-run",
+        "--state-dir", str(c.state),
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr + d.text()[-2000:]
+    assert not _load_objects(c.topo.router_ns, "web"), d.text()
+    auto = vipctl_spawn(
+        c.topo.router_ns, "rebalance", str(c.path), "--auto", "--window", "30",
+        "--state-dir", str(c.state),
+    )  # fmt: skip
+    if not wait_for(lambda: bool(_load_objects(c.topo.router_ns, "web")), 10, 0.05):
+        auto.kill()
+        raise AssertionError(f"counting never on: {auto.communicate(timeout=30)}\n{d.text()}")
+    auto.kill()
+    auto.communicate(timeout=30)
+    t0 = time.monotonic()
+    assert wait_for(lambda: not _load_objects(c.topo.router_ns, "web"), 10, 0.1), d.text()
+    print(f"\nMEASURED killed measurement switched off by the daemon in "
+          f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+    d.wait_log(r"abandoned")
+    _, table = c.live()
+    st = statefile.load(c.state, "web")
+    assert st is not None and st.layout.table == table
+    no_traceback(d)

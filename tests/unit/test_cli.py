@@ -86,7 +86,7 @@ def test_which_from_the_spec(spec_file: Path) -> None:
     assert json.loads(out)["bucket"] == 70
     assert json.loads(out)["member"] == "big"  # buckets 64..191 are big's
     code, _, err = run("which", str(spec_file), "not-an-ip", "--from", "spec")
-    assert code == 2 and "not an IP address" in err
+    assert code == 2 and "not an IPv4 or IPv6 address" in err
     code, _, err = run("which", str(spec_file), "2001:db8::1", "--from", "spec")
     assert code == 2 and "no VIP is" in err
 

@@ -127,3 +127,15 @@ def test_layout_export_follows_the_schema(rig: Rig) -> None:
     data["layout"]["weights"][1] = 0.5
     data["layout"]["table"][0] = ["0", 3]
     assert len(errors(data, schemas.LAYOUT)) == 2
+
+
+def test_an_infinite_imbalance_is_null_not_infinity() -> None:
+    """retune.imbalance is inf when a member with no share carries load; json.dumps wrote
+    `Infinity`, which no JSON reader takes."""
+    from vipctl.cli.retune import ratio
+
+    assert ratio(float("inf")) is None and ratio(1.23456) == 1.2346
+    load = {"cluster": "web", "metric": "packets", "window_s": 1, "measured": 5}
+    report = {**load, "imbalance": ratio(float("inf")), "members": []}
+    assert json.loads(json.dumps(report))["imbalance"] is None
+    assert errors(report, schemas.STATUS) == []

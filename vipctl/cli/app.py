@@ -60,13 +60,13 @@ def schema(
         str,
         typer.Option(
             "--output",
-            help="whose schema: spec (the input), status or plan (--json output), layout "
-            "(layout export)",
+            help="whose schema: spec (the input); status, plan, rebalance, which, doctor "
+            "(their --json output); layout (layout export)",
         ),
     ] = "spec",
 ) -> None:
-    """Print a JSON Schema: the spec's (for editors), or that of `status --json`,
-    `plan --json` or `layout export` (for programs that read them)."""
+    """Print a JSON Schema: the spec's (for editors), or that of a command's --json output
+    or `layout export` (for programs that read them)."""
     from vipctl.core import schemas
 
     if output not in schemas.NAMES:
@@ -224,7 +224,7 @@ def status(
     as_json: JsonOpt = False,
     watch: Annotated[
         float | None,
-        typer.Option("--watch", min=0.2, help="refresh every SECONDS until interrupted"),
+        typer.Option("--watch", min=0.2, max=86400, help="refresh every SECONDS until interrupted"),
     ] = None,
     load_: Annotated[
         bool,
@@ -269,11 +269,16 @@ def down_cmd(
 ) -> None:
     """Remove everything vipctl installed for CLUSTER, nothing else."""
     from vipctl import controller
+    from vipctl.service import daemonstatus
 
     try:
-        removed = controller.down(cluster, statefile.state_dir(state_dir))
+        directory = statefile.state_dir(state_dir)
+        removed = controller.down(cluster, directory)
     except VipctlError as exc:
         fail(exc)
+    with contextlib.suppress(OSError):
+        daemonstatus.remove(directory, cluster)
+        statefile.measuring_end(directory, cluster)
     typer.echo(f"{cluster}: removed" if removed else f"{cluster}: nothing installed")
 
 
@@ -290,6 +295,7 @@ def metrics(
         typer.Option(
             "--pins-max-age",
             min=0,
+            max=86400,
             help="count pinned flows at most once per SECONDS (a listing of every pin map)",
         ),
     ] = PIN_MAX_AGE_S,
@@ -299,8 +305,14 @@ def metrics(
     import signal
     import threading
 
+    from vipctl.cli.output import bounded
     from vipctl.service import metrics as exporter
 
+    bounded("--pins-max-age", pins_max_age, 0, 86400, " seconds")
+    try:
+        exporter.parse_listen(listen, "--listen")
+    except VipctlError as exc:
+        fail(exc)
     try:
         server = exporter.serve(
             listen, statefile.state_dir(state_dir), clusters or None, pin_max_age=pins_max_age

@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
-from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vipctl import statefile
-from vipctl.cli.output import echo, fail, load, usage
+from vipctl.cli.output import bounded, echo, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
 from vipctl.errors import KernelError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
+
+
+# `status --watch SECONDS`: sleep() refuses inf and nan with a traceback; a day is plenty
+MAX_WATCH_S = 86400.0
+
+
+def _measuring(window: float, tolerance: float | None = None) -> None:
+    """--window and --tolerance of `--auto` and `--load`, checked before the spec is read
+    and before anything is committed (`--window inf` used to switch counting on, a new
+    generation, and then die in sleep())."""
+    from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
+
+    bounded("--window", window, MIN_WINDOW_S, MAX_WINDOW_S, " seconds")
+    if tolerance is not None:
+        bounded("--tolerance", tolerance, 1.0, MAX_TOLERANCE)
 
 
 def _previous(spec: Spec, state_dir: str | None) -> Layout | None:
@@ -66,6 +80,8 @@ def plan(
     as_json: bool,
     state_dir: str | None,
 ) -> None:
+    if auto:
+        _measuring(window, tolerance)
     spec = load(spec_path)
     if auto:
         if weights is not None or down is not None:
@@ -109,10 +125,12 @@ def which(
     source_table: str,
 ) -> None:
     spec = load(spec_path)
+    from vipctl.core.spec import parse_address  # the spec's rules: no scope id
+
     try:
-        addr = ip_address(source)
-    except ValueError:
-        usage(f"'{source}' is not an IP address")
+        addr = parse_address(source)
+    except ValueError as exc:
+        usage(f"SOURCE: {exc}")
     if addr.version not in spec.vip_families:
         usage(f"{source} is IPv{addr.version} but no VIP is")
     if source_table not in ("auto", "live", "state", "spec"):
@@ -269,6 +287,8 @@ def rebalance(
 
     if (weights is None) == (not auto):
         usage("rebalance takes one of --weights NAME=W,... or --auto")
+    if auto:
+        _measuring(window, tolerance)
     spec = load(spec_path)
     if auto:
         from vipctl.cli import retune as _rt
@@ -289,16 +309,22 @@ def rebalance(
         directory = statefile.state_dir(state_dir)
         in_force = controller.weights_in_force(spec, statefile.load(directory, spec.cluster))
         options = controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights})
+        # what was live before, for the report (read before the commit changes it)
+        previous = _previous(spec, state_dir) if dry_run or as_json else None
         if spec.store is not None:  # once, in the store: every router converges to it
             result = controller.rebalance_shared(spec, directory, new_weights, options)
         else:
             result = controller.apply(spec, directory, options)
     except VipctlError as exc:
         fail(exc)
-    if dry_run:
-        previous = _previous(spec, state_dir)
+    if dry_run or as_json:
         change = planning.Change(previous, result.layout)
         data = planning.report(spec, change)
+        if as_json:
+            data["dry_run"] = dry_run
+            data["generation"] = result.generation
+            echo(json.dumps(data, indent=2))
+            return
         echo(planning.render_report(data))
         _print_pins_moving(spec, change.moved)
         echo("dry run: nothing changed", err=True)
@@ -321,7 +347,10 @@ def status(
 
     from vipctl import controller
 
+    if watch is not None:
+        bounded("--watch", watch, 0.2, MAX_WATCH_S, " seconds")
     if load_:
+        _measuring(window)
         if watch is not None:
             usage("--load and --watch do not combine")
         from vipctl.cli import retune as _rt
@@ -335,12 +364,16 @@ def status(
             reports = [controller.status(name, directory) for name in names]
         except VipctlError as exc:
             fail(exc)
+        _with_daemon(reports, directory)
         if watch is None:
             break
-        clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-        echo(clear + time.strftime("%H:%M:%S"))
-        for report in reports:
-            echo(json.dumps(report) if as_json else _status_text(report))
+        if as_json:  # one document per line, as without --watch (JSON Lines)
+            echo(json.dumps(reports[0] if cluster else {"clusters": reports}))
+        else:
+            clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+            echo(clear + time.strftime("%H:%M:%S"))
+            for report in reports:
+                echo(_status_text(report))
         try:
             time.sleep(watch)
         except KeyboardInterrupt:
@@ -359,6 +392,23 @@ def status(
         for m in report["members"]:
             if m.get("reason"):
                 echo(f"  {m['name']}: {m['reason']}")
+        if isinstance(report.get("daemon"), dict):
+            from vipctl.service import daemonstatus
+
+            for line in daemonstatus.describe(report["daemon"], time.time()):
+                echo(line)
+
+
+def _with_daemon(reports: list[dict[str, object]], directory: Path) -> None:
+    """Each cluster's report gains what its daemon last wrote about itself (when a daemon
+    ever ran for it with this state directory): degraded, members it cannot probe, state
+    write failing, last failover (service/daemonstatus.py)."""
+    from vipctl.service import daemonstatus
+
+    for report in reports:
+        found = daemonstatus.read(directory, str(report["cluster"]))
+        if found is not None:
+            report["daemon"] = found
 
 
 def _status_text(r: dict[str, object]) -> str:

@@ -7,6 +7,7 @@ importing typer; a body ends a command with SystemExit, which typer passes throu
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -37,6 +38,19 @@ def usage(message: str) -> NoReturn:
     """A malformed argument: exit 2."""
     echo(f"vipctl: {message}", err=True)
     raise SystemExit(2)
+
+
+def bounded(option: str, value: float, low: float, high: float, unit: str = "") -> float:
+    """A number from the command line, refused (exit 2) unless finite and in [low, high].
+
+    typer has parsed it already (click's float(), which takes any length of digits and
+    gives inf for 1e400; its ranges let nan through): the bodies check again so that the
+    typer path and cli/fast.py refuse the same values, before anything is committed."""
+    if not math.isfinite(value):
+        usage(f"{option} must be a finite number, not {value}")
+    if not low <= value <= high:
+        usage(f"{option} must be between {low:g} and {high:g}{unit}, not {value:g}")
+    return value
 
 
 def load(path: Path) -> Spec:

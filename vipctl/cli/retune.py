@@ -4,6 +4,7 @@ kernel, the re-tuned table, and the heat strip picture (matplotlib, optional).""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 
 from vipctl import statefile
 from vipctl.cli.common import fail, usage
+from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
 from vipctl.errors import VipctlError
 
 if TYPE_CHECKING:
@@ -19,12 +21,21 @@ if TYPE_CHECKING:
     from vipctl.core.spec import Spec
 
 WindowOpt = Annotated[
-    float, typer.Option("--window", min=0.1, help="measure each bucket's traffic for SECONDS")
+    float,
+    typer.Option(
+        "--window",
+        min=MIN_WINDOW_S,
+        max=MAX_WINDOW_S,
+        help="measure each bucket's traffic for SECONDS",
+    ),
 ]
 ToleranceOpt = Annotated[
     float,
     typer.Option(
-        "--tolerance", min=1.0, help="largest allowed load / weighted share of any member"
+        "--tolerance",
+        min=1.0,
+        max=MAX_TOLERANCE,
+        help="largest allowed load / weighted share of any member",
     ),
 ]
 MetricOpt = Annotated[str, typer.Option("--metric", help="what load means: packets or bytes")]
@@ -75,6 +86,16 @@ def run_auto(
         raise typer.Exit(1)
 
 
+def ratio(x: float) -> float | None:
+    """An imbalance for JSON: rounded, or null when not finite (a member with no share
+    carries load): json.dumps would write Infinity, which is not JSON."""
+    return round(x, 4) if math.isfinite(x) else None
+
+
+def _ratio_text(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.3f}"
+
+
 def _values(result: RetuneResult) -> list[float]:
     return [float(p if result.metric == "packets" else b) for p, b in result.load]
 
@@ -97,8 +118,8 @@ def report(spec: Spec, result: RetuneResult, tolerance: float, dry_run: bool) ->
         "window_s": result.window,
         "measured": int(s.total),
         "tolerance": tolerance,
-        "imbalance_before": round(s.before, 4),
-        "imbalance_after": round(s.after, 4),
+        "imbalance_before": ratio(s.before),
+        "imbalance_after": ratio(s.after),
         "reachable": s.reachable,
         "reason": s.reason,
         "moved": len(s.moved),
@@ -113,8 +134,8 @@ def report(spec: Spec, result: RetuneResult, tolerance: float, dry_run: bool) ->
 def render(d: dict[str, Any]) -> str:
     lines = [
         f"cluster {d['cluster']}: {d['measured']} {d['metric']} in {d['window_s']:g} s; "
-        f"imbalance (max load / weighted share) {d['imbalance_before']:.3f} -> "
-        f"{d['imbalance_after']:.3f} (tolerance {d['tolerance']:g})"
+        f"imbalance (max load / weighted share) {_ratio_text(d['imbalance_before'])} -> "
+        f"{_ratio_text(d['imbalance_after'])} (tolerance {d['tolerance']:g})"
     ]
     rows = [("member", "target", "load before", "load after")]
     for m in d["members"]:
@@ -192,7 +213,7 @@ def status_load(
         "metric": metric,
         "window_s": window,
         "measured": int(total),
-        "imbalance": round(imbalance, 4),
+        "imbalance": ratio(imbalance),
         "members": members,
     }
     if as_json:
@@ -200,7 +221,7 @@ def status_load(
         return
     lines = [
         f"cluster {spec.cluster}: {int(total)} {metric} in {window:g} s; imbalance "
-        f"(max load / weighted share) {imbalance:.3f}"
+        f"(max load / weighted share) {_ratio_text(ratio(imbalance))}"
     ]
     rows = [("member", "target", "load", "", metric)]
     for m in members:

@@ -9,6 +9,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from vipctl.core.partition import Layout, Weights, compute, count, moved, shares
+from vipctl.core.scalars import MAX_NUMBER_CHARS
 from vipctl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ def parse_weights(text: str, spec: Spec) -> dict[str, Fraction]:
 
 
 def _weight(name: str, raw: str) -> Fraction:
+    if len(raw) > MAX_NUMBER_CHARS:  # Fraction() of 4300+ digits raises ValueError
+        raise UsageError(
+            f"--weights: the weight of {name} is {len(raw)} characters long, too long "
+            f"(at most {MAX_NUMBER_CHARS})"
+        )
     if raw.startswith("-") and _WEIGHT.fullmatch(raw[1:]):
         raise UsageError(f"--weights: weight of {name} must be >= 0")
     if not _WEIGHT.fullmatch(raw):

@@ -26,6 +26,11 @@ from fractions import Fraction
 from vipctl.core.partition import Owner, Table, Weights, _effective
 
 EPS = 1e-9
+# one measurement's window in seconds (`--window`, the spec's retune.window_s): counting
+# stays on in the kernel for that long, so an hour is the most anyone is let to ask for
+MIN_WINDOW_S = 0.1
+MAX_WINDOW_S = 3600
+MAX_TOLERANCE = 10.0  # `--tolerance` and retune.tolerance: load / weighted share
 LOOKAHEAD = 24  # first moves tried per overloaded member and receiver (heaviest buckets)
 PAIRS = 4  # heaviest buckets per member tried in pairs of first moves
 PAIRS_MAX = 40  # first moves (heaviest) combined in pairs

@@ -4,6 +4,7 @@ YAML 1.2 core schema's numbers, spelled exactly."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MAX_DEPTH = 32  # the spec nests 4 deep; YAML/JSON parsers recurse per level
 MAX_NODES = 100_000  # values after alias expansion (billion laughs: 9**9 from 1 KB)
@@ -12,6 +13,27 @@ MAX_NUMBER_CHARS = 64  # int() of 4300+ digits raises; nothing in a spec needs 6
 
 class Refused(Exception):
     """A loader limit or rule: becomes one `spec: ...` line."""
+
+
+class Bad:
+    """A value the reader refused, left in its place: the spec's loader reports it with its
+    field path (`members.0.weight: NaN is not a JSON number`), every one of them at once."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"Bad({self.message!r})"
+
+
+def or_bad(parse: Callable[[str], object], text: str) -> object:
+    """parse(text), or a Bad that says why not."""
+    try:
+        return parse(text)
+    except Refused as exc:
+        return Bad(str(exc))
 
 
 CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")

@@ -1,8 +1,9 @@
 """JSON Schemas of what vipctl prints for programs (pure data).
 
-`vipctl schema --output status|plan|layout|spec` prints them; the files under schemas/ are
-these, checked in and compared exactly by tests/unit/test_schemas.py, which also validates
-real `status --json`, `plan --json` and `layout export` output against them. Numbers are
+`vipctl schema --output NAME` prints them (NAMES); the files under schemas/ are
+these, checked in and compared exactly by tests/unit/test_schemas.py; the output of every
+command and option that prints JSON is validated against them (tests/unit/test_schemas.py
+over the fake backend, tests/kernel/test_json_output.py over a real lab). Numbers are
 JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (docs/operations.md,
 "Read status and metrics"); the layout file's weights are exact fractions in text ("1/3").
 
@@ -56,6 +57,44 @@ _STATUS_MEMBER = _object(
     }
 )
 
+_DAEMON = {
+    **_object(
+        {
+            "running": {
+                "type": "boolean",
+                "description": "its pid is a live vipctl daemon; false: it stopped or died "
+                "and the rest is what it last wrote",
+            },
+            "pid": {"type": "integer", "minimum": 1},
+            "updated": {"type": "number", "description": "when it wrote this (Unix time)"},
+            "status": {"type": "string", "description": "its systemd STATUS= line"},
+            "generation": {"type": ["integer", "null"], "minimum": 0},
+            "degraded": {"type": "boolean"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "unprobed": {
+                "type": "array",
+                "items": _NAME,
+                "description": "members it cannot probe (their health is kept as it is)",
+            },
+            "state_write_failing": {"type": "boolean"},
+            "state_error": {"type": ["string", "null"]},
+            "last_failover": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "at": {"type": "number", "description": "Unix time"},
+                            "members": {"type": "array", "items": _NAME, "minItems": 1},
+                        }
+                    ),
+                ]
+            },
+        }
+    ),
+    "description": "what the cluster's daemon last wrote about itself (absent: no daemon "
+    "ever ran with this state directory)",
+}
+
 _STATUS_CLUSTER = _object(
     {
         "cluster": _NAME,
@@ -74,6 +113,7 @@ _STATUS_CLUSTER = _object(
         },
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
+        "daemon": _DAEMON,
         "routers": {
             "type": "array",
             "description": "with a store: what each router's daemon published",
@@ -106,16 +146,54 @@ _STATUS_CLUSTER = _object(
     ],
 )
 
+_RATIO = {
+    "type": ["number", "null"],
+    "minimum": 0,
+    "description": "max over members of load share / weighted share; null when a member "
+    "with no share carries load (no finite ratio)",
+}
+
+# what every load measurement reports (status --load, plan/rebalance --auto)
+_MEASURED: dict[str, Any] = {
+    "cluster": _NAME,
+    "metric": {"enum": ["packets", "bytes"]},
+    "window_s": {"type": "number", "minimum": 0},
+    "measured": _INT,
+}
+
+_LOAD = _object(
+    {
+        **_MEASURED,
+        "imbalance": _RATIO,
+        "members": {
+            "type": "array",
+            "items": _object(
+                {
+                    "name": _NAME,
+                    "target": _SHARE,
+                    "load": _SHARE,
+                    "packets": {**_INT, "description": "with --metric packets"},
+                    "bytes": {**_INT, "description": "with --metric bytes"},
+                },
+                required=["load", "name", "target"],
+            ),
+        },
+    }
+)
+
 STATUS: dict[str, Any] = {
     "$schema": DRAFT,
     "$id": BASE + "status.json",
     "title": "vipctl status --json",
-    "description": "`status CLUSTER --json`: one cluster; `status --json`: {clusters: [...]}",
+    "description": "`status CLUSTER --json`: one cluster; `status --json`: {clusters: [...]} "
+    "(empty when nothing is installed); `status CLUSTER --load --json`: the measured load; "
+    "`--watch --json`: one of these per line at each refresh",
     "oneOf": [
         {"$ref": "#/$defs/cluster"},
         _object({"clusters": {"type": "array", "items": {"$ref": "#/$defs/cluster"}}}),
+        {"$ref": "#/$defs/load"},
     ],
-    "$defs": {"cluster": _STATUS_CLUSTER, "member": _STATUS_MEMBER},
+    "$defs": {"cluster": _STATUS_CLUSTER, "member": _STATUS_MEMBER, "load": _LOAD},
 }
 
 _PLAN_MEMBER = _object(
@@ -138,37 +216,129 @@ _PLAN_MEMBER = _object(
     }
 )
 
+_PLAN_PROPS: dict[str, Any] = {
+    "cluster": _NAME,
+    "mode": {"enum": ["broadcast", "steer"]},
+    "key": {"enum": ["mask", "hash"]},
+    "bits": {"type": "integer", "minimum": 1, "maximum": 16},
+    "buckets": {"type": "integer", "minimum": 2},
+    "down": {"type": "array", "items": _NAME},
+    "members": {"type": "array", "items": _PLAN_MEMBER},
+    "moved": _INT,
+    "lower_bound": _INT,
+    "compared_with": {"enum": ["live", None]},
+    "pinned_in_moved_buckets": _INT,
+    "pinned_unknown_bucket": _INT,
+}
+_PLAN_REQUIRED = [
+    "bits",
+    "buckets",
+    "cluster",
+    "compared_with",
+    "down",
+    "key",
+    "lower_bound",
+    "members",
+    "mode",
+    "moved",
+]
+
+_RETUNE = _object(
+    {
+        **_MEASURED,
+        "tolerance": {"type": "number", "minimum": 1},
+        "imbalance_before": _RATIO,
+        "imbalance_after": _RATIO,
+        "reachable": {"type": "boolean"},
+        "reason": {"type": "string", "description": "why the tolerance is out of reach"},
+        "moved": _INT,
+        "moved_buckets": {"type": "array", "items": _INT},
+        "moved_traffic": _SHARE,
+        "dry_run": {"type": "boolean"},
+        "generation": {"type": "integer", "minimum": 0},
+        "members": {
+            "type": "array",
+            "items": _object(
+                {"name": _NAME, "target": _SHARE, "load_before": _SHARE, "load_after": _SHARE}
+            ),
+        },
+    }
+)
+
 PLAN: dict[str, Any] = {
     "$schema": DRAFT,
     "$id": BASE + "plan.json",
     "title": "vipctl plan --json",
+    "description": "`plan --json`: the partition and what moves; `plan --auto --json`: the "
+    "re-tune it would make from the load measured for --window seconds",
+    "oneOf": [{"$ref": "#/$defs/partition"}, {"$ref": "#/$defs/retune"}],
+    "$defs": {
+        "partition": _object(_PLAN_PROPS, required=_PLAN_REQUIRED),
+        "retune": _RETUNE,
+    },
+}
+
+REBALANCE: dict[str, Any] = {
+    "$schema": DRAFT,
+    "$id": BASE + "rebalance.json",
+    "title": "vipctl rebalance --json",
+    "description": "`rebalance --weights ... --json`: the plan of the new weights compared "
+    "with what was live, the generation after it and whether it was a dry run; "
+    "`rebalance --auto --json`: the re-tune (as `plan --auto --json`)",
+    "oneOf": [{"$ref": "#/$defs/weights"}, {"$ref": "#/$defs/retune"}],
+    "$defs": {
+        "weights": _object(
+            {
+                **_PLAN_PROPS,
+                "dry_run": {"type": "boolean"},
+                "generation": {"type": "integer", "minimum": 0},
+            },
+            required=[*_PLAN_REQUIRED, "dry_run", "generation"],
+        ),
+        "retune": _RETUNE,
+    },
+}
+
+WHICH: dict[str, Any] = {
+    "$schema": DRAFT,
+    "$id": BASE + "which.json",
+    "title": "vipctl which --json",
+    **_object(
+        {
+            "source": {"type": "string"},
+            "bucket": _INT,
+            "member": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "description": "null: no member is up, packets from SOURCE are dropped",
+            },
+            "table": {
+                "enum": ["live", "state", "spec"],
+                "description": "which table answered: the kernel's, the state's or the spec's",
+            },
+        }
+    ),
+}
+
+DOCTOR: dict[str, Any] = {
+    "$schema": DRAFT,
+    "$id": BASE + "doctor.json",
+    "title": "vipctl doctor --json",
     **_object(
         {
             "cluster": _NAME,
-            "mode": {"enum": ["broadcast", "steer"]},
-            "key": {"enum": ["mask", "hash"]},
-            "bits": {"type": "integer", "minimum": 1, "maximum": 16},
-            "buckets": {"type": "integer", "minimum": 2},
-            "down": {"type": "array", "items": _NAME},
-            "members": {"type": "array", "items": _PLAN_MEMBER},
-            "moved": _INT,
-            "lower_bound": _INT,
-            "compared_with": {"enum": ["live", None]},
-            "pinned_in_moved_buckets": _INT,
-            "pinned_unknown_bucket": _INT,
-        },
-        required=[
-            "bits",
-            "buckets",
-            "cluster",
-            "compared_with",
-            "down",
-            "key",
-            "lower_bound",
-            "members",
-            "mode",
-            "moved",
-        ],
+            "checks": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "check": _NAME,
+                        "status": {"enum": ["ok", "warning", "error"]},
+                        "message": {"type": "string"},
+                        "fix": {"type": "string", "description": "empty when none"},
+                    }
+                ),
+            },
+        }
     ),
 }
 
@@ -221,6 +391,12 @@ def schema(name: str) -> dict[str, Any]:
         return PLAN
     if name == "layout":
         return LAYOUT
+    if name == "rebalance":
+        return REBALANCE
+    if name == "which":
+        return WHICH
+    if name == "doctor":
+        return DOCTOR
     if name == "spec":
         from vipctl.core.spec import json_schema
 
@@ -228,4 +404,4 @@ def schema(name: str) -> dict[str, Any]:
     raise KeyError(name)
 
 
-NAMES = ("spec", "status", "plan", "layout")
+NAMES = ("spec", "status", "plan", "rebalance", "which", "doctor", "layout")

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
@@ -29,11 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from vipctl.core.scalars import MAX_DEPTH, Refused, core_float, core_int
+from vipctl.core.retune import MAX_TOLERANCE, MAX_WINDOW_S, MIN_WINDOW_S
+from vipctl.core.scalars import MAX_DEPTH, Bad, Refused, core_float, core_int, or_bad
 from vipctl.errors import SpecError
 
 
-def _address(value: object) -> IPv4Address | IPv6Address:
+def parse_address(value: object) -> IPv4Address | IPv6Address:
     """A string that is an IPv4 or IPv6 address, nothing else: `vips: [7]` is not 0.0.0.7
     and `true` is not 0.0.0.1. No scope id: it would be written into the rules verbatim
     and means nothing to a VIP or a member on its own port."""
@@ -55,10 +56,11 @@ def _address(value: object) -> IPv4Address | IPv6Address:
 
 IPAddress = Annotated[
     IPv4Address | IPv6Address,
-    PlainValidator(_address),
+    PlainValidator(parse_address),
     PlainSerializer(str, return_type=str),
     WithJsonSchema({"type": "string", "format": "ipvanyaddress"}),
 ]
+
 
 # Linux IFNAMSIZ is 16 including the NUL; we also keep names free of characters that
 # would need escaping in nftables strings.
@@ -86,11 +88,13 @@ MacAddress = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$
 
 MAX_MEMBERS = 256
 MAX_WEIGHT = 1_000_000
-# broadcast copies a VIP packet to every member port in ONE rule (`dup to "m1" dup to "m2"
-# ... drop`); each `dup to` is two expressions (immediate device + dup) and the kernel
-# refuses a rule of more than NFT_RULE_MAXEXPRS = 128 (nf_tables_api.c, kernel 6.18):
-# 63 members apply, 64 are E2BIG. The spec's limit is the kernel's.
-MAX_BROADCAST_MEMBERS = 63
+# broadcast copies a VIP packet to every member port in ONE rule (`meta mark set M dup to
+# "m1" ... dup to "mN" drop`): the mark is two expressions (immediate + meta), each `dup to`
+# two (immediate device + dup), the drop one, and the kernel refuses a rule of more than
+# NFT_RULE_MAXEXPRS = 128 (nf_tables_api.c): 2 + 2N + 1 <= 128, so N <= 62. Measured on
+# kernel 6.18 by tests/kernel/test_broadcast_limit.py (bisection, every key and family):
+# 62 members apply, 63 are refused ("Could not process rule: Invalid argument ... dup to").
+MAX_BROADCAST_MEMBERS = 62
 
 
 class _Model(BaseModel):
@@ -166,6 +170,28 @@ class IcmpProbe(_Model):
     kind: Literal["icmp"]
 
 
+# The HTTP probe's request target (origin-form, RFC 3986 3.3 and 3.4): unreserved and
+# sub-delims characters, ':', '@', '/', '?' and %XX escapes. Nothing else: a space, CR, LF
+# or NUL would write a second request or extra headers to the member and forge log lines;
+# '"', '{', '}', '\\', '`', '<', '>', '^', '|' are not URI characters ('#' starts a fragment,
+# which is never sent).
+REQUEST_TARGET = r"^/(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|%[0-9A-Fa-f]{2})*$"
+
+
+def _request_target(path: str) -> str:
+    if len(path) > 1024:
+        raise ValueError(f"at most 1024 characters ({len(path)} given)")
+    if not path.startswith("/"):
+        raise ValueError("must start with '/'")
+    if re.fullmatch(REQUEST_TARGET[1:-1], path) is None:
+        bad = re.sub(r"%[0-9A-Fa-f]{2}|[A-Za-z0-9._~!$&'()*+,;=:@/?-]", "", path)[:1]
+        raise ValueError(
+            f"{bad!r} is not allowed: a request target of RFC 3986 characters (letters, "
+            "digits, -._~!$&'()*+,;=:@/? and %XX escapes)"
+        )
+    return path
+
+
 class TcpProbe(_Model):
     kind: Literal["tcp"]
     port: int = Field(ge=1, le=65535)
@@ -174,9 +200,11 @@ class TcpProbe(_Model):
 class HttpProbe(_Model):
     kind: Literal["http"]
     port: int = Field(default=80, ge=1, le=65535)
-    # one request target: printable ASCII, no space, CR, LF or NUL (those would write a
-    # second request or extra headers to the member, and forge log lines)
-    path: str = Field(default="/", pattern=r"^/[!-~]{0,1023}$")
+    path: Annotated[str, AfterValidator(_request_target)] = Field(
+        default="/",
+        json_schema_extra={"pattern": REQUEST_TARGET, "maxLength": 1024},
+        description="the request target: '/', then RFC 3986 path and query characters",
+    )
     expect: int = Field(default=200, ge=100, le=599)
 
 
@@ -254,15 +282,15 @@ class Retune(_Model):
     )
     window_s: float = Field(
         default=RETUNE_WINDOW_S,
-        ge=0.1,
-        le=3600,
+        ge=MIN_WINDOW_S,
+        le=MAX_WINDOW_S,
         allow_inf_nan=False,
         description="how long each bucket's traffic is measured",
     )
     tolerance: float = Field(
         default=RETUNE_TOLERANCE,
         gt=1.0,
-        le=10.0,
+        le=MAX_TOLERANCE,
         allow_inf_nan=False,
         description="act when a member's load is above tolerance x its weighted share",
     )
@@ -300,7 +328,7 @@ def _peer_address(value: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address
 def _router_id(value: object) -> IPv4Address:
     """A BGP router id is 32 bits written as an IPv4 address (a string, as every address
     in the spec; strict mode refused the string before, "an instance of IPv4Address")."""
-    addr = _address(value)
+    addr = parse_address(value)
     if not isinstance(addr, IPv4Address):
         raise ValueError("a router id is written as an IPv4 address (32 bits)")
     if addr.is_unspecified:
@@ -570,13 +598,27 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key, value in pairs:
         if key in mapping:  # json.loads keeps the last one silently
-            raise Refused(f"duplicate key {key!r}")
+            mapping[key] = Bad(f"duplicate key {key!r}")
+            continue
         mapping[key] = value
     return mapping
 
 
-def _json_constant(name: str) -> float:
-    raise Refused(f"{name} is not a JSON number")
+def _json_constant(name: str) -> Bad:
+    return Bad(f"{name} is not a JSON number")
+
+
+def _refused(data: object, path: tuple[str, ...] = ()) -> list[str]:
+    """`field.path: message` for every value the reader refused (a Bad in its place)."""
+    if isinstance(data, Bad):
+        return [f"{'.'.join(path) or 'spec'}: {data.message}"]
+    if isinstance(data, dict):
+        items: Iterable[tuple[object, object]] = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return []
+    return [line for k, v in items for line in _refused(v, (*path, _loc_part(k)))]
 
 
 def _json_depth(text: str) -> None:
@@ -593,22 +635,32 @@ def _json_depth(text: str) -> None:
             depth -= 1
 
 
-def strict_json(text: str) -> object:
-    """JSON as vipctl reads its input files: bounded nesting, no duplicate keys, no NaN or
-    Infinity, numbers of bounded length (Refused, or ValueError when not JSON)."""
+def _json_with_bad(text: str) -> object:
+    """JSON with a Bad in place of each value the reader refuses (see _refused)."""
     _json_depth(text)
     return json.loads(
         text,
         object_pairs_hook=_json_object,
-        parse_int=core_int,
-        parse_float=core_float,
+        parse_int=lambda text: or_bad(core_int, text),
+        parse_float=lambda text: or_bad(core_float, text),
         parse_constant=_json_constant,
     )
 
 
+def strict_json(text: str) -> object:
+    """JSON as vipctl reads its input files: bounded nesting, no duplicate keys, no NaN or
+    Infinity, numbers of bounded length (Refused naming the first such value's field path,
+    or ValueError when not JSON)."""
+    data = _json_with_bad(text)
+    refused = _refused(data)
+    if refused:
+        raise Refused(refused[0])
+    return data
+
+
 def _parse(text: str, source: str) -> object:
     if source.endswith(".json"):
-        return strict_json(text)
+        return _json_with_bad(text)  # load_text reports every Bad with its path
     from vipctl.core import specyaml  # PyYAML (~8 ms): only when a YAML spec is read
 
     return specyaml.load(text)
@@ -666,6 +718,9 @@ def load_text(text: str, source: str = "spec") -> Spec:
     except ValueError as exc:  # JSONDecodeError, specyaml.YamlError
         message = " ".join(str(exc).split())
         raise SpecError(source, [f"spec: not valid YAML/JSON: {message[:300]}"]) from None
+    refused = _refused(data)
+    if refused:
+        raise SpecError(source, refused)
     return parse_spec(data, source)
 
 

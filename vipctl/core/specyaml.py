@@ -13,9 +13,11 @@ from vipctl.core.scalars import (
     CORE_INT,
     MAX_DEPTH,
     MAX_NODES,
+    Bad,
     Refused,
     core_float,
     core_int,
+    or_bad,
 )
 
 
@@ -94,29 +96,38 @@ for _tag, _pattern, _first in _CORE_RESOLVERS:
 _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
 
 
-def _construct_int(loader: _Yaml12Loader, node: yaml.ScalarNode) -> int:
-    return core_int(loader.construct_scalar(node))
+# A refused value becomes a Bad in its place (core/scalars.py): the spec's loader reports
+# it with its field path, as pydantic does for the rest.
 
 
-def _construct_float(loader: _Yaml12Loader, node: yaml.ScalarNode) -> float:
-    return core_float(loader.construct_scalar(node))
+def _construct_int(loader: _Yaml12Loader, node: yaml.ScalarNode) -> object:
+    return or_bad(core_int, loader.construct_scalar(node))
 
 
-def _construct_bool(loader: _Yaml12Loader, node: yaml.ScalarNode) -> bool:
+def _construct_float(loader: _Yaml12Loader, node: yaml.ScalarNode) -> object:
+    return or_bad(core_float, loader.construct_scalar(node))
+
+
+def _construct_bool(loader: _Yaml12Loader, node: yaml.ScalarNode) -> object:
     text = loader.construct_scalar(node)
     if text.lower() not in ("true", "false"):
-        raise Refused(f"{text[:32]!r} is not true or false")
+        return Bad(f"{text[:32]!r} is not true or false")
     return text.lower() == "true"
 
 
 def _construct_mapping(loader: _Yaml12Loader, node: yaml.MappingNode) -> dict[str, Any]:
     mapping: dict[str, Any] = {}
     for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
         key = loader.construct_object(key_node)
         if not isinstance(key, str):
-            raise Refused(f"mapping keys must be strings (line {key_node.start_mark.line + 1})")
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else f"(line {line})"
+            shown = key.message if isinstance(key, Bad) else repr(key)[:32]
+            mapping[str(name)] = Bad(f"a mapping key must be a string, not {shown}")
+            continue
         if key in mapping:
-            raise Refused(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            mapping[key] = Bad(f"duplicate key {key!r} (line {line})")
+            continue
         mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
 
@@ -129,3 +140,11 @@ _Yaml12Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 # a set (keys of null) or an ordered list of pairs
 for _tag in ("binary", "timestamp", "set", "omap", "pairs", "merge", "value", "yaml"):
     _Yaml12Loader.yaml_constructors.pop(f"tag:yaml.org,2002:{_tag}", None)
+
+
+def _construct_undefined(loader: _Yaml12Loader, node: yaml.Node) -> object:
+    """Any other tag (`!custom`, `!!binary`): refused where it stands, with its path."""
+    return Bad(f"the tag {node.tag[:40]!r} is not accepted (plain YAML values only)")
+
+
+_Yaml12Loader.add_constructor(None, _construct_undefined)

@@ -213,7 +213,7 @@ def second_chance_batch(setup: MemberSetup, gateways: Mapping[int, str]) -> str:
             f"add table {table}",
             f"add chain {table} pre {{ type filter hook prerouting priority -150; "
             "policy accept; }",
-            f'add rule {table} pre {match} socket wildcard 1 dup to {gw} device '
+            f"add rule {table} pre {match} socket wildcard 1 dup to {gw} device "
             f'"{setup.interface}" drop',
         ]
     return "\n".join(lines) + "\n"

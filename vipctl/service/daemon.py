@@ -214,7 +214,22 @@ class Daemon:
             base = f"cluster {self.spec.cluster}: not applied yet"
         else:
             base = status_line(self.spec, self.generation, set(self.layout.down))
-        return status_text(base, self.problems())
+        text = status_text(base, self.problems())
+        self._publish_status(text)
+        return text
+
+    def _publish_status(self, text: str) -> None:
+        """What `vipctl status` shows of the daemon (service/daemonstatus.py)."""
+        from vipctl.service import daemonstatus
+
+        facts = daemonstatus.Facts(
+            generation=self.generation if self.layout is not None else None,
+            down=self.layout.down if self.layout is not None else None,
+            problems=self.problems(),
+            unprobed=self.monitor.unprobed if self.monitor is not None else (),
+            state_error=self._state_error,
+        )
+        daemonstatus.write(self.state_dir, self.spec.cluster, text, facts)
 
     def on_trouble(self, text: str | None) -> None:
         """health.Monitor: the set of members the prober cannot probe changed."""
@@ -554,6 +569,14 @@ class Daemon:
             await asyncio.sleep(CONVERGE_POLL_S)
             if self.layout is None or self._dirty.is_set() or self._slot.locked():
                 continue
+            if statefile.measuring_abandoned(self.state_dir, self.spec.cluster):
+                log.warning("a load measurement was abandoned: switching the counting off")
+                statefile.measuring_end(self.state_dir, self.spec.cluster)
+                self.converge("abandoned measurement")
+                continue
+            measurer = statefile.measuring_pid(self.state_dir, self.spec.cluster)
+            if measurer is not None and measurer != os.getpid():
+                continue  # `rebalance --auto` measuring: its counting table is not drift
             now = time.monotonic()
             gen = self._kernel_generation()
             if gen is not None and gen != self._genid_seen:

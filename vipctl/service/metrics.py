@@ -37,6 +37,7 @@ for it longer than `wait`.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -229,11 +230,13 @@ class ClusterCollector(Collector):
         yield reload_failures
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    """ADDR:PORT, [v6]:PORT or :PORT (all addresses)."""
+def parse_listen(text: str, option: str = "--metrics") -> tuple[str, int]:
+    """ADDR:PORT, [v6]:PORT or :PORT (all addresses); the port 1..65535 in at most five
+    ASCII digits, checked before int() (str.isdigit() takes '²', which int() refuses, and
+    int() of 4300+ digits raises)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics: '{text}' is not ADDR:PORT")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise UsageError(f"{option}: '{text[:64]}' is not ADDR:PORT (port 1..65535)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
