@@ -46,6 +46,7 @@ HEADERS = (
     "linux/netfilter/nfnetlink.h",
     "linux/netfilter/nf_tables.h",
     "linux/sched.h",
+    "linux/pkt_sched.h",
 )
 NOT_IN_THE_HEADERS = {"RECV_BUFFER", "DUMP_RETRIES", "NFTNL_UDATA_RULE_COMMENT"}  # libnftnl's
 LAYOUT = {
@@ -74,6 +75,9 @@ LAYOUT = {
     "offsetof(struct ndmsg, ndm_type)": 11,
     "sizeof(struct rtnexthop)": nl.RTNEXTHOP.size,
     "offsetof(struct rtnexthop, rtnh_ifindex)": 4,
+    "sizeof(struct tcmsg)": nl.TCMSG.size,
+    "offsetof(struct tcmsg, tcm_ifindex)": 4,
+    "offsetof(struct tcmsg, tcm_info)": 16,
     "sizeof(struct nfgenmsg)": nl.NFGENMSG.size,
     "offsetof(struct nfgenmsg, res_id)": 2,
 }
