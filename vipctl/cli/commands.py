@@ -274,8 +274,14 @@ def rebalance(
         previous = _previous(spec, state_dir)
         change = planning.Change(previous, result.layout)
         data = planning.report(new_spec, change)
-        echo(planning.render_report(data))
-        _print_pins_moving(new_spec, change.moved)
+        pins = _pins_moving(new_spec, change.moved) if previous is not None else None
+        if pins is not None:
+            data["pinned_in_moved_buckets"], data["pinned_unknown_bucket"] = pins
+        if as_json:  # the same report as `plan --json`
+            echo(json.dumps(data, indent=2))
+        else:
+            echo(planning.render_report(data))
+            _print_pins_moving(new_spec, change.moved, pins)
         echo("dry run: nothing changed", err=True)
         return
     _print_apply(new_spec, result, dry_run=False, diff=False)
