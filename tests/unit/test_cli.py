@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 
 
 @pytest.fixture
@@ -107,6 +107,6 @@ def test_lab_says_it_is_not_installed_when_vipctl_lab_is_missing(
     monkeypatch.setitem(sys.modules, "vipctl.lab", None)
     result = runner.invoke(app, command)
     assert result.exit_code == 1
-    assert "the lab tooling (vipctl.lab" in result.output
-    assert "not installed" in result.output and "source checkout" in result.output
+    assert "the lab tooling (vipctl.lab" in result.stderr
+    assert "not installed" in result.stderr and "source checkout" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)

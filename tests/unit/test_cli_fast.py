@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl.cli import commands, fast
 from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 TYPER = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 
 

@@ -36,6 +36,7 @@ def _require_lab() -> None:
         typer.echo(LAB_MISSING, err=True)
         raise typer.Exit(1)
 
+
 LabPrefix = Annotated[
     str, typer.Option("--prefix", help="namespace name prefix", show_default=True)
 ]

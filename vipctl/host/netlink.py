@@ -453,9 +453,9 @@ LAYOUTS: dict[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] = {
 }
 
 
-def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[str, Any]:
-    """The attributes in data[offset:end] that `table` names, decoded; others skipped."""
-    out: dict[str, Any] = {}
+def _attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> Iterator[tuple[str, Any]]:
+    """(name, decoded value) of each attribute in data[offset:end] that `table` names, in
+    order; the others are skipped."""
     while offset + NLATTR.size <= end:
         length, kind = NLATTR.unpack_from(data, offset)
         if length < NLATTR.size or offset + length > end:
@@ -464,13 +464,18 @@ def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[s
         if entry is not None:
             name, decode = entry
             try:
-                out[name] = decode(data[offset + NLATTR.size : offset + length])
+                value = decode(data[offset + NLATTR.size : offset + length])
             except (NetlinkDecodeError, struct.error, ValueError, IndexError, OSError) as exc:
                 raise NetlinkDecodeError(f"{name}: {exc}") from None
+            yield name, value
         offset += align(length)
     if offset < end and any(data[offset:end]):  # fewer than 4 bytes left: padding only
         raise NetlinkDecodeError(f"truncated attribute ({end - offset} bytes)")
-    return out
+
+
+def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[str, Any]:
+    """The attributes in data[offset:end] that `table` names, decoded; others skipped."""
+    return dict(_attrs(data, offset, end, table))
 
 
 class AttrList(list[tuple[str, Any]]):
@@ -484,22 +489,7 @@ class AttrList(list[tuple[str, Any]]):
 
 def parse_attr_list(data: Buffer, offset: int, end: int, table: AttrTable) -> AttrList:
     """Like parse_attrs, as an AttrList: every attribute `table` names, in order."""
-    out = AttrList()
-    while offset + NLATTR.size <= end:
-        length, kind = NLATTR.unpack_from(data, offset)
-        if length < NLATTR.size or offset + length > end:
-            raise NetlinkDecodeError(f"attribute {kind & NLA_TYPE_MASK} of length {length}")
-        entry = table.get(kind & NLA_TYPE_MASK)
-        if entry is not None:
-            name, decode = entry
-            try:
-                out.append((name, decode(data[offset + NLATTR.size : offset + length])))
-            except (NetlinkDecodeError, struct.error, ValueError, IndexError, OSError) as exc:
-                raise NetlinkDecodeError(f"{name}: {exc}") from None
-        offset += align(length)
-    if offset < end and any(data[offset:end]):
-        raise NetlinkDecodeError(f"truncated attribute ({end - offset} bytes)")
-    return out
+    return AttrList(_attrs(data, offset, end, table))
 
 
 def nested(table: AttrTable) -> Decoder:
