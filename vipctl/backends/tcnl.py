@@ -295,8 +295,8 @@ def _ip(width: int) -> Any:
     return decode
 
 
-_str, _u16, _u32 = nl._str, nl._u16, nl._u32
-_be16, _be32, _raw, _mac = nl._be16, nl._be32, nl._bytes, nl._mac
+_str, _u16, _u32 = nl.decode_str, nl.decode_u16, nl.decode_u32
+_be16, _be32, _raw, _mac = nl.decode_be16, nl.decode_be32, nl.decode_bytes, nl.decode_mac
 
 GACT_ATTRS: AttrTable = {TCA_GACT_PARMS: ("TCA_GACT_PARMS", _struct(TC_GACT, _TC_GEN_FIELDS))}
 MIRRED_ATTRS: AttrTable = {
@@ -360,7 +360,7 @@ FLOWER_ATTRS: AttrTable = {
     TCA_FLOWER_KEY_ETH_SRC: ("TCA_FLOWER_KEY_ETH_SRC", _mac),
     TCA_FLOWER_KEY_ETH_SRC_MASK: ("TCA_FLOWER_KEY_ETH_SRC_MASK", _mac),
     TCA_FLOWER_KEY_ETH_TYPE: ("TCA_FLOWER_KEY_ETH_TYPE", _be16),
-    TCA_FLOWER_KEY_IP_PROTO: ("TCA_FLOWER_KEY_IP_PROTO", nl._u8),
+    TCA_FLOWER_KEY_IP_PROTO: ("TCA_FLOWER_KEY_IP_PROTO", nl.decode_u8),
     TCA_FLOWER_KEY_IPV4_SRC: ("TCA_FLOWER_KEY_IPV4_SRC", _ip(4)),
     TCA_FLOWER_KEY_IPV4_SRC_MASK: ("TCA_FLOWER_KEY_IPV4_SRC_MASK", _ip(4)),
     TCA_FLOWER_KEY_IPV4_DST: ("TCA_FLOWER_KEY_IPV4_DST", _ip(4)),

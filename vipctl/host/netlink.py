@@ -379,6 +379,10 @@ def _multipath(data: Buffer) -> list[Message]:
 
 AttrTable = Mapping[int, tuple[str, Decoder]]
 
+# The payload decoders, for attribute tables built outside this module (backends/tcnl.py)
+decode_str, decode_bytes, decode_mac = _str, _bytes, _mac
+decode_u8, decode_u16, decode_u32, decode_be16, decode_be32 = _u8, _u16, _u32, _be16, _be32
+
 LINK_ATTRS: AttrTable = {IFLA_IFNAME: ("IFLA_IFNAME", _str), IFLA_MTU: ("IFLA_MTU", _u32)}
 ADDR_ATTRS: AttrTable = {
     IFA_ADDRESS: ("IFA_ADDRESS", _ip),
