@@ -65,6 +65,24 @@ def outcomes(console: str) -> dict[str, str]:
     return found
 
 
+def report_of(console: str, node: str) -> str:
+    """The guest pytest's report section of `node` (its ____ name ____ block), or the
+    console's last 80 lines when there is none."""
+    lines = console.splitlines()
+    title = re.compile(r"^_{3,} (.+?) _{3,}$")
+    name = node.split("::", 1)[1]
+    for i, line in enumerate(lines):
+        m = title.match(line.strip())
+        if m and m.group(1) == name:
+            end = next(
+                (j for j in range(i + 1, len(lines))
+                 if title.match(lines[j].strip()) or lines[j].startswith("=====")),
+                len(lines),
+            )  # fmt: skip
+            return "\n".join(lines[i:end])
+    return "\n".join(lines[-80:])
+
+
 def test_outcomes_are_read_per_test() -> None:
     """The summary parser (pure): each id gets its own outcome, a failure's message is not
     part of the id, and an id the guest never reported is absent."""
@@ -74,6 +92,10 @@ def test_outcomes_are_read_per_test() -> None:
         "FAILED tests/vm/guest/test_tc_guest.py::test_b[steer] - AssertionError: 3 lost\n"
         "[   12.3] random kernel line\n"
         "ERROR tests/vm/guest/test_tc_guest.py::test_c - RuntimeError\n"
+    )
+    report = "=== FAILURES ===\n___ test_b[steer] ___\nE  3 lost\n___ test_d ___\nE  other\n"
+    assert report_of(report + console, "tests/vm/guest/x.py::test_b[steer]") == (
+        "___ test_b[steer] ___\nE  3 lost"
     )
     assert outcomes(console) == {
         "tests/vm/guest/test_tc_guest.py::test_a[broadcast-flower]": "PASSED",
@@ -104,5 +126,6 @@ def test_tc_backend_in_qemu_guest(node: str | None, guest_run: tuple[int, str]) 
         pytest.skip(reason or "no guest tests were collected")
     rc, console = guest_run
     got = outcomes(console).get(node)
-    tail = "\n".join(console.splitlines()[-80:])
-    assert got == "PASSED", f"{node}: guest reported {got or 'nothing'} (run exit {rc}):\n{tail}"
+    assert got == "PASSED", (
+        f"{node}: guest reported {got or 'nothing'} (run exit {rc}):\n{report_of(console, node)}"
+    )
