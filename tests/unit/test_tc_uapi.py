@@ -16,6 +16,7 @@ skipped without a C compiler or the headers (`apt-get install linux-libc-dev gcc
 
 from __future__ import annotations
 
+import platform
 import socket
 import struct
 import sys
@@ -546,3 +547,18 @@ def test_numbers_are_the_installed_headers(tmp_path: Path) -> None:
     assert {n: checks[n] for n in checks if checks[n] != kernel[n]} == {}, "this test's numbers"
     assert {n: (ours[n], kernel[n]) for n in ours if ours[n] != kernel[n]} == {}, "tcnl's"
     assert {e: (v, kernel[e]) for e, v in LAYOUT.items() if v != kernel[e]} == {}, "layout"
+
+
+def test_membarrier_numbers_are_the_installed_headers(tmp_path: Path) -> None:
+    """The tc backend's grace period (backends/tc.py grace_period) calls membarrier by
+    number: this machine's number and the command are the headers'."""
+    from vipctl.backends import tc
+
+    kernel = header_values(
+        tmp_path,
+        ["linux/membarrier.h", "sys/syscall.h"],
+        ["MEMBARRIER_CMD_GLOBAL", "SYS_membarrier"],
+        needs="linux/membarrier.h",
+    )
+    assert kernel["MEMBARRIER_CMD_GLOBAL"] == tc.MEMBARRIER_CMD_GLOBAL
+    assert tc.SYS_MEMBARRIER[platform.machine()] == kernel["SYS_membarrier"]

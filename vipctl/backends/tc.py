@@ -7,7 +7,9 @@ Make-before-break (see render/tc.py for the layout):
 3. read the new chain back and compare it with the rendered filters;
 4. flip the dispatcher to the new chain: one RTM_NEWTFILTER with NLM_F_REPLACE, which the
    kernel swaps under RCU, so every packet is classified by exactly one generation;
-5. delete the old generation's chains (RTM_DELCHAIN flushes a chain in one operation).
+5. wait an RCU grace period (packets already past the old dispatcher finish in the old
+   chain and are judged by the old selectors), then delete the old generation's chains
+   (RTM_DELCHAIN flushes a chain in one operation).
 
 Any failure in 1-3 removes what 2 added (and a clsact qdisc this call created): the live
 generation is never touched, nothing is half-installed. Works in the network namespace
@@ -16,7 +18,9 @@ the process runs in.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -203,6 +207,30 @@ def verify(ruleset: TcRuleset) -> list[str]:
     return problems
 
 
+# linux/membarrier.h; the syscall's number by machine (asm/unistd_64.h, asm-generic/unistd.h)
+MEMBARRIER_CMD_GLOBAL = 1
+SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+GRACE_FALLBACK_S = 0.05
+
+
+def grace_period() -> None:
+    """Wait until the packets the old generation was judging have left tc, before its
+    chains and port selectors go. The dispatcher's REPLACE is acknowledged while packets
+    that went past the old dispatcher (softirqs on other CPUs) may still be in the old
+    chain, mirroring copies to the ports; a port whose old selector is already deleted
+    passes such a copy unfiltered (duplicates: the QEMU guest's broadcast flip test saw 5
+    in 4 flips once tc requests got fast). membarrier(MEMBARRIER_CMD_GLOBAL) returns after
+    synchronize_rcu() (kernel/sched/membarrier.c), which waits for every such softirq (an
+    RCU reader since 4.20); where it is refused (nohz_full, seccomp, another machine), a
+    pause instead."""
+    number = SYS_MEMBARRIER.get(platform.machine())
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(number, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+            return
+    time.sleep(GRACE_FALLBACK_S)
+
+
 def _clear_slot(nl: NetlinkSocket, devices: Iterable[tuple[int, str]], slot: int) -> None:
     """Remove a slot's chain and egress selector from the given devices (ENOENT is fine)."""
     chain = SLOT_CHAINS[slot]
@@ -305,6 +333,7 @@ def apply(
         flip_seconds = time.perf_counter() - flip_started
         if live is not None:
             old = _slot_devices(nl, uplink, live[0], names) | set(ports.values())
+            grace_period()
             _clear_slot(nl, [(uplink, "ingress")] + [(i, "egress") for i in old], live[0])
     return TcApplyResult(
         generation=generation,
