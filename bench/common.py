@@ -112,3 +112,15 @@ def machine() -> dict[str, Any]:
         "trafgen": _first_line(["trafgen", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
     }
+
+
+def replace_section(doc: Path, begin: str, end: str, section: str) -> None:
+    """Put `section` (which starts with `begin` and ends with `end`) in place of the one
+    between those markers in `doc`, or append it."""
+    text = doc.read_text() if doc.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text)

@@ -486,15 +486,24 @@ def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
     arp_ignore=1, arp_announce=2, rp_filter at most loose (the lab's 0 is kept)."""
+    from vipctl.backends import nft
     from vipctl.core.spec import parse_spec
     from vipctl.host import member as membermod
 
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
+
+    def setup_one(setup: membermod.MemberSetup) -> None:
+        membermod.apply_setup(setup, state)
+        gateways = membermod.gateways(setup.interface)
+        batch = membermod.second_chance_batch(setup, gateways)
+        name = membermod.second_chance_table(setup)
+        nft.replace_tables(batch, [("ip", name), ("ip6", name)])
+
     for m in lab.members:
         for interface in interfaces:
             setup = membermod.build_setup(spec, m.name, interface)
-            _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
+            _in_netns(m.ns, lambda setup=setup: setup_one(setup))
 
 
 def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:
@@ -634,6 +643,8 @@ UPSTREAM_ASN = 65000
 ROUTER_ASN = 65001
 UPSTREAM_LINK4 = "203.0.113.126"  # the upstream's address on the routers' shared segment
 ROUTER_LINK4 = ("203.0.113.65", "203.0.113.66")  # router 1, router 2 on that segment
+UPSTREAM_LINK6 = "2001:db8:ff::7e"  # the same segment in IPv6 (IPv6 VIPs, ipv6 sessions)
+ROUTER_LINK6 = ("2001:db8:ff::41", "2001:db8:ff::42")
 
 
 @dataclass(frozen=True)
@@ -666,22 +677,27 @@ class TwoRouters:
         return self.lab.workdir / "upstream-bird.ctl"
 
 
-def upstream_bird_conf(log: str) -> str:
+def upstream_bird_conf(log: str, bfd_ms: int = 100, bfd_multiplier: int = 3) -> str:
     """The upstream edge as an operator runs it: every router's route merged into one
-    multipath kernel route, BFD on each session, short timers (a session is back within
-    seconds after a failure)."""
+    multipath kernel route, BFD on each session (`bfd_ms` x `bfd_multiplier`), short
+    timers (a session is back within seconds after a failure)."""
     sessions = "".join(
-        f"protocol bgp router{i + 1} {{ local {UPSTREAM_LINK4} as {UPSTREAM_ASN}; "
-        f"neighbor {addr} as {ROUTER_ASN};\n  ipv4 {{ import all; export none; }}; bfd on; "
+        f"protocol bgp router{i + 1}{tag} {{ local {local} as {UPSTREAM_ASN}; "
+        f"neighbor {addr} as {ROUTER_ASN};\n  ipv{v} {{ import all; export none; }}; bfd on; "
         "hold time 3; keepalive time 1;\n  connect delay time 1; connect retry time 2; "
         "error wait time 1, 4; error forget time 10; }\n"
-        for i, addr in enumerate(ROUTER_LINK4)
+        for v, tag, local, addrs in (
+            (4, "", UPSTREAM_LINK4, ROUTER_LINK4),
+            (6, "v6", UPSTREAM_LINK6, ROUTER_LINK6),
+        )
+        for i, addr in enumerate(addrs)
     )
     return (
         f'log "{log}" all;\nrouter id {UPSTREAM_LINK4};\nprotocol device {{ scan time 10; }}\n'
         "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }\n"
-        'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
-        "multiplier 3; }; }\n" + sessions
+        "protocol kernel { ipv6 { export where source = RTS_BGP; }; merge paths on; }\n"
+        f'protocol bfd {{ interface "*" {{ min rx interval {bfd_ms} ms; '
+        f"min tx interval {bfd_ms} ms; multiplier {bfd_multiplier}; }}; }}\n" + sessions
     )
 
 
@@ -706,12 +722,15 @@ def discover_two(prefix: str) -> TwoRouters | None:
     return describe_two(prefix, n) if n else None
 
 
-def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
+def build_two_routers(
+    prefix: str, members: int = 3, *, echo: bool = True, bfd: tuple[int, int] = (100, 3)
+) -> TwoRouters:
+    """`bfd`: the upstream's BFD interval (ms) and multiplier."""
     two = describe_two(prefix, members)
     lab = two.lab
     destroy(prefix)
     try:
-        _build_two(two)
+        _build_two(two, bfd)
         if echo:
             start_echo(lab)
     except BaseException:
@@ -720,7 +739,7 @@ def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> Tw
     return two
 
 
-def _build_two(two: TwoRouters) -> None:
+def _build_two(two: TwoRouters, bfd: tuple[int, int] = (100, 3)) -> None:
     lab = two.lab
     lab.workdir.mkdir(parents=True, exist_ok=True)
     _ip_batch(None, [f"netns add {ns}" for ns in two.namespaces])
@@ -747,6 +766,7 @@ def _build_two(two: TwoRouters) -> None:
             "link set c0 up",
             "link add br0 type bridge",
             f"addr add {UPSTREAM_LINK4}/26 dev br0",
+            f"addr add {UPSTREAM_LINK6}/64 dev br0 nodad",
             "link set br0 up",
         ]
         + [
@@ -759,6 +779,7 @@ def _build_two(two: TwoRouters) -> None:
         lines = [
             "link set lo up",
             f"addr add {ROUTER_LINK4[ri - 1]}/26 dev {lab.uplink}",
+            f"addr add {ROUTER_LINK6[ri - 1]}/64 dev {lab.uplink} nodad",
             f"link set {lab.uplink} up",
         ]
         for m in lab.members:
@@ -799,14 +820,17 @@ def _build_two(two: TwoRouters) -> None:
     _setup_members(lab, ("eth1", "eth2"))
     log = lab.workdir / "upstream-bird.log"
     conf = lab.workdir / "upstream-bird.conf"
-    conf.write_text(upstream_bird_conf(str(log)))
+    conf.write_text(upstream_bird_conf(str(log), *bfd))
     pid = lab.workdir / "upstream-bird.pid"
     run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
 
 
 def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
     """The nexthops (router addresses) of the upstream's kernel route to `vip`."""
-    routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
+    if ":" in vip:
+        routes = ip_json(two.upstream_ns, ["-6", "route", "show", f"{vip}/128"])
+    else:
+        routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
     hops: list[str] = []
     for r in routes:
         if "gateway" in r:
