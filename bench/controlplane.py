@@ -217,16 +217,14 @@ def commit_grid(prefix: str, members: list[int], bits: list[int], repeats: int) 
 
 
 def inner_grid(members: list[int], bits_list: list[int], repeats: int) -> list[dict[str, Any]]:
-    from pyroute2 import IPRoute
-
     from bench.partition import fake_wiring, observed_for, spec_for, weights
     from vipctl.backends import nft as kernel
     from vipctl.core.partition import compute
+    from vipctl.host import links
     from vipctl.render.nft import Observed, build_table, transaction
     from vipctl.render.wiring import Wiring
 
-    with IPRoute() as ipr:
-        index = {str(link.get_attr("IFLA_IFNAME")): int(link["index"]) for link in ipr.get_links()}
+    index = links.names()
     rows: list[dict[str, Any]] = []
     for n in members:
         wiring = Wiring(

@@ -41,7 +41,9 @@ def _p95(values: list[float]) -> float | None:
 
 def inner(members: list[str], trials: int, echo_port: int, timeout: float) -> dict[str, Any]:
     import nftables
-    from pyroute2 import IPRoute
+
+    from vipctl.host import links
+    from vipctl.host import netlink as nl
 
     nft = nftables.Nftables()
     nft.set_json_output(True)
@@ -79,54 +81,57 @@ def inner(members: list[str], trials: int, echo_port: int, timeout: float) -> di
     plain = nftables.Nftables()
     out: dict[str, Any] = {}
     by_name: dict[str, int] = {}
-    with IPRoute() as ipr:
-        index = {p: int(ipr.link_lookup(ifname=p)[0]) for p in members}
-        by_name.update(
-            {f"web{p.removeprefix('m')}": i for p, i in index.items()}
-        )  # the lab's names
-        if wait(max(index.values()), True) is None or not all(i in alive() for i in index.values()):
-            raise RuntimeError("the daemon never made every member alive")
-        for kind in ("probe", "link"):
-            times: list[float] = []
-            restore: list[float] = []
-            timeouts = 0
-            for t in range(trials):
-                port = members[t % len(members)]
-                ifx = index[port]
-                if kind == "probe":
-                    rc, _, err = plain.cmd(
-                        "table netdev bench_fail { chain out { type filter hook egress device "
-                        f'"{port}" priority -10; policy accept; tcp dport {echo_port} drop; '
-                        "}; }"
-                    )
-                    if rc != 0:
-                        raise RuntimeError(err)
-                else:
-                    ipr.link("set", index=ifx, state="down")
-                t0 = time.perf_counter()
-                done = wait(ifx, False)
-                if kind == "probe":
-                    plain.cmd("delete table netdev bench_fail")
-                else:
-                    ipr.link("set", index=ifx, state="up")
-                if done is None:
-                    timeouts += 1
-                else:
-                    times.append((done - t0) * 1000)
-                t1 = time.perf_counter()
-                back = wait(ifx, True)
-                if back is None:
-                    raise RuntimeError(f"{port} did not come back after {kind} trial {t}")
-                restore.append((back - t1) * 1000)
-                time.sleep(0.3)  # let the member's rise/fall counters settle
-            out[kind] = {
-                "trials": trials,
-                "timeouts": timeouts,
-                "failover_ms": summary(times, 1),
-                "p95_ms": _p95(times),
-                "restore_ms": summary(restore, 1),
-                "samples_ms": [round(x, 1) for x in times],
-            }
+
+    def set_up(ifx: int, up: bool) -> None:
+        with nl.connection() as sock:
+            change = nl.ifinfomsg(index=ifx, flags=nl.IFF_UP if up else 0, change=nl.IFF_UP)
+            sock.request(nl.RTM_NEWLINK, change)
+
+    index = {p: links.ifindex(p) for p in members}
+    by_name.update({f"web{p.removeprefix('m')}": i for p, i in index.items()})  # the lab's names
+    if wait(max(index.values()), True) is None or not all(i in alive() for i in index.values()):
+        raise RuntimeError("the daemon never made every member alive")
+    for kind in ("probe", "link"):
+        times: list[float] = []
+        restore: list[float] = []
+        timeouts = 0
+        for t in range(trials):
+            port = members[t % len(members)]
+            ifx = index[port]
+            if kind == "probe":
+                rc, _, err = plain.cmd(
+                    "table netdev bench_fail { chain out { type filter hook egress device "
+                    f'"{port}" priority -10; policy accept; tcp dport {echo_port} drop; '
+                    "}; }"
+                )
+                if rc != 0:
+                    raise RuntimeError(err)
+            else:
+                set_up(ifx, False)
+            t0 = time.perf_counter()
+            done = wait(ifx, False)
+            if kind == "probe":
+                plain.cmd("delete table netdev bench_fail")
+            else:
+                set_up(ifx, True)
+            if done is None:
+                timeouts += 1
+            else:
+                times.append((done - t0) * 1000)
+            t1 = time.perf_counter()
+            back = wait(ifx, True)
+            if back is None:
+                raise RuntimeError(f"{port} did not come back after {kind} trial {t}")
+            restore.append((back - t1) * 1000)
+            time.sleep(0.3)  # let the member's rise/fall counters settle
+        out[kind] = {
+            "trials": trials,
+            "timeouts": timeouts,
+            "failover_ms": summary(times, 1),
+            "p95_ms": _p95(times),
+            "restore_ms": summary(restore, 1),
+            "samples_ms": [round(x, 1) for x in times],
+        }
     return out
 
 

@@ -268,9 +268,9 @@ def markdown(res: dict[str, Any], images: list[str]) -> str:
         "The data-plane rows are this run's, with "
         f"{res.get('dataplane', {}).get('flows', 4096)} sources: they compare variants and "
         "show how throughput scales with members and buckets. The default ruleset's cost "
-        "with 65536 sources (where per-flow state shows) is in \"Flow affinity's cost\" "
+        'with 65536 sources (where per-flow state shows) is in "Flow affinity\'s cost" '
         "below (`python -m bench.affinity`), and the command-line times and the daemon's "
-        "RSS in \"Command line\" (`python -m bench.cli`): each figure in one place, with "
+        'RSS in "Command line" (`python -m bench.cli`): each figure in one place, with '
         "the command that measured it.\n"
     )
     dp = res.get("dataplane")

@@ -36,13 +36,16 @@ GOAL_P95_MS = 150
 
 def inner(vip: str, ctl: str, trials: int, timeout: float) -> dict[str, Any]:
     """Runs in the upstream namespace: the trials, as a JSON object."""
-    from pyroute2 import IPRoute
+    from vipctl.host import links
+    from vipctl.host import netlink as nl
 
     r1, r2 = labmod.ROUTER_LINK4
 
-    def nexthops(ipr: Any) -> set[str]:
+    def nexthops(sock: nl.NetlinkSocket) -> set[str]:
         hops: set[str] = set()
-        for msg in ipr.get_routes(family=socket.AF_INET, table=254):
+        for msg in sock.dump(nl.RTM_GETROUTE, nl.rtmsg(socket.AF_INET)):
+            if msg.get_attr("RTA_TABLE", msg["table"]) != nl.RT_TABLE_MAIN:
+                continue
             if msg.get_attr("RTA_DST") != vip or msg["dst_len"] != 32:
                 continue
             if msg.get_attr("RTA_GATEWAY"):
@@ -64,7 +67,11 @@ def inner(vip: str, ctl: str, trials: int, timeout: float) -> dict[str, Any]:
         up = {line.split()[0] for line in out.splitlines() if " Up " in f" {line} "}
         return {r1, r2} <= up
 
-    def wait(ipr: Any, want: set[str], limit: float) -> float | None:
+    def set_up(sock: nl.NetlinkSocket, index: int, up: bool) -> None:
+        change = nl.ifinfomsg(index=index, flags=nl.IFF_UP if up else 0, change=nl.IFF_UP)
+        sock.request(nl.RTM_NEWLINK, change)
+
+    def wait(ipr: nl.NetlinkSocket, want: set[str], limit: float) -> float | None:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < limit:
             if nexthops(ipr) == want:
@@ -74,8 +81,8 @@ def inner(vip: str, ctl: str, trials: int, timeout: float) -> dict[str, Any]:
 
     times: list[float] = []
     timeouts = 0
-    with IPRoute() as ipr:
-        port = ipr.link_lookup(ifname="r1")[0]
+    with nl.NetlinkSocket() as ipr:
+        port = links.ifindex("r1")
         if wait(ipr, {r1, r2}, 60) is None:
             raise RuntimeError("the upstream never had both routers' paths")
         for _ in range(trials):
@@ -84,10 +91,10 @@ def inner(vip: str, ctl: str, trials: int, timeout: float) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the BFD sessions did not come up")
                 time.sleep(0.05)
-            ipr.link("set", index=port, state="down")
+            set_up(ipr, port, False)
             t0 = time.perf_counter()
             done = wait(ipr, {r2}, timeout)
-            ipr.link("set", index=port, state="up")
+            set_up(ipr, port, True)
             if done is None:
                 timeouts += 1
             else:

@@ -3,6 +3,7 @@ nftables rulesets (no vipctl code), so later kernel tests can trust what they me
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -181,17 +182,19 @@ def test_probe_shows_missing_and_duplicate_replies(lab: LabFactory) -> None:
 
 
 def test_probe_cli_summary(lab: LabFactory) -> None:
+    """`probe --json`: the whole summary, exit 0 when every source got exactly one reply,
+    and exit 1 with the sources counted under <none> when nothing answers."""
     lb = lab(1)
+    argv = traffic._python_argv(
+        "probe", "--lab", lb.prefix, "--vip", lb.vip4, "--sources", "10.99.0.0/28", "--json"
+    )
+    silent = labmod.run_in(None, [*argv, "--timeout", "0.3"], check=False)
+    assert silent.returncode == 1
+    assert json.loads(silent.stdout) == {"vip": lb.vip4, "sources": 16, "replies": {"<none>": 16}}
     nft(lb, steer_to(lb, 1))
-    out = labmod.run_in(
-        None,
-        [
-            *traffic._python_argv(
-                "probe", "--lab", lb.prefix, "--vip", lb.vip4, "--sources", "10.99.0.0/24", "--json"
-            )
-        ],
-    ).stdout
-    assert '"replies": {"web1": 256}' in out
+    served = labmod.run_in(None, argv, check=False)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout) == {"vip": lb.vip4, "sources": 16, "replies": {"web1": 16}}
 
 
 # --------------------------------------------------------------------------- numbered

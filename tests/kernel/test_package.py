@@ -148,6 +148,11 @@ def test_package_installs_verifies_lints_and_purges_clean(debs: tuple[Path, Path
         "/usr/share/vipctl/grafana/vipctl.json",
     ):
         assert Path(want) in paths, want
+    # the router's package carries vipctl but not the demo/test tooling, nor pyroute2
+    site = [p for p in paths if "site-packages" in p.parts]
+    assert any(p.parts[-2:] == ("vipctl", "controller.py") for p in site)
+    assert [p for p in site if "lab" in p.parts and "vipctl" in p.parts] == []
+    assert [p for p in site if any(part.startswith("pyroute2") for part in p.parts)] == []
     extra = [Path("/var/lib/vipctl"), Path("/etc/vipctl"), Path("/usr/lib/vipctl")]
     existed = {p for p in [*paths, *extra] if os.path.lexists(p)}
 

@@ -260,8 +260,9 @@ def test_rebalance_dry_run_counts_pinned_flows_in_moving_buckets(topo: Lab, tmp_
         cluster.apply()
         sources = moving_sources(cluster, "web3=4", 24)
         traffic.probe(topo, topo.vip4, sources, sport=43000)
-        args = ("rebalance", str(cluster.path), "--weights", "web3=4", "--dry-run")
-        assert "live pinned flows in the moving buckets: 24" in cluster.run(*args).stdout
+        args = ("rebalance", str(cluster.path), "--weights", "web3=4", "--dry-run", "--json")
+        report = json.loads(cluster.run(*args).stdout)
+        assert (report["pinned_in_moved_buckets"], report["pinned_unknown_bucket"]) == (24, 0)
     finally:
         cluster.down()
 

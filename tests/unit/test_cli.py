@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 
 
 @pytest.fixture
@@ -94,3 +95,18 @@ def test_which_from_the_spec(spec_file: Path) -> None:
 def test_version() -> None:
     code, out, _ = run("--version")
     assert code == 0 and out.startswith("vipctl ")
+
+
+@pytest.mark.parametrize("command", [["lab", "down"], ["lab", "probe"], ["lab", "up"]])
+def test_lab_says_it_is_not_installed_when_vipctl_lab_is_missing(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """The Debian package leaves vipctl/lab out (scripts/build-deb): `vipctl lab` then says
+    so, exit 1, no traceback. sys.modules[...] = None is how Python marks a module that
+    cannot be imported (find_spec answers None, import raises)."""
+    monkeypatch.setitem(sys.modules, "vipctl.lab", None)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 1
+    assert "the lab tooling (vipctl.lab" in result.stderr
+    assert "not installed" in result.stderr and "source checkout" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
 from typer.utils import get_params_from_function
 
+from tests.unit.clirunner import cli_runner
 from vipctl.cli import app as cli_app
 from vipctl.cli import commands, fast, fastgen, fastgrammar
 from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 TYPER = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 
 

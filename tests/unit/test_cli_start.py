@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl import __version__
 from vipctl.cli.app import _command_name, app, app_for
 
-runner = CliRunner()
+runner = cli_runner()
 
 
 def _names() -> list[str]:
@@ -57,7 +57,7 @@ def test_one_command_app_builds_that_command_exactly(name: str) -> None:
 def test_anything_else_gets_the_whole_app(args: list[str]) -> None:
     assert app_for(args) is app
     result = runner.invoke(app_for(["nosuch"]), ["nosuch"])
-    assert result.exit_code == 2 and "No such command" in result.output
+    assert result.exit_code == 2 and "No such command" in result.stderr
 
 
 def test_version_answers_before_any_import() -> None:

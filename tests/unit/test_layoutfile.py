@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl.cli.app import app
 from vipctl.core import layoutfile
 from vipctl.core import plan as planning
@@ -65,14 +65,16 @@ def test_apply_with_a_bad_layout_exits_78_and_writes_no_state(tmp_path: Path) ->
     for text in ("not json", "[]", json.dumps({"version": 1})):
         bad.write_text(text)
         state = tmp_path / "state"
-        result = CliRunner().invoke(
+        result = cli_runner().invoke(
             app, ["apply", str(SPEC), "--layout", str(bad), "--state-dir", str(state)]
         )
         assert result.exit_code == 78, result.output
         assert result.stderr.startswith(f"{bad}: ")
-        assert "Traceback" not in result.output
+        assert "Traceback" not in result.stdout + result.stderr
         assert not state.exists() or not list(state.glob("*.json"))
-    missing = CliRunner().invoke(app, ["apply", str(SPEC), "--layout", str(tmp_path / "nope.json")])
+    missing = cli_runner().invoke(
+        app, ["apply", str(SPEC), "--layout", str(tmp_path / "nope.json")]
+    )
     assert missing.exit_code == 78 and "cannot read" in missing.stderr
 
 

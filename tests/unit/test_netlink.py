@@ -47,6 +47,7 @@ HEADERS = (
     "linux/netfilter/nfnetlink.h",
     "linux/netfilter/nf_tables.h",
     "linux/sched.h",
+    "linux/pkt_sched.h",
 )
 NOT_IN_THE_HEADERS = {"RECV_BUFFER", "DUMP_RETRIES", "NFTNL_UDATA_RULE_COMMENT"}  # libnftnl's
 # linux/netdev.h (Linux >= 6.3) is newer than Debian 12's linux-libc-dev (6.1): checked
@@ -87,6 +88,9 @@ LAYOUT = {
     "offsetof(struct ndmsg, ndm_type)": 11,
     "sizeof(struct rtnexthop)": nl.RTNEXTHOP.size,
     "offsetof(struct rtnexthop, rtnh_ifindex)": 4,
+    "sizeof(struct tcmsg)": nl.TCMSG.size,
+    "offsetof(struct tcmsg, tcm_ifindex)": 4,
+    "offsetof(struct tcmsg, tcm_info)": 16,
     "sizeof(struct nfgenmsg)": nl.NFGENMSG.size,
     "offsetof(struct nfgenmsg, res_id)": 2,
 }

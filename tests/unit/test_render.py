@@ -137,10 +137,6 @@ def test_update_batch_keeps_pins_and_hooks_and_deletes_the_removed_member() -> N
         assert all(batch.index(line) > last_add for line in deletes)
 
 
-def test_examples_exist() -> None:
-    assert len(EXAMPLES) >= 4
-
-
 SPEC = """
 cluster: t
 vips: [198.51.100.253, "2001:db8:f::253"]

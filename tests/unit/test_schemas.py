@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from tests.schemacheck import errors
+from tests.unit.clirunner import cli_runner
 from tests.unit.test_controller import Rig, make_spec
 from vipctl import controller
 from vipctl.cli.app import app
@@ -19,7 +19,7 @@ from vipctl.core import schemas
 from vipctl.core.partition import fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 
 
 @pytest.fixture

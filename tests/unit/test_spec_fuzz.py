@@ -10,13 +10,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from tests.specfuzz import YAML_SNIPPETS, dump, mutated_specs, valid_specs
+from tests.unit.clirunner import cli_runner
 from vipctl.cli.app import app
 from vipctl.core.spec import load_spec, parse_spec
 
-runner = CliRunner()
+runner = cli_runner()
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

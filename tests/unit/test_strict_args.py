@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from tests.unit.clirunner import cli_runner
 from vipctl import controller, statefile
 from vipctl.cli.app import app
 from vipctl.core import plan as planning
@@ -24,7 +24,7 @@ from vipctl.core.spec import load_text
 from vipctl.errors import BusyError, StateError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
-runner = CliRunner()
+runner = cli_runner()
 
 
 class _NoKernel:

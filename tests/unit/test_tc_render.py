@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -203,5 +203,26 @@ def test_encoding_round_trips(mode: str, classifier: tcnl.Classifier) -> None:
         assert live.flags == tcnl.SKIP_HW and live.kind == classifier
 
 
-def test_offload_policy_maps_to_flower_flags() -> None:
-    assert tcnl.OFFLOAD_FLAGS == {"none": tcnl.SKIP_HW, "prefer": 0, "require": tcnl.SKIP_SW}
+@pytest.mark.parametrize("classifier", ["flower", "u32"])
+def test_offload_policy_reaches_the_filters_flags(classifier: tcnl.Classifier) -> None:
+    """Every `offload` a spec accepts is encoded into the classifier's flags attribute as
+    its documented meaning: none = software only (skip_hw), require = hardware only
+    (skip_sw), prefer = neither (the kernel tries hardware, falls back to software). The
+    flag numbers are checked against pkt_cls.h in test_tc_uapi."""
+    accepted = set(get_args(Spec.model_fields["offload"].annotation))
+    assert set(tcnl.OFFLOAD_FLAGS) == accepted
+    spec = make_spec(3, "steer")
+    f = ruleset(spec).filters[0]
+    for policy in sorted(accepted):
+        spec_with = spec.model_copy(update={"offload": policy})
+        flags = tcnl.OFFLOAD_FLAGS[spec_with.offload]
+        wire = tcnl.filter_bytes(f, 2, classifier, flags, None)
+        live = tcnl.decode_filter(tcnl.decode_message(wire), {})
+        assert live is not None
+        software_only = bool(live.flags & tcnl.SKIP_HW)
+        hardware_only = bool(live.flags & tcnl.SKIP_SW)
+        assert (software_only, hardware_only) == {
+            "none": (True, False),
+            "prefer": (False, False),
+            "require": (False, True),
+        }[policy]

@@ -9,22 +9,24 @@ and compared with what `tcnl.filter_bytes` sends. Where the kernel's semantics a
 the kernel does and checks the result.
 
 `test_numbers_are_the_installed_headers` compiles a C program against the installed headers
-and checks every number and struct layout used here, and every attribute number tcnl
-declares (flower included), against the compiler's answer. It is skipped without a C
-compiler or the headers (`apt-get install linux-libc-dev gcc`).
+and checks every number and struct layout used here, and every number and struct tcnl (and
+host/netlink.py for tc) declares (flower included), against the compiler's answer. It is
+skipped without a C compiler or the headers (`apt-get install linux-libc-dev gcc`).
 """
 
 from __future__ import annotations
 
+import platform
 import socket
 import struct
 import sys
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tests.unit.cheaders import header_values
 from vipctl.backends import tcnl
+from vipctl.host import netlink as nl
 from vipctl.render.tc import Gact, Match, Mirred, SetEthDst, TcFilter
 
 # --- linux/netlink.h --------------------------------------------------------------------
@@ -459,7 +461,16 @@ _HEADER_NAMES = (
 # every number of this module that is a header's macro or enum member, by its name
 NUMBERS = {name: globals()[name] for name in _HEADER_NAMES.split()}
 
+# the structs tcnl and netlink.py pack (spelt `sizeof (...)`: the keys below check this
+# test's own layouts)
 LAYOUT = {
+    "sizeof (struct tc_gact)": tcnl.TC_GACT.size,
+    "sizeof (struct tc_mirred)": tcnl.TC_MIRRED.size,
+    "sizeof (struct tc_pedit_sel)": tcnl.TC_PEDIT_SEL.size,
+    "sizeof(struct tc_pedit_key) - offsetof(struct tc_pedit_key, off)": tcnl.TC_PEDIT_KEY_TAIL.size,
+    "offsetof(struct tc_u32_sel, keys)": tcnl.TC_U32_SEL.size,
+    "sizeof(struct tc_u32_key) - offsetof(struct tc_u32_key, off)": tcnl.TC_U32_KEY_OFF.size,
+    "sizeof (struct tcmsg)": nl.TCMSG.size,
     "sizeof(struct nlmsghdr)": NLMSGHDR.size,
     "sizeof(struct nlattr)": NLATTR.size,
     "sizeof(struct tcmsg)": TCMSG.size,
@@ -485,40 +496,30 @@ LAYOUT = {
 
 
 def tcnl_attribute_numbers() -> dict[str, int]:
-    """Every attribute name -> number tcnl declares on its pyroute2 classes."""
-    classes: list[Any] = [
-        tcnl.TcMsg,
-        tcnl.flower_options,
-        tcnl.u32_options,
-        tcnl.act_prio.tca_act,
-        tcnl.gact_options,
-        tcnl.mirred_options,
-        tcnl.pedit_options,
-        tcnl.pedit_options.keys_ex,
-        tcnl.pedit_options.keys_ex.key_ex,
-    ]
-    out = {name: num for cls in classes for num, name, *_ in cls.nla_map}
+    """Every attribute name -> number tcnl (and netlink.py for tc) declares."""
+    out = {name: num for table in tcnl.ATTRIBUTE_TABLES for num, (name, _) in table.items()}
     out |= {
-        "RTM_NEWTFILTER": tcnl.RTM_NEWTFILTER,
-        "RTM_DELTFILTER": tcnl.RTM_DELTFILTER,
-        "RTM_GETTFILTER": tcnl.RTM_GETTFILTER,
-        "RTM_NEWQDISC": tcnl.RTM_NEWQDISC,
-        "RTM_DELQDISC": tcnl.RTM_DELQDISC,
-        "RTM_GETQDISC": tcnl.RTM_GETQDISC,
-        "RTM_NEWCHAIN": tcnl.RTM_NEWCHAIN,
-        "RTM_DELCHAIN": tcnl.RTM_DELCHAIN,
-        "RTM_GETCHAIN": tcnl.RTM_GETCHAIN,
-        "TC_H_CLSACT": tcnl.TC_H_CLSACT,
-        "TC_H_MIN_INGRESS": tcnl.TC_H_MIN_INGRESS,
-        "TC_H_MIN_EGRESS": tcnl.TC_H_MIN_EGRESS,
+        "RTM_NEWTFILTER": nl.RTM_NEWTFILTER,
+        "RTM_DELTFILTER": nl.RTM_DELTFILTER,
+        "RTM_GETTFILTER": nl.RTM_GETTFILTER,
+        "RTM_NEWQDISC": nl.RTM_NEWQDISC,
+        "RTM_DELQDISC": nl.RTM_DELQDISC,
+        "RTM_GETQDISC": nl.RTM_GETQDISC,
+        "RTM_NEWCHAIN": nl.RTM_NEWCHAIN,
+        "RTM_DELCHAIN": nl.RTM_DELCHAIN,
+        "RTM_GETCHAIN": nl.RTM_GETCHAIN,
+        "TC_H_CLSACT": nl.TC_H_CLSACT,
+        "TC_H_MIN_INGRESS": nl.TC_H_MIN_INGRESS,
+        "TC_H_MIN_EGRESS": nl.TC_H_MIN_EGRESS,
+        "TCA_ACT_MAX_PRIO": tcnl.TCA_ACT_MAX_PRIO,
         "TC_ACT_OK": tcnl.TC_ACT_OK,
         "TC_ACT_SHOT": tcnl.TC_ACT_SHOT,
         "TC_ACT_PIPE": tcnl.TC_ACT_PIPE,
         "TC_ACT_STOLEN": tcnl.TC_ACT_STOLEN,
         "TC_ACT_GOTO_CHAIN": tcnl.TC_ACT_GOTO_CHAIN,
         "TC_ACT_EXT_VAL_MASK": tcnl.TC_ACT_EXT_VAL_MASK,
-        "TCA_EGRESS_REDIR": tcnl.MIRRED_EGRESS_REDIRECT,
-        "TCA_EGRESS_MIRROR": tcnl.MIRRED_EGRESS_MIRROR,
+        "TCA_EGRESS_REDIR": tcnl.TCA_EGRESS_REDIR,
+        "TCA_EGRESS_MIRROR": tcnl.TCA_EGRESS_MIRROR,
         "TCA_PEDIT_KEY_EX_HDR_TYPE_ETH": tcnl.TCA_PEDIT_KEY_EX_HDR_TYPE_ETH,
         "TCA_PEDIT_KEY_EX_CMD_SET": tcnl.TCA_PEDIT_KEY_EX_CMD_SET,
         "TC_U32_TERMINAL": tcnl.TC_U32_TERMINAL,
@@ -526,6 +527,13 @@ def tcnl_attribute_numbers() -> dict[str, int]:
         "TCA_CLS_FLAGS_SKIP_SW": tcnl.SKIP_SW,
         "TCA_CLS_FLAGS_IN_HW": tcnl.IN_HW,
         "TCA_CLS_FLAGS_NOT_IN_HW": tcnl.NOT_IN_HW,
+    }
+    # and every other upper-case integer of tcnl is a header's name
+    aliases = {"SKIP_HW", "SKIP_SW", "IN_HW", "NOT_IN_HW", "CLSACT_HANDLE"}
+    out |= {
+        name: value
+        for name, value in vars(tcnl).items()
+        if name.isupper() and isinstance(value, int) and name not in aliases
     }
     # TCA_ACT_PRIO_n is the action's position (1..TCA_ACT_MAX_PRIO), not a header name
     return {k: v for k, v in out.items() if not k.startswith("TCA_ACT_PRIO_")}
@@ -539,3 +547,18 @@ def test_numbers_are_the_installed_headers(tmp_path: Path) -> None:
     assert {n: checks[n] for n in checks if checks[n] != kernel[n]} == {}, "this test's numbers"
     assert {n: (ours[n], kernel[n]) for n in ours if ours[n] != kernel[n]} == {}, "tcnl's"
     assert {e: (v, kernel[e]) for e, v in LAYOUT.items() if v != kernel[e]} == {}, "layout"
+
+
+def test_membarrier_numbers_are_the_installed_headers(tmp_path: Path) -> None:
+    """The tc backend's grace period (backends/tc.py grace_period) calls membarrier by
+    number: this machine's number and the command are the headers'."""
+    from vipctl.backends import tc
+
+    kernel = header_values(
+        tmp_path,
+        ["linux/membarrier.h", "sys/syscall.h"],
+        ["MEMBARRIER_CMD_GLOBAL", "SYS_membarrier"],
+        needs="linux/membarrier.h",
+    )
+    assert kernel["MEMBARRIER_CMD_GLOBAL"] == tc.MEMBARRIER_CMD_GLOBAL
+    assert tc.SYS_MEMBARRIER[platform.machine()] == kernel["SYS_membarrier"]

@@ -7,7 +7,9 @@ Make-before-break (see render/tc.py for the layout):
 3. read the new chain back and compare it with the rendered filters;
 4. flip the dispatcher to the new chain: one RTM_NEWTFILTER with NLM_F_REPLACE, which the
    kernel swaps under RCU, so every packet is classified by exactly one generation;
-5. delete the old generation's chains (RTM_DELCHAIN flushes a chain in one operation).
+5. wait an RCU grace period (packets already past the old dispatcher finish in the old
+   chain and are judged by the old selectors), then delete the old generation's chains
+   (RTM_DELCHAIN flushes a chain in one operation).
 
 Any failure in 1-3 removes what 2 added (and a clsact qdisc this call created): the live
 generation is never touched, nothing is half-installed. Works in the network namespace
@@ -16,27 +18,22 @@ the process runs in.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from vipctl.backends import tcnl
 from vipctl.backends.base import Live, Plan, text_digest
-from vipctl.backends.tcnl import (
-    OFFLOAD_FLAGS,
-    Classifier,
-    LiveFilter,
-    TcError,
-    TcSocket,
-    decode_filter,
-    filter_bytes,
-    filter_message,
-)
+from vipctl.backends.tcnl import OFFLOAD_FLAGS, Classifier, LiveFilter, decode_filter
 from vipctl.core.partition import Layout, Owner, Table
 from vipctl.core.spec import Spec
 from vipctl.core.transition import Moving
 from vipctl.errors import KernelError
 from vipctl.host import links
+from vipctl.host.netlink import NetlinkError, NetlinkSocket
 from vipctl.render.tc import (
     DISPATCH_PRIO,
     ETH_P_ALL,
@@ -95,7 +92,7 @@ def _names() -> dict[int, str]:
     return {index: name for name, index in links.names().items()}
 
 
-def _kernel_error(exc: TcError, what: str) -> KernelError:
+def _kernel_error(exc: NetlinkError, what: str) -> KernelError:
     text = f"{what}: the kernel refused: {exc}"
     if exc.code in (errno.ENOENT, errno.EOPNOTSUPP, errno.EINVAL) and (
         "not found" in exc.message
@@ -107,12 +104,12 @@ def _kernel_error(exc: TcError, what: str) -> KernelError:
     return KernelError(text + ". Nothing changed.")
 
 
-def _is_missing_classifier(exc: TcError) -> bool:
+def _is_missing_classifier(exc: NetlinkError) -> bool:
     return exc.code in (errno.ENOENT, errno.EOPNOTSUPP) and "classifier" in exc.message.lower()
 
 
-def _find_dispatcher(nl: TcSocket, uplink: int, names: dict[int, str]) -> LiveFilter | None:
-    for msg in nl.filters(uplink, "ingress", 0):
+def _find_dispatcher(nl: NetlinkSocket, uplink: int, names: dict[int, str]) -> LiveFilter | None:
+    for msg in tcnl.filters(nl, uplink, "ingress", 0):
         f = decode_filter(msg, names)
         if f is not None and f.prio == DISPATCH_PRIO and f.chain == 0:
             return f
@@ -136,7 +133,7 @@ def observe(spec: Spec) -> TcLive | None:
     if spec.uplink not in names.values():
         return None
     uplink = _ifindex(spec.uplink)
-    with TcSocket() as nl:
+    with NetlinkSocket() as nl:
         disp = _find_dispatcher(nl, uplink, names)
         if disp is None:
             return None
@@ -146,7 +143,7 @@ def observe(spec: Spec) -> TcLive | None:
         slot, generation = target
         chain = SLOT_CHAINS[slot]
         filters: list[LiveFilter] = []
-        for msg in nl.filters(uplink, "ingress", chain):
+        for msg in tcnl.filters(nl, uplink, "ingress", chain):
             f = decode_filter(msg, names)
             if f is not None:
                 filters.append(f)
@@ -155,7 +152,7 @@ def observe(spec: Spec) -> TcLive | None:
                 continue
             idx = _ifindex(m.port)
             for ch in (0, chain):
-                for msg in nl.filters(idx, "egress", ch):
+                for msg in tcnl.filters(nl, idx, "egress", ch):
                     f = decode_filter(msg, names)
                     if f is None:
                         continue
@@ -176,14 +173,14 @@ def _comparable(f: TcFilter | LiveFilter) -> tuple[object, ...]:
     return (f.chain, f.prio, f.match, f.actions)
 
 
-def read_back(nl: TcSocket, ruleset: TcRuleset, names: dict[int, str]) -> list[str]:
+def read_back(nl: NetlinkSocket, ruleset: TcRuleset, names: dict[int, str]) -> list[str]:
     """Differences between the kernel and the rendered filters of `ruleset` (empty: equal)."""
     problems: list[str] = []
     for (dev, hook, chain), want in _groups(ruleset.filters).items():
         idx = _ifindex(dev)
         prios = {f.prio for f in want}
         got = []
-        for msg in nl.filters(idx, hook, chain):
+        for msg in tcnl.filters(nl, idx, hook, chain):
             f = decode_filter(msg, names)
             if f is not None and (chain != 0 or f.prio in prios):
                 got.append(f)
@@ -202,7 +199,7 @@ def read_back(nl: TcSocket, ruleset: TcRuleset, names: dict[int, str]) -> list[s
 def verify(ruleset: TcRuleset) -> list[str]:
     """Compare the kernel with `ruleset` (its chains, selectors and the dispatcher)."""
     names = _names()
-    with TcSocket() as nl:
+    with NetlinkSocket() as nl:
         problems = read_back(nl, ruleset, names)
         disp = _find_dispatcher(nl, _ifindex(ruleset.uplink), names)
     if disp is None or _comparable(disp) != _comparable(ruleset.dispatcher):
@@ -210,29 +207,53 @@ def verify(ruleset: TcRuleset) -> list[str]:
     return problems
 
 
-def _clear_slot(nl: TcSocket, devices: Iterable[tuple[int, str]], slot: int) -> None:
+# linux/membarrier.h; the syscall's number by machine (asm/unistd_64.h, asm-generic/unistd.h)
+MEMBARRIER_CMD_GLOBAL = 1
+SYS_MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+GRACE_FALLBACK_S = 0.05
+
+
+def grace_period() -> None:
+    """Wait until the packets the old generation was judging have left tc, before its
+    chains and port selectors go. The dispatcher's REPLACE is acknowledged while packets
+    that went past the old dispatcher (softirqs on other CPUs) may still be in the old
+    chain, mirroring copies to the ports; a port whose old selector is already deleted
+    passes such a copy unfiltered (duplicates: the QEMU guest's broadcast flip test saw 5
+    in 4 flips once tc requests got fast). membarrier(MEMBARRIER_CMD_GLOBAL) returns after
+    synchronize_rcu() (kernel/sched/membarrier.c), which waits for every such softirq (an
+    RCU reader since 4.20); where it is refused (nohz_full, seccomp, another machine), a
+    pause instead."""
+    number = SYS_MEMBARRIER.get(platform.machine())
+    if number is not None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(number, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0:
+            return
+    time.sleep(GRACE_FALLBACK_S)
+
+
+def _clear_slot(nl: NetlinkSocket, devices: Iterable[tuple[int, str]], slot: int) -> None:
     """Remove a slot's chain and egress selector from the given devices (ENOENT is fine)."""
     chain = SLOT_CHAINS[slot]
     for idx, hook in devices:
         try:
-            nl.del_chain(idx, hook, chain)
-        except TcError as exc:
+            tcnl.del_chain(nl, idx, hook, chain)
+        except NetlinkError as exc:
             if exc.code not in (errno.ENOENT, errno.EINVAL):
                 raise
         if hook != "egress":
             continue
         try:
-            nl.del_filter(idx, hook, 0, SELECT_PRIO + slot, ETH_P_ALL)
-        except TcError as exc:
+            tcnl.del_filter(nl, idx, hook, 0, SELECT_PRIO + slot, ETH_P_ALL)
+        except NetlinkError as exc:
             if exc.code not in (errno.ENOENT, errno.EINVAL):
                 raise
 
 
-def _slot_devices(nl: TcSocket, uplink: int, slot: int, names: dict[int, str]) -> set[int]:
+def _slot_devices(nl: NetlinkSocket, uplink: int, slot: int, names: dict[int, str]) -> set[int]:
     """The ports a generation sends to (its mirred targets): where its egress filters are,
     also for ports that a later spec no longer lists."""
     out: set[int] = set()
-    for msg in nl.filters(uplink, "ingress", SLOT_CHAINS[slot]):
+    for msg in tcnl.filters(nl, uplink, "ingress", SLOT_CHAINS[slot]):
         f = decode_filter(msg, names)
         if f is not None:
             out |= {a.ifindex for a in f.actions if isinstance(a, Mirred)}
@@ -259,7 +280,7 @@ def apply(
     uplink = _ifindex(spec.uplink)
     ports = {m.port: _ifindex(m.port) for m in spec.members if m.port in wiring.ifindex}
     flags = OFFLOAD_FLAGS[spec.offload]
-    with TcSocket() as nl:
+    with NetlinkSocket() as nl:
         disp = _find_dispatcher(nl, uplink, names)
         live = _dispatcher_target(disp, spec.cluster) if disp is not None else None
         if disp is not None and live is None:
@@ -281,8 +302,8 @@ def apply(
         devices = [(uplink, "ingress")] + [(i, "egress") for i in ports.values()]
         try:
             for idx in {uplink, *ports.values()}:
-                if not nl.has_clsact(idx):
-                    nl.add_clsact(idx)
+                if not tcnl.has_clsact(nl, idx):
+                    tcnl.add_clsact(nl, idx)
                     created.append(idx)
             _clear_slot(nl, devices, slot)
             used = _install(nl, ruleset, kinds, flags, devices, slot)
@@ -291,13 +312,13 @@ def apply(
                 raise KernelError(
                     "read-back differs from the rendered filters: " + "; ".join(problems)
                 )
-        except (TcError, KernelError) as exc:
+        except (NetlinkError, KernelError) as exc:
             _undo(nl, devices, slot, created)
-            if isinstance(exc, TcError):
+            if isinstance(exc, NetlinkError):
                 raise _kernel_error(exc, f"cluster {spec.cluster}") from None
             raise
         flip_started = time.perf_counter()
-        msg = filter_message(
+        msg = tcnl.filter_payload(
             ruleset.dispatcher,
             uplink,
             classifier=used,
@@ -305,13 +326,14 @@ def apply(
             handle=disp.handle if disp is not None else None,
         )
         try:
-            nl.add_filter(msg, replace=True, what="flip the dispatcher")
-        except TcError as exc:
+            tcnl.add_filter(nl, msg, replace=True, what="flip the dispatcher")
+        except NetlinkError as exc:
             _undo(nl, devices, slot, created)
             raise _kernel_error(exc, f"cluster {spec.cluster}") from None
         flip_seconds = time.perf_counter() - flip_started
         if live is not None:
             old = _slot_devices(nl, uplink, live[0], names) | set(ports.values())
+            grace_period()
             _clear_slot(nl, [(uplink, "ingress")] + [(i, "egress") for i in old], live[0])
     return TcApplyResult(
         generation=generation,
@@ -325,7 +347,7 @@ def apply(
 
 
 def _install(
-    nl: TcSocket,
+    nl: NetlinkSocket,
     ruleset: TcRuleset,
     kinds: list[Classifier],
     flags: int,
@@ -335,12 +357,13 @@ def _install(
     for n, kind in enumerate(kinds):
         try:
             for f in ruleset.filters:
-                nl.add_filter(
-                    filter_bytes(f, _ifindex(f.dev), kind, flags, None),
+                tcnl.add_filter(
+                    nl,
+                    tcnl.filter_payload(f, _ifindex(f.dev), classifier=kind, flags=flags),
                     what=f"add {kind} filter {f.dev} {f.hook} chain {f.chain} prio {f.prio}",
                 )
             return kind
-        except TcError as exc:
+        except NetlinkError as exc:
             if n + 1 < len(kinds) and _is_missing_classifier(exc):
                 _clear_slot(nl, devices, slot)
                 continue
@@ -348,12 +371,12 @@ def _install(
     raise AssertionError("no classifier to try")
 
 
-def _undo(nl: TcSocket, devices: list[tuple[int, str]], slot: int, created: list[int]) -> None:
+def _undo(nl: NetlinkSocket, devices: list[tuple[int, str]], slot: int, created: list[int]) -> None:
     try:
         _clear_slot(nl, devices, slot)
         for idx in created:
-            nl.del_clsact(idx)
-    except TcError:
+            tcnl.del_clsact(nl, idx)
+    except NetlinkError:
         pass  # best effort: the live generation was never touched
 
 
@@ -363,14 +386,14 @@ def delete(spec: Spec) -> bool:
     if spec.uplink not in names.values():
         return False
     uplink = _ifindex(spec.uplink)
-    with TcSocket() as nl:
+    with NetlinkSocket() as nl:
         disp = _find_dispatcher(nl, uplink, names)
         if disp is None or _dispatcher_target(disp, spec.cluster) is None:
             return False
         ports = {_ifindex(m.port) for m in spec.members if m.port in names.values()}
         for slot in SLOT_CHAINS:
             ports |= _slot_devices(nl, uplink, slot, names)
-        nl.del_filter(uplink, "ingress", 0, DISPATCH_PRIO, ETH_P_ALL)
+        tcnl.del_filter(nl, uplink, "ingress", 0, DISPATCH_PRIO, ETH_P_ALL)
         for slot in SLOT_CHAINS:
             _clear_slot(nl, [(uplink, "ingress")] + [(i, "egress") for i in ports], slot)
     return True

@@ -320,13 +320,16 @@ def rebalance(
     if dry_run or as_json:
         change = planning.Change(previous, result.layout)
         data = planning.report(spec, change)
-        if as_json:
+        pins = _pins_moving(spec, change.moved) if previous is not None and dry_run else None
+        if pins is not None:
+            data["pinned_in_moved_buckets"], data["pinned_unknown_bucket"] = pins
+        if as_json:  # the report of `plan --json`, and what happened
             data["dry_run"] = dry_run
             data["generation"] = result.generation
             echo(json.dumps(data, indent=2))
             return
         echo(planning.render_report(data))
-        _print_pins_moving(spec, change.moved)
+        _print_pins_moving(spec, change.moved, pins)
         echo("dry run: nothing changed", err=True)
         return
     _print_apply(spec, result, dry_run=False, diff=False)

@@ -1,7 +1,13 @@
-"""`vipctl lab up | probe | down`: the demo topology of vipctl/lab/ in network namespaces."""
+"""`vipctl lab up | probe | down`: the demo topology of vipctl/lab/ in network namespaces.
+
+vipctl/lab is demo and test tooling: it runs from a source checkout (tests, bench and this
+command use it there) and is left out of the Debian package (scripts/build-deb), where
+`vipctl lab` says so instead of failing on an import.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Annotated
 
@@ -11,6 +17,25 @@ from vipctl.cli.common import load
 from vipctl.core.partition import bucket_of
 
 app = typer.Typer(help="A demo cluster (router, members, client) in network namespaces.")
+
+LAB_MISSING = (
+    "vipctl: the lab tooling (vipctl.lab: topology, traffic, echo) is not installed. It is "
+    "demo and test tooling that the Debian package leaves out; run `vipctl lab` from a "
+    "source checkout (./scripts/install-deps, then .venv/bin/vipctl lab ...)"
+)
+
+
+def lab_installed() -> bool:
+    return importlib.util.find_spec("vipctl.lab") is not None
+
+
+@app.callback()
+def _require_lab() -> None:
+    # runs before every `vipctl lab` subcommand (not for --help)
+    if not lab_installed():
+        typer.echo(LAB_MISSING, err=True)
+        raise typer.Exit(1)
+
 
 LabPrefix = Annotated[
     str, typer.Option("--prefix", help="namespace name prefix", show_default=True)

@@ -1,6 +1,7 @@
 """A small netlink client of vipctl's own: the few rtnetlink and nfnetlink messages vipctl
-reads and sends (links, addresses, routes, neighbours; nftables tables, chains, sets and
-rules), stdlib only.
+reads and sends (links, addresses, routes, neighbours; tc qdiscs, filters and chains;
+nftables tables, chains, sets and rules), stdlib only. It is vipctl's only netlink stack:
+backends/tcnl.py builds the tc classifier and action attributes on these helpers.
 
 Why not pyroute2 on these paths: importing any part of it (even its exceptions) runs
 pyroute2/__init__, which imports conntrack, ipdb, ndb and asyncio: 70-100 ms at every start
@@ -14,6 +15,10 @@ reads: names as str, numbers as int, addresses as canonical text, MACs as lowerc
 "aa:bb:cc:dd:ee:ff", a route's RTA_MULTIPATH as a list of nexthop messages (``hop["oif"]``),
 a set's NFTA_SET_FLAGS as the frozenset of NFT_SET_* names, and a rule's
 NFTA_RULE_USERDATA as its comment (libnftnl's udata TLVs).
+
+tc messages decode their header (struct tcmsg), TCA_KIND and TCA_CHAIN here; TCA_OPTIONS is
+kept as bytes, because what it holds depends on TCA_KIND (backends/tcnl.py decodes it with
+`parse_attr_list`, which keeps the order and repetitions of nested attributes).
 
 A refused request raises NetlinkError (``.code`` is the errno); data that does not parse
 (truncated, lengths that do not add up) raises NetlinkDecodeError, never struct.error.
@@ -78,6 +83,20 @@ RTM_GETROUTE = 26
 RTM_NEWNEIGH = 28
 RTM_DELNEIGH = 29
 RTM_GETNEIGH = 30
+RTM_NEWQDISC = 36
+RTM_DELQDISC = 37
+RTM_GETQDISC = 38
+RTM_NEWTFILTER = 44
+RTM_DELTFILTER = 45
+RTM_GETTFILTER = 46
+RTM_NEWCHAIN = 100
+RTM_DELCHAIN = 101
+RTM_GETCHAIN = 102
+
+# enum { TCA_UNSPEC, TCA_KIND, TCA_OPTIONS, ... TCA_CHAIN = 11, ... }: struct tcmsg's attributes
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_CHAIN = 11
 
 # enum rtattr_type_t
 RTA_DST = 1
@@ -94,6 +113,11 @@ RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_NOWHERE = 255
 RT_TABLE_MAIN = 254
+
+# --- linux/pkt_sched.h ----------------------------------------------------------------
+TC_H_CLSACT = 0xFFFFFFF1  # TC_H_INGRESS: the clsact qdisc's parent
+TC_H_MIN_INGRESS = 0xFFF2
+TC_H_MIN_EGRESS = 0xFFF3
 
 # --- linux/if_link.h, linux/if.h ------------------------------------------------------
 IFLA_IFNAME = 3
@@ -187,13 +211,17 @@ IFADDRMSG = struct.Struct("=BBBBI")
 RTMSG = struct.Struct("=BBBBBBBBI")
 # struct ndmsg { u8 family, pad1; u16 pad2; s32 ifindex; u16 state; u8 flags, type; }
 NDMSG = struct.Struct("=BxxxiHBB")
+# struct tcmsg { u8 family, pad1; u16 pad2; int ifindex; u32 handle, parent, info; }
+TCMSG = struct.Struct("=BBHiIII")
 # struct rtnexthop { u16 len; u8 flags; u8 hops; int ifindex; }
 RTNEXTHOP = struct.Struct("=HBBi")
 # struct nfgenmsg { u8 nfgen_family; u8 version; __be16 res_id; }
 NFGENMSG = struct.Struct(">BBH")
 
 _I32 = struct.Struct("=i")
+_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
+_BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 
 RECV_BUFFER = 1 << 18  # dump datagrams are <= 32 KiB (af_netlink); one reply may be larger
@@ -201,12 +229,19 @@ DUMP_RETRIES = 3  # NLM_F_DUMP_INTR: the table changed during the dump, which is
 
 
 class NetlinkError(Exception):
-    """The kernel refused a request: NLMSG_ERROR with a negative errno (``code`` > 0)."""
+    """The kernel refused a request: NLMSG_ERROR with a negative errno (``code`` > 0).
+    `what` names the request when the caller gave it (tc's requests do)."""
 
-    def __init__(self, code: int, message: str = "") -> None:
+    def __init__(self, code: int, message: str = "", what: str = "") -> None:
         super().__init__(code, message or os.strerror(code))
         self.code = code
         self.message = message  # the extended ACK's text, when the kernel gave one
+        self.what = what
+
+    def __str__(self) -> str:
+        text = self.message or os.strerror(self.code)
+        name = errno.errorcode.get(self.code, "?")
+        return f"{self.what + ': ' if self.what else ''}{text} (errno {self.code}, {name})"
 
 
 class NetlinkDecodeError(Exception):
@@ -268,8 +303,20 @@ def _u8(data: Buffer) -> int:
     return data[0]
 
 
+def _u16(data: Buffer) -> int:
+    return int(_U16.unpack(data)[0])
+
+
 def _u32(data: Buffer) -> int:
     return int(_U32.unpack(data)[0])
+
+
+def _be16(data: Buffer) -> int:
+    return int(_BE16.unpack(data)[0])
+
+
+def _bytes(data: Buffer) -> bytes:
+    return bytes(data)
 
 
 def _be32(data: Buffer) -> int:
@@ -332,6 +379,10 @@ def _multipath(data: Buffer) -> list[Message]:
 
 AttrTable = Mapping[int, tuple[str, Decoder]]
 
+# The payload decoders, for attribute tables built outside this module (backends/tcnl.py)
+decode_str, decode_bytes, decode_mac = _str, _bytes, _mac
+decode_u8, decode_u16, decode_u32, decode_be16, decode_be32 = _u8, _u16, _u32, _be16, _be32
+
 LINK_ATTRS: AttrTable = {IFLA_IFNAME: ("IFLA_IFNAME", _str), IFLA_MTU: ("IFLA_MTU", _u32)}
 ADDR_ATTRS: AttrTable = {
     IFA_ADDRESS: ("IFA_ADDRESS", _ip),
@@ -376,6 +427,13 @@ RULE_ATTRS: AttrTable = {
 }
 
 
+TC_ATTRS: AttrTable = {
+    TCA_KIND: ("TCA_KIND", _str),
+    TCA_OPTIONS: ("TCA_OPTIONS", _bytes),  # by TCA_KIND: backends/tcnl.py decodes it
+    TCA_CHAIN: ("TCA_CHAIN", _u32),
+}
+
+
 def nft_type(msg: int) -> int:
     """The nlmsg_type of an nf_tables message."""
     return NFNL_SUBSYS_NFTABLES << 8 | msg
@@ -386,6 +444,8 @@ _IFADDR_FIELDS = ("family", "prefixlen", "flags", "scope", "index")
 _RTMSG_FIELDS = ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type", "flags")
 _NDMSG_FIELDS = ("family", "ifindex", "state", "flags", "ndm_type")
 _NFGEN_FIELDS = ("nfgen_family", "version", "res_id")
+_TCMSG_FIELDS = ("family", "pad1", "pad2", "index", "handle", "parent", "info")
+_TC_TYPES = (RTM_NEWQDISC, RTM_DELQDISC, RTM_NEWTFILTER, RTM_DELTFILTER, RTM_NEWCHAIN, RTM_DELCHAIN)
 
 # nlmsg_type -> (fixed header, its field names, attribute table)
 LAYOUTS: dict[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] = {
@@ -393,6 +453,7 @@ LAYOUTS: dict[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] = {
     **{t: (IFADDRMSG, _IFADDR_FIELDS, ADDR_ATTRS) for t in (RTM_NEWADDR, RTM_DELADDR)},
     **{t: (RTMSG, _RTMSG_FIELDS, ROUTE_ATTRS) for t in (RTM_NEWROUTE, RTM_DELROUTE)},
     **{t: (NDMSG, _NDMSG_FIELDS, NEIGH_ATTRS) for t in (RTM_NEWNEIGH, RTM_DELNEIGH)},
+    **{t: (TCMSG, _TCMSG_FIELDS, TC_ATTRS) for t in _TC_TYPES},
     nft_type(NFT_MSG_NEWTABLE): (NFGENMSG, _NFGEN_FIELDS, TABLE_ATTRS),
     nft_type(NFT_MSG_NEWCHAIN): (NFGENMSG, _NFGEN_FIELDS, CHAIN_ATTRS),
     nft_type(NFT_MSG_NEWSET): (NFGENMSG, _NFGEN_FIELDS, SET_ATTRS),
@@ -401,9 +462,9 @@ LAYOUTS: dict[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] = {
 }
 
 
-def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[str, Any]:
-    """The attributes in data[offset:end] that `table` names, decoded; others skipped."""
-    out: dict[str, Any] = {}
+def _attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> Iterator[tuple[str, Any]]:
+    """(name, decoded value) of each attribute in data[offset:end] that `table` names, in
+    order; the others are skipped."""
     while offset + NLATTR.size <= end:
         length, kind = NLATTR.unpack_from(data, offset)
         if length < NLATTR.size or offset + length > end:
@@ -412,13 +473,37 @@ def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[s
         if entry is not None:
             name, decode = entry
             try:
-                out[name] = decode(data[offset + NLATTR.size : offset + length])
+                value = decode(data[offset + NLATTR.size : offset + length])
             except (NetlinkDecodeError, struct.error, ValueError, IndexError, OSError) as exc:
                 raise NetlinkDecodeError(f"{name}: {exc}") from None
+            yield name, value
         offset += align(length)
     if offset < end and any(data[offset:end]):  # fewer than 4 bytes left: padding only
         raise NetlinkDecodeError(f"truncated attribute ({end - offset} bytes)")
-    return out
+
+
+def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[str, Any]:
+    """The attributes in data[offset:end] that `table` names, decoded; others skipped."""
+    return dict(_attrs(data, offset, end, table))
+
+
+class AttrList(list[tuple[str, Any]]):
+    """Attributes in wire order, repetitions kept (what a nested attribute decodes to when
+    order or repetition matters: tc actions, pedit keys)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of the first attribute called `name`."""
+        return next((value for key, value in self if key == name), default)
+
+
+def parse_attr_list(data: Buffer, offset: int, end: int, table: AttrTable) -> AttrList:
+    """Like parse_attrs, as an AttrList: every attribute `table` names, in order."""
+    return AttrList(_attrs(data, offset, end, table))
+
+
+def nested(table: AttrTable) -> Decoder:
+    """The decoder of a nested attribute whose attributes `table` names."""
+    return lambda data: parse_attr_list(data, 0, len(data), table)
 
 
 def decode_message(
@@ -501,8 +586,21 @@ def attr(kind: int, payload: bytes) -> bytes:
     return NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
+def attr_nested(kind: int, *attrs: bytes) -> bytes:
+    """A nested attribute (NLA_F_NESTED set, as the kernel's strict validation wants)."""
+    return attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
 def attr_u8(kind: int, value: int) -> bytes:
     return attr(kind, bytes((value,)))
+
+
+def attr_u16(kind: int, value: int) -> bytes:
+    return attr(kind, _U16.pack(value))
+
+
+def attr_be16(kind: int, value: int) -> bytes:
+    return attr(kind, _BE16.pack(value))
 
 
 def attr_u32(kind: int, value: int) -> bytes:
@@ -555,6 +653,13 @@ def rtmsg(
 
 def ndmsg(family: int, ifindex: int = 0, state: int = 0, flags: int = 0) -> bytes:
     return NDMSG.pack(family, ifindex, state, flags, 0)
+
+
+def tcmsg(
+    family: int = 0, index: int = 0, handle: int = 0, parent: int = 0, info: int = 0
+) -> bytes:
+    """struct tcmsg: `info` is (prio << 16) | protocol in network order for a filter."""
+    return TCMSG.pack(family, 0, 0, index, handle, parent, info)
 
 
 def rtnexthop(ifindex: int, flags: int = 0, hops: int = 0, attrs: bytes = b"") -> bytes:
@@ -795,12 +900,7 @@ NETDEV_XDP_ACT_BASIC = 1  # XDP_PASS, XDP_DROP, XDP_ABORTED, XDP_TX in the drive
 NETDEV_XDP_ACT_REDIRECT = 2  # XDP_REDIRECT from the driver's XDP program
 NETDEV_XDP_ACT_NDO_XMIT = 4  # the device transmits frames other devices' XDP redirects to it
 
-_U16 = struct.Struct("=H")
 _U64 = struct.Struct("=Q")
-
-
-def _u16(data: Buffer) -> int:
-    return int(_U16.unpack_from(data)[0])
 
 
 def _u64(data: Buffer) -> int:
