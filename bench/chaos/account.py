@@ -62,13 +62,22 @@ def windows(ran: Sequence[Ran], grace: float) -> list[Window]:
 
 
 def coinciding(ran: Sequence[Ran], t: float, grace: float) -> Ran | None:
-    """The event running at ``t`` (started last among those whose start..heal+grace holds
-    ``t``), else the last one started before ``t``."""
+    """The event whose last action (start, or heal) came last at or before ``t``, among
+    those running at ``t`` (start..heal+grace); else the last one started before ``t``."""
+
+    def last_action(r: Ran) -> float:
+        return r.heal if r.heal <= t else r.start
+
     live = [r for r in ran if r.start <= t <= r.heal + grace]
     if live:
-        return max(live, key=lambda r: r.start)
+        return max(live, key=last_action)
     before = [r for r in ran if r.start <= t]
     return max(before, key=lambda r: r.start) if before else None
+
+
+def running(ran: Sequence[Ran], t: float, grace: float) -> list[str]:
+    """Labels of every event running at ``t`` (start..heal+grace)."""
+    return [r.event.label() for r in ran if r.start <= t <= r.heal + grace]
 
 
 def nearest_sample(samples: Sequence[Mapping[str, Any]], t: float) -> Mapping[str, Any] | None:
@@ -83,10 +92,10 @@ def nearest_sample(samples: Sequence[Mapping[str, Any]], t: float) -> Mapping[st
 
 
 def judge_connection(rec: Mapping[str, Any], wins: Sequence[Window]) -> str:
-    """``kept`` | ``member_died`` | ``connect_allowed`` | ``violation``."""
+    """``kept`` | ``unfinished`` | ``member_died`` | ``connect_allowed`` | ``violation``."""
     end = rec["end"]
-    if end == "kept":
-        return "kept"
+    if end in ("kept", "unfinished"):  # unfinished: its SYN was sent as the run stopped
+        return end
     if end in NEVER_OPENED:
         lo, hi = rec["t_start"], rec["t_end"]
         ok = any(w.start <= hi and lo <= w.end for w in wins)
@@ -141,7 +150,7 @@ def account(
         v = judge_connection(rec, wins)
         verdicts[v] += 1
         ends[rec["end"]] += 1
-        if v == "kept":
+        if v in ("kept", "unfinished"):
             continue
         ev = coinciding(ran, rec["t_end"], grace)
         if ev is not None:
@@ -159,6 +168,8 @@ def account(
                     "opened": round(rec["t_start"] - t0, 2),
                     "event": ev.event.label() if ev else None,
                     "event_t": round(ev.start - t0, 2) if ev else None,
+                    "event_healed_t": round(ev.heal - t0, 2) if ev and ev.event.heals else None,
+                    "running": running(ran, rec["t_end"], grace),
                     "routers": dict(sample["routers"]) if sample else None,
                     "sample_t": round(sample["t"] - t0, 2) if sample else None,
                 }
@@ -221,6 +232,7 @@ def account(
         "connections": {
             "total": len(conns),
             "kept": verdicts["kept"],
+            "unfinished": verdicts["unfinished"],
             "member_died": verdicts["member_died"],
             "connect_failed_allowed": verdicts["connect_allowed"],
             "violations": verdicts["violation"],
@@ -280,8 +292,12 @@ def table(report: Mapping[str, Any]) -> str:
         for v in report["violations"][:10]:
             lines.append(
                 f"  t={v['t']}s conn {v['conn']} {v['src']} {v['member']} {v['end']} "
-                f"({v['why']}) opened t={v['opened']}s; event: {v['event']} (t={v['event_t']}s)"
+                f"({v['why']}) opened t={v['opened']}s; event: {v['event']} (t={v['event_t']}s"
+                + (f", healed t={v['event_healed_t']}s)" if v["event_healed_t"] else ")")
             )
+            others = [x for x in v["running"] if x != v["event"]]
+            if others:
+                lines.append(f"      also running: {'; '.join(others)}")
             for name, st in (v["routers"] or {}).items():
                 lines.append(f"      {name}: {_router_state(st)}")
     if report.get("commands_failed"):

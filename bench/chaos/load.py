@@ -282,7 +282,9 @@ class TcpLoad:
     def finish(self) -> list[dict[str, Any]]:
         now = time.time()
         for c in list(self.conns.values()):
-            if c.state != "open":
+            if c.state != "open" and now - c.t_start < self.connect_timeout:
+                self.fail(c, "unfinished", now, "still connecting at the end")
+            elif c.state != "open":
                 self.fail(c, "connect-timeout", now, "still connecting at the end")
             elif c.unanswered_since is not None and now - c.unanswered_since > self.stall:
                 self.fail(c, "stall", c.unanswered_since, "unanswered at the end")

@@ -231,12 +231,10 @@ class Chaos:
                 self.start_daemon(r)
         elif k == "router_down":
             r = ev.routers[0]
-            links = [lab.uplink, *lab.ports]
+            labmod.set_router_links(self.two, self.ns(r), up=phase != "start")
             if phase == "start":
-                _links(self.ns(r), links, "down")
                 self.signal_daemon(r, signal.SIGKILL)
             else:
-                _links(self.ns(r), links, "up")
                 self.start_daemon(r)
         elif k == "sighup":
             for r in ev.routers:
@@ -505,11 +503,6 @@ HANG = """table inet chaos_hang {
   chain out { type filter hook output priority -300; policy drop; }
 }
 """
-
-
-def _links(ns: str, names: Sequence[str], state: str) -> None:
-    batch = "".join(f"link set {n} {state}\n" for n in names)
-    labmod.run_in(None, ["ip", "-n", ns, "-batch", "-"], input=batch)
 
 
 def _done(rc: int, err: str) -> subprocess.Popen[str]:

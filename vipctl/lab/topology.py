@@ -817,6 +817,19 @@ def _build_two(two: TwoRouters) -> None:
     run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
 
 
+def set_router_links(two: TwoRouters, router: str, up: bool) -> None:
+    """Take a whole router off the network (its uplink and every member port down) or put
+    it back. The kernel flushes the route to the client sources with the uplink, so it is
+    restored on the way up (a router that comes back must also carry return traffic: the
+    members' multipath default route uses it again as soon as its link is up)."""
+    lab = two.lab
+    state = "up" if up else "down"
+    lines = [f"link set {p} {state}" for p in (lab.uplink, *lab.ports)]
+    if up:
+        lines.append(f"route replace {lab.sources4} via {UPSTREAM_LINK4} dev {lab.uplink}")
+    _ip_batch(router, lines)
+
+
 def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
     """The nexthops (router addresses) of the upstream's kernel route to `vip`."""
     routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
