@@ -200,12 +200,12 @@ def account(
                 {**r, "t": round(r["t"] - t0, 2), "event": ev.event.label() if ev else None}
             )
     udp_moves = [r for r in udp if "from" in r]
-    moved_live = sum(
-        1
-        for r in udp_moves
-        if not any(w.member == r["from"] and w.holds(r["t"]) for w in wins)
-        and not any(w.member is None and w.holds(r["t"]) for w in wins)
-    )
+    moved_live: Counter[str] = Counter()  # by the kind of the coinciding event
+    for r in udp_moves:
+        if any(w.member == r["from"] and w.holds(r["t"]) for w in wins):
+            continue  # its member was failing
+        ev = coinciding(ran, r["t"], grace)
+        moved_live[ev.event.kind if ev else "none"] += 1
 
     events = []
     for e in ran:
@@ -247,7 +247,8 @@ def account(
             "lost_in_windows": lost_in,
             "duplicated_in_windows": dup_in,
             "flows_changed_member": len(udp_moves),
-            "flows_changed_member_alive": moved_live,
+            "flows_changed_member_alive": sum(moved_live.values()),
+            "flows_changed_member_alive_by_event": dict(sorted(moved_live.items())),
             "outside_examples": udp_bad[:10],
         },
         "fingerprints_differed_s": fingerprint_split(samples, ran, routers),
@@ -277,7 +278,9 @@ def table(report: Mapping[str, Any]) -> str:
         f"  duplicated outside {u['duplicated_outside_windows']:>7}   (in fault windows: "
         f"{u['duplicated_in_windows']})",
         f"  flows that changed member {u['flows_changed_member']} (member alive: "
-        f"{u['flows_changed_member_alive']})",
+        f"{u['flows_changed_member_alive']}: "
+        + ", ".join(f"{k} {v}" for k, v in u["flows_changed_member_alive_by_event"].items())
+        + ")",
         f"fingerprints differed {report['fingerprints_differed_s']} s",
         "",
         f"{'event kind':<18} {'events':>6} {'died':>6} {'connfail':>8} {'VIOLATIONS':>10}",
