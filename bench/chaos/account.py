@@ -93,7 +93,7 @@ def nearest_sample(samples: Sequence[Mapping[str, Any]], t: float) -> Mapping[st
 
 def judge_connection(rec: Mapping[str, Any], wins: Sequence[Window]) -> str:
     """``kept`` | ``unfinished`` | ``member_died`` | ``connect_allowed`` | ``violation``."""
-    end = rec["end"]
+    end = str(rec["end"])
     if end in ("kept", "unfinished"):  # unfinished: its SYN was sent as the run stopped
         return end
     if end in NEVER_OPENED:
