@@ -112,3 +112,16 @@ def machine() -> dict[str, Any]:
         "trafgen": _first_line(["trafgen", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
     }
+
+
+def replace_section(path: Path, begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in the file at
+    ``path`` in place of the text between those markers, or at its end."""
+    text = path.read_text()
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)

@@ -452,10 +452,11 @@ def write(res: dict[str, Any], json_path: Path) -> list[Path]:
         shutil.copyfile(p, dest)
         images.append(f"benchmarks/{dest.name}")
     doc = DOCS / "benchmarks.md"
-    # sections written by their own runs (bench/cli.py, bench/affinity.py): keep them
+    # sections written by their own runs (bench/cli.py, bench/affinity.py, bench/chaos):
+    # keep them
     kept = ""
     old = doc.read_text() if doc.exists() else ""
-    for tag in ("affinity-bench", "cli-bench"):
+    for tag in ("affinity-bench", "cli-bench", "chaos-bench"):
         begin, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
         if begin in old and end in old:
             kept += "\n" + old[old.index(begin) : old.index(end)] + end + "\n"

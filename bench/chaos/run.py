@@ -91,24 +91,22 @@ class Chaos:
             tmp.rename(self.spec_path(r))
 
     # ----------------------------------------------------------------- daemons
+    def cli_argv(self, r: int, *args: str) -> list[str]:
+        """`vipctl ARGS` as a process in router r (`ip netns exec` execs it: same pid)."""
+        return ["ip", "netns", "exec", self.ns(r), PY, "-m", "vipctl.cli", *args]
+
     def start_daemon(self, r: int) -> None:
         log = open(self.work / f"daemon-r{r}.log", "ab")  # noqa: SIM115
         try:
             # `ip netns exec` execs the command: the Popen's pid is the daemon's
             self.daemons[r] = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns(r),
-                    PY,
-                    "-m",
-                    "vipctl.cli",
+                self.cli_argv(
+                    r,
                     "daemon",
                     str(self.spec_path(r)),
                     "--state-dir",
                     str(self.state_dir(r)),
-                ],
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -128,10 +126,16 @@ class Chaos:
             self.daemons[r] = None
         return True
 
+    def on_routers(self, ev: Event, command: str, *args: str) -> None:
+        """`vipctl COMMAND SPEC ARGS --state-dir DIR` on each of the event's routers."""
+        for r in ev.routers:
+            spec, state = str(self.spec_path(r)), str(self.state_dir(r))
+            self.vipctl(r, ev.label(), command, spec, *args, "--state-dir", state)
+
     def vipctl(self, r: int, label: str, *args: str) -> None:
         """A vipctl command in router r, in the background (the timeline goes on)."""
         p = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns(r), PY, "-m", "vipctl.cli", *args],
+            self.cli_argv(r, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -143,20 +147,14 @@ class Chaos:
     def status(self, r: int) -> dict[str, Any]:
         try:
             out = subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns(r),
-                    PY,
-                    "-m",
-                    "vipctl.cli",
+                self.cli_argv(
+                    r,
                     "status",
                     "lab",
                     "--json",
                     "--state-dir",
                     str(self.state_dir(r)),
-                ],
+                ),
                 capture_output=True,
                 text=True,
                 timeout=20,
@@ -241,40 +239,11 @@ class Chaos:
                 self.signal_daemon(r, signal.SIGHUP)
         elif k == "rebalance_weights":
             w = ",".join(f"{n}={v}" for n, v in ev.weights)
-            for r in ev.routers:
-                self.vipctl(
-                    r,
-                    ev.label(),
-                    "rebalance",
-                    str(self.spec_path(r)),
-                    "--weights",
-                    w,
-                    "--state-dir",
-                    str(self.state_dir(r)),
-                )
+            self.on_routers(ev, "rebalance", "--weights", w)
         elif k == "rebalance_auto":
-            for r in ev.routers:
-                self.vipctl(
-                    r,
-                    ev.label(),
-                    "rebalance",
-                    str(self.spec_path(r)),
-                    "--auto",
-                    "--window",
-                    "2",
-                    "--state-dir",
-                    str(self.state_dir(r)),
-                )
+            self.on_routers(ev, "rebalance", "--auto", "--window", "2")
         elif k == "apply_unchanged":
-            for r in ev.routers:
-                self.vipctl(
-                    r,
-                    ev.label(),
-                    "apply",
-                    str(self.spec_path(r)),
-                    "--state-dir",
-                    str(self.state_dir(r)),
-                )
+            self.on_routers(ev, "apply")
         elif k == "reload_changed":
             self.interval_ms = 150 if self.interval_ms == 100 else 100
             self.write_specs()
