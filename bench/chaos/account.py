@@ -2,9 +2,10 @@
 the events that actually ran.
 
 * A TCP connection is ``kept`` (open and answering from its first member at the end), or
-  ``member_died`` (reset, closed or stalled while its member was failing: killed, hung, or
-  cut from a router; allowed, invariant 5 wants those quick), or a VIOLATION: reset, closed,
-  stalled or moved for any other reason, or an echo from another member at any time.
+  ``member_died`` (reset or closed while its member was failing: killed, hung, or cut from a
+  router; allowed), or a VIOLATION: reset or closed for any other reason, an echo from
+  another member, or a stall (no echo for 10 s: a black hole, where invariant 5 wants even a
+  dead member's clients to get a quick reset).
 * A connection that never opened counts as a connect failure; allowed while any member or
   router was failing (a SYN can meet a dead member or a router before BFD noticed), else a
   violation.
@@ -100,7 +101,9 @@ def judge_connection(rec: Mapping[str, Any], wins: Sequence[Window]) -> str:
         lo, hi = rec["t_start"], rec["t_end"]
         ok = any(w.start <= hi and lo <= w.end for w in wins)
         return "connect_allowed" if ok else "violation"
-    if end in ("moved", "bad"):
+    if end in ("moved", "bad", "stall"):
+        # a stall is a black hole: even a dead member's clients are owed a quick reset
+        # (invariant 5), whatever the event order
         return "violation"
     t, member = rec["t_end"], rec.get("member")
     ok = any(

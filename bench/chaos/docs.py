@@ -51,7 +51,8 @@ def markdown(reports: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()) ->
         "member faults and operator actions runs under that load (bench/chaos, "
         "`python -m bench.chaos --help`). A reset is allowed only when the connection's "
         "member was failing (killed, hung, cut from a router, link flap) from the event's "
-        "start to 5 s after its heal; any other reset, stall or move is a violation. "
+        "start to 5 s after its heal; any other reset or move, and any 10 s stall (a black hole, "
+        "even for a dead member's clients, who are owed a quick reset), is a violation. "
         "Run as root from the repository root; each run prints the table below and the "
         "violations with the routers' fingerprint, generation and transition state at that "
         "moment.",

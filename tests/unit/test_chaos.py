@@ -87,7 +87,7 @@ def conn(end: str, t: float, member: str | None = "web2", start: float = 101.0) 
         (conn("unfinished", 150.0), "unfinished"),
         (conn("reset", 111.0), "member_died"),  # its member was killed
         (conn("eof", 117.9), "member_died"),  # within the grace after the restart
-        (conn("stall", 112.0), "member_died"),
+        (conn("stall", 112.0), "violation"),  # a black hole, not a quick reset
         (conn("reset", 119.0), "violation"),  # after the grace
         (conn("reset", 111.0, member="web1"), "violation"),  # web1 did not die
         (conn("reset", 111.0, member=None), "member_died"),  # never answered: some member
