@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from vipctl import statefile
 from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
-from vipctl.core import transition
+from vipctl.core import reconcile, transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.errors import KernelError, StateError, VipctlError
@@ -50,6 +50,8 @@ class ApplyResult:
     # "continue" only): the caller keeps `state` and passes it back as `unsaved`.
     state: statefile.ClusterState | None = None
     state_error: str | None = None
+    failover: bool = False  # members went down: committed at once, no record step
+    repaired: tuple[str, ...] = ()  # the kernel differed from the state: what, replaced whole
 
 
 # "raise": the state cannot be written, nothing changes (the CLI: exit 1, nothing done).
@@ -200,8 +202,13 @@ def _previous(
         found = backend.live_table(spec, live)
         if found is not None:
             table, _ = found
-            weights = planning.spec_weights(spec)
-            adopted = Layout(bits=spec.partition.bits, weights=weights, base=table, table=table)
+            # the weights in force, and the members the state knew down that own nothing
+            # live (they stay down: a stale state must not hand them buckets back)
+            weights = tuple(weights_in_force(spec, st).items())
+            down = tuple(n for n in (st.layout.down if st else ()) if n not in table)
+            adopted = Layout(
+                bits=spec.partition.bits, weights=weights, base=table, down=down, table=table
+            )
             return adopted, live_gen or 0
     return None, (st.generation if st else live_gen or 0)
 
@@ -215,6 +222,473 @@ def _recorded(st: statefile.ClusterState | None) -> Spec | None:
         return None
 
 
+@dataclass(frozen=True)
+class ApplyOptions:
+    """What one apply is asked to do (the command line's and the daemon's knobs).
+
+    `down` None keeps the health the state recorded. `weights` sets the weights in force
+    (`rebalance --weights`, or a peer's with `layout`; core/reconcile.py Intent): they stay
+    in force for every later apply of a spec with the same weights. `layout` installs
+    exactly that layout (a peer's, `apply --layout`; a re-tune's). `expect_generation`
+    refuses, changing nothing, when the state's generation is another by then. `measuring`
+    renders per-bucket load counting (`measure`); any apply without it switches it off.
+    `check_drift` reads the kernel's owner maps back before deciding and replaces the whole
+    table when they differ from the state (the command line always; the daemon when the
+    kernel's ruleset changed under it, not on a failover). `preflight` runs the doctor's
+    checks first; `host` converges the uplink's ARP/ND answering for the VIPs. `unsaved`
+    is a state a previous apply could not write (StateWriteFailure): it stands for the
+    file while it is newer."""
+
+    dry_run: bool = False
+    down: Collection[str] | None = None
+    want_diff: bool = True
+    preflight: bool = False
+    host: bool = True
+    reasons: Mapping[str, str] | None = None
+    state_write_failure: StateWriteFailure = "raise"
+    unsaved: statefile.ClusterState | None = None
+    layout: Layout | None = None
+    weights: Mapping[str, Fraction] | None = None
+    intent_source: str = "rebalance"
+    expect_generation: int | None = None
+    measuring: bool = False
+    check_drift: bool = True
+
+
+@dataclass
+class Env:
+    """What apply runs against: the backends, the host, the daemon's cache, the clock."""
+
+    backends: Backends | None = None
+    box: Box | None = None
+    cache: Cache | None = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+    def backend(self, spec: Spec | str) -> Backend:
+        return (self.backends or backend_for)(spec)
+
+    @property
+    def host(self) -> Box:
+        return self.box if self.box is not None else LiveBox()
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What `_observe` found: the state (or the unsaved one standing for it), the spec it
+    recorded, the kernel's view, and whether it came from the daemon's cache."""
+
+    st: statefile.ClusterState | None
+    behind: bool
+    recorded: Spec | None
+    live: Live | None
+    fast: bool
+
+
+def apply(
+    spec: Spec,
+    directory: Path,
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
+) -> ApplyResult:
+    """Converge the kernel to the cluster's desired state in one atomic step (idempotent):
+    observe, decide (core/reconcile.py), plan, then nothing (the kernel is right), or
+    check, commit, verify, save.
+
+    Buckets that change owner go through a transition (core/transition.py) when the
+    backend keeps flow state and `pinning.mode` is moving: first, for `pinning.record_ms`,
+    one commit records the UDP flows of the newly moving buckets; then one commit moves
+    them. A change that takes a member down commits at once. Transitions that are due and
+    whose flows are gone settle back to the stateless path in the same apply."""
+    opts = options or ApplyOptions()
+    env = env or Env()
+    started = time.perf_counter()
+    be = env.backend(spec)
+    be.refuse(spec)
+    with statefile.locked(directory, spec.cluster, required=opts.state_write_failure == "raise"):
+        ctx, work = _decide(spec, directory, opts, env, be)
+        outcome = _Outcome(spec, opts, be, work.decision, work.previous, work.generation, started)
+        st = ctx.seen.st
+        if st is not None and reconcile.unchanged(work.decision, st.digest, work.plan.digest):
+            return _up_to_date(ctx, outcome, work)
+        diff = _diff(work.old_text(be, ctx.seen), work.plan.text) if opts.want_diff else ""
+        if opts.dry_run:
+            be.check(work.plan)
+            return outcome.result(True, work.state, work.plan.text, diff)
+        return _install(ctx, outcome, work, diff)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What apply decided and rendered: the layout live before and its generation, the
+    decision, the wiring it was rendered for, the plan and the state to save with it."""
+
+    previous: Layout | None
+    generation: int
+    trusted: bool
+    decision: reconcile.Decision
+    wiring: Wiring
+    plan: Plan
+    state: statefile.ClusterState
+
+    def old_text(self, be: Backend, seen: _Seen) -> str:
+        return _old_text(
+            be, seen.recorded, self.previous, self.wiring, seen.st, self.generation, self.trusted
+        )
+
+
+def _decide(
+    spec: Spec, directory: Path, opts: ApplyOptions, env: Env, be: Backend
+) -> tuple[_Context, _Work]:
+    """Observe, build the desired state, check the kernel against the state, decide and
+    plan. Reads the kernel (unless the daemon's cache stands for it); changes nothing."""
+    seen = _observe(be, spec, directory, opts, env.cache)
+    ctx = _Context(be, spec, directory, env, seen, opts)
+    previous, generation = _previous(spec, seen.st, seen.live, be)
+    desired, intent = _desired(spec, seen.st, opts, be)
+    layout = reconcile.target_layout(desired, previous)
+    wiring = _wiring(env, spec, layout, seen.fast)
+    if opts.preflight and not opts.dry_run:
+        _preflight(env.host, spec, layout.down)
+    trusted = _trusted(spec, seen, previous, wiring)
+    observed = reconcile.Observed(
+        previous=previous,
+        moving=seen.st.moving if seen.st is not None else {},
+        flows=_flows_if_due(be, spec, seen.st, desired, env.clock()),
+        trusted=trusted,
+        drift=(
+            (_drift(be, spec, seen, wiring) if opts.check_drift else ())
+            if trusted
+            else _untrusted(seen, wiring)
+        ),
+    )
+    decision = reconcile.decide(desired, observed, env.clock())
+    if opts.dry_run:
+        decision = dataclasses.replace(decision, record=(), record_s=0.0)
+    plan = be.plan(
+        spec,
+        decision.layout,
+        wiring,
+        generation + 1,
+        seen.live,
+        seen.recorded if trusted and not decision.whole else None,
+        decision.moving,
+        opts.measuring,
+    )
+    state = statefile.ClusterState(
+        cluster=spec.cluster,
+        generation=generation + 1,
+        layout=decision.layout,
+        digest=plan.digest,
+        spec=spec.model_dump(mode="json"),
+        ifindex=dict(wiring.ifindex),
+        macs=dict(wiring.macs),
+        reasons={**(seen.st.reasons if seen.st else {}), **(opts.reasons or {})},
+        moving=decision.moving,
+        intent=intent,
+    )
+    return ctx, _Work(previous, generation, trusted, decision, wiring, plan, state)
+
+
+def _install(ctx: _Context, outcome: _Outcome, work: _Work, diff: str) -> ApplyResult:
+    """Commit what was decided: the record step first when buckets start a transition,
+    then the move; the cache, the old backend's removal and the ARP/ND answering after."""
+    be, spec, opts, env, decision = ctx.be, ctx.spec, ctx.opts, ctx.env, work.decision
+    if opts.host:
+        env.host.announce_check(spec)  # a refusal after the commit would be too late
+    plan, state = work.plan, work.state
+    state_error: str | None = None
+    if decision.record_s > 0:
+        plan, state, state_error = _record_step(ctx, plan, state, decision)
+        outcome = dataclasses.replace(outcome, generation=outcome.generation + 1)
+    state_error = (
+        _commit(
+            be,
+            plan,
+            ctx.directory,
+            state,
+            whole=decision.whole and decision.record_s == 0,
+            verify=not ctx.seen.fast,
+            keep_going=opts.state_write_failure == "continue",
+        )
+        or state_error
+    )
+    if env.cache is not None:
+        env.cache.remember(be, plan, work.wiring)
+    recorded = ctx.seen.recorded
+    if recorded is not None and recorded.backend != spec.backend:
+        # the cluster moved to another backend: the new rules are live, remove the old
+        env.backend(recorded).down(recorded, spec.cluster)
+    if opts.host:
+        env.host.announce(spec)
+    text = plan.text if opts.want_diff else ""
+    return outcome.result(True, state, text, diff, state_error)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What an ApplyResult is made of, collected along the way."""
+
+    spec: Spec
+    opts: ApplyOptions
+    be: Backend
+    decision: reconcile.Decision
+    previous: Layout | None
+    generation: int  # the generation before this apply's (last) commit
+    started: float
+
+    def result(
+        self,
+        changed: bool,
+        state: statefile.ClusterState,
+        text: str = "",
+        diff: str = "",
+        state_error: str | None = None,
+    ) -> ApplyResult:
+        d = self.decision
+        change = planning.Change(self.previous, d.layout)
+        return ApplyResult(
+            generation=self.generation + (1 if changed and not self.opts.dry_run else 0),
+            changed=changed,
+            dry_run=self.opts.dry_run,
+            ruleset=text,
+            diff=diff,
+            moved=len(change.moved) if changed else 0,
+            lower_bound=change.lower_bound if changed else 0,
+            seconds=time.perf_counter() - self.started,
+            layout=d.layout,
+            backend=self.be.name,
+            moving=len(d.moving),
+            recorded_s=d.record_s if changed else 0.0,
+            state=state,
+            state_error=state_error,
+            failover=d.failover,
+            repaired=d.reasons if changed and d.whole else (),
+        )
+
+
+def _observe(
+    be: Backend, spec: Spec, directory: Path, opts: ApplyOptions, cache: Cache | None
+) -> _Seen:
+    """The state (the unsaved one when newer) and what the kernel holds: the daemon's own
+    last commit when nobody committed since (no netlink read), else a structure read."""
+    st = statefile.load(directory, spec.cluster)
+    behind = opts.unsaved is not None and (st is None or opts.unsaved.generation > st.generation)
+    if behind:
+        st = opts.unsaved
+    if opts.expect_generation is not None and (
+        st is None or st.generation != opts.expect_generation
+    ):
+        raise StateError(
+            f"cluster {spec.cluster} changed while measuring (generation "
+            f"{st.generation if st else None}, {opts.expect_generation} was measured): "
+            "nothing changed, run it again"
+        )
+    fast = (
+        cache is not None
+        and st is not None
+        and cache.generation == st.generation
+        and cache.backend == be.name
+        and cache.live is not None
+        and not opts.check_drift
+    )
+    live = cache.live if fast and cache is not None else be.observe(spec)
+    if live is not None and not live.complete and (st is None or live.generation != st.generation):
+        # the state does not describe the kernel: read the table the full way
+        live = be.observe(spec, complete=True)
+    return _Seen(st, behind, _recorded(st), live, fast)
+
+
+def _desired(
+    spec: Spec, st: statefile.ClusterState | None, opts: ApplyOptions, be: Backend
+) -> tuple[reconcile.Desired, reconcile.Intent | None]:
+    """The desired state: the spec, the weights in force (the state's intent while the
+    spec's weights are those it was set over; `opts.weights` sets new ones), the health
+    asked for, and the exact layout when one is given."""
+    own = planning.spec_weights(spec)
+    if opts.weights is not None:
+        wanted = planning.spec_weights(spec, opts.weights)
+        intent = reconcile.next_intent(
+            st.intent if st else None, own, weights=wanted, source=opts.intent_source
+        )
+    else:
+        intent = reconcile.next_intent(st.intent if st else None, own)
+    weights = reconcile.weights_in_force(own, intent)
+    desired = reconcile.Desired(
+        bits=spec.partition.bits,
+        weights=weights,
+        down=frozenset(opts.down) if opts.down is not None else None,
+        layout=opts.layout,
+        transitions=be.transitions and spec.pinning.mode == "moving",
+        idle_timeout_s=spec.pinning.idle_timeout_s,
+        record_s=spec.pinning.record_ms / 1000,
+    )
+    return desired, intent
+
+
+def _wiring(env: Env, spec: Spec, layout: Layout, fast: bool) -> Wiring:
+    cache = env.cache
+    if fast and cache is not None and cache.wiring is not None and cache.covers(spec, layout):
+        return cache.wiring  # every member that is up has its MAC and port already
+    return env.host.wiring(spec, set(layout.down))
+
+
+def _trusted(spec: Spec, seen: _Seen, previous: Layout | None, wiring: Wiring) -> bool:
+    """The state describes the kernel exactly: the live generation is the one it recorded,
+    by this backend, on the same ports (ifindex) as now."""
+    st, live, recorded = seen.st, seen.live, seen.recorded
+    return (
+        previous is not None
+        and live is not None
+        and st is not None
+        and recorded is not None
+        and recorded.backend == spec.backend
+        and live.generation == st.generation
+        and st.ifindex == dict(wiring.ifindex)
+    )
+
+
+def _untrusted(seen: _Seen, wiring: Wiring) -> tuple[str, ...]:
+    """Why the state does not describe the kernel, when there is a state (a first install
+    has nothing to repair)."""
+    st, live = seen.st, seen.live
+    if st is None or seen.recorded is None:
+        return ()
+    if live is None:
+        return ("the cluster's table is missing from the kernel",)
+    if live.generation != st.generation:
+        return (f"the kernel holds generation {live.generation}, the state {st.generation}",)
+    moved = sorted(p for p, i in wiring.ifindex.items() if st.ifindex.get(p) not in (None, i))
+    if moved:
+        return (f"ports re-created since the commit (new ifindex): {', '.join(moved)}",)
+    return ()
+
+
+def _flows_if_due(
+    be: Backend,
+    spec: Spec,
+    st: statefile.ClusterState | None,
+    desired: reconcile.Desired,
+    now: float,
+) -> set[int] | None:
+    """The buckets that still hold a recorded flow, read only when a transition is old
+    enough to settle (None otherwise, or when unknown: then nothing settles)."""
+    if st is None or not st.moving or not desired.transitions:
+        return None
+    if not transition.due(st.moving, now, desired.idle_timeout_s):
+        return None
+    return _flow_buckets(be, spec)
+
+
+def _drift(be: Backend, spec: Spec, seen: _Seen, wiring: Wiring) -> tuple[str, ...]:
+    """What differs between the kernel and the state that says what was committed: the
+    table's chains and maps (read back as after a commit) and the owner of every bucket."""
+    st, recorded = seen.st, seen.recorded
+    if st is None or recorded is None:
+        return ()
+    try:
+        committed = be.plan(
+            recorded, st.layout, wiring, st.generation, seen.live, recorded, st.moving
+        )
+    except KeyError:  # a port the state knew is gone: that is drift
+        return ("a port of the committed table is missing",)
+    try:
+        be.verify(committed, whole=False)
+    except KernelError as exc:
+        return (str(exc),)
+    try:
+        found = be.live_table(recorded)
+    except (KernelError, ValueError) as exc:
+        return (f"cannot read the owner maps back: {exc}",)
+    expected = reconcile.expected_owners(st.layout, st.moving)
+    if found is None:
+        return reconcile.drift(expected, None)
+    problems: list[str] = []
+    for table in found[1].values():
+        problems.extend(reconcile.drift(expected, table))
+    return tuple(dict.fromkeys(problems))
+
+
+def _up_to_date(ctx: _Context, outcome: _Outcome, work: _Work) -> ApplyResult:
+    """The kernel is right: the state learns the spec (addresses, health settings), the
+    reasons and the intent, keeping its generation; nothing is committed."""
+    st = ctx.seen.st
+    assert st is not None
+    new_state = dataclasses.replace(work.state, generation=st.generation)
+    state_error = None
+    opts = ctx.opts
+    if not opts.dry_run:
+        learned = (new_state.spec, new_state.reasons, new_state.moving, new_state.intent)
+        if ctx.seen.behind or learned != (st.spec, st.reasons, st.moving, st.intent):
+            keep_going = opts.state_write_failure == "continue"
+            state_error = _save(ctx.directory, new_state, keep_going)
+        if opts.host:
+            ctx.env.host.announce(ctx.spec)  # not part of the ruleset digest
+    text = work.plan.text if opts.want_diff or opts.dry_run else ""
+    return outcome.result(False, new_state, text, state_error=state_error)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the steps after the decision share."""
+
+    be: Backend
+    spec: Spec
+    directory: Path
+    env: Env
+    seen: _Seen
+    opts: ApplyOptions
+
+
+def _record_step(
+    ctx: _Context,
+    plan: Plan,
+    new_state: statefile.ClusterState,
+    decision: reconcile.Decision,
+) -> tuple[Plan, statefile.ClusterState, str | None]:
+    """Record first: the newly moving buckets deliver to their old owner and record their
+    UDP flows for `record_s`; then the move (the plan returned). Each step is one
+    transaction. Returns (the move's plan, its state, a state write failure)."""
+    be, spec, seen = ctx.be, ctx.spec, ctx.seen
+    rec = transition.recording(decision.moving, decision.record)
+    first = be.plan(
+        spec,
+        decision.layout,
+        plan.wiring,
+        plan.generation,
+        seen.live,
+        seen.recorded if not decision.whole else None,
+        rec,
+        ctx.opts.measuring,
+    )
+    state_error = _commit(
+        be,
+        first,
+        ctx.directory,
+        dataclasses.replace(new_state, digest=first.digest, moving=rec),
+        whole=decision.whole,
+        keep_going=ctx.opts.state_write_failure == "continue",
+    )
+    ctx.env.sleep(decision.record_s)
+    # we hold the lock: what is live is what we just committed (no read-back)
+    live = be.assumed(first) or be.observe(spec)
+    move = be.plan(
+        spec,
+        decision.layout,
+        plan.wiring,
+        plan.generation + 1,
+        live,
+        spec,
+        decision.moving,
+        ctx.opts.measuring,
+    )
+    return (
+        move,
+        dataclasses.replace(new_state, generation=plan.generation + 1, digest=move.digest),
+        state_error,
+    )
+
+
 def _diff(old: str, new: str) -> str:
     import difflib  # only for --diff and --dry-run
 
@@ -223,236 +697,6 @@ def _diff(old: str, new: str) -> str:
             old.splitlines(keepends=True), new.splitlines(keepends=True), "live", "new", n=1
         )
     )
-
-
-def apply(
-    spec: Spec,
-    directory: Path,
-    *,
-    dry_run: bool = False,
-    down: set[str] | None = None,
-    want_diff: bool = True,
-    preflight: bool = False,
-    host: bool = True,
-    reasons: Mapping[str, str] | None = None,
-    backends: Backends | None = None,
-    box: Box | None = None,
-    cache: Cache | None = None,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
-    state_write_failure: StateWriteFailure = "raise",
-    unsaved: statefile.ClusterState | None = None,
-    layout: Layout | None = None,
-    expect_generation: int | None = None,
-    measuring: bool = False,
-) -> ApplyResult:
-    """Compute and install the cluster's ruleset in one atomic step (idempotent).
-
-    Buckets that change owner go through a transition (core/transition.py) when the
-    backend keeps flow state and `pinning.mode` is moving: first, for `pinning.record_ms`,
-    one commit records the UDP flows of the newly moving buckets; then one commit moves
-    them. Transitions that are due and whose flows are gone settle back to the stateless
-    path in the same apply. Buckets of a member that is down move at once.
-
-    `preflight` runs the doctor's checks first (the CLI does; the daemon's failovers do
-    not: they take 0.3-0.5 s) and refuses, changing nothing, on any error. `host` also
-    converges the uplink's ARP/ND answering for the VIPs (spec.announce_vips); it depends
-    only on the spec, so a failover can skip it. `down=None` keeps the health the state
-    recorded. `unsaved` is a state a previous apply could not write (see StateWriteFailure):
-    it stands for the file while it is newer, and is written when the file can be.
-    `layout` installs exactly that layout instead of computing one from the previous
-    (another router's, `apply --layout`; or re-tuning); `expect_generation` refuses,
-    changing nothing, when the state's generation is another by then (someone committed
-    since the caller read it). `measuring` renders the table with per-bucket load
-    counting (`measure`); any apply without it switches the counting off."""
-    started = time.perf_counter()
-    pick = backends if backends is not None else backend_for
-    be = pick(spec)
-    bx = box if box is not None else LiveBox()
-    be.refuse(spec)
-    keep_going = state_write_failure == "continue"
-    with statefile.locked(directory, spec.cluster, required=not keep_going):
-        st = statefile.load(directory, spec.cluster)
-        behind = unsaved is not None and (st is None or unsaved.generation > st.generation)
-        if behind:
-            st = unsaved
-        if expect_generation is not None and (st is None or st.generation != expect_generation):
-            raise StateError(
-                f"cluster {spec.cluster} changed while measuring (generation "
-                f"{st.generation if st else None}, {expect_generation} was measured): "
-                "nothing changed, run it again"
-            )
-        recorded = _recorded(st)
-        # the daemon's own last commit, when nobody committed since: no netlink read
-        fast = (
-            cache is not None
-            and st is not None
-            and cache.generation == st.generation
-            and cache.backend == be.name
-            and cache.live is not None
-        )
-        live = cache.live if fast and cache is not None else be.observe(spec)
-        if (
-            live is not None
-            and not live.complete
-            and (st is None or live.generation != st.generation)
-        ):
-            # the state does not describe the kernel: read the table the full way
-            live = be.observe(spec, complete=True)
-        previous, generation = _previous(spec, st, live, be)
-        if layout is not None:
-            # `apply --layout`: exactly the peer's table (checked against the spec by
-            # core/layoutfile.py); `down` given still overrides its health
-            layout = layout if down is None else layout.with_down(down)
-        else:
-            layout = planning.desired(spec, previous, down=down)
-        if fast and cache is not None and cache.wiring is not None and cache.covers(spec, layout):
-            wiring = cache.wiring  # every member that is up has its MAC and port already
-        else:
-            wiring = bx.wiring(spec, set(layout.down))
-        if preflight and not dry_run:
-            _preflight(bx, spec, layout.down)
-        # The state describes the kernel exactly when the live generation is the one it
-        # recorded, by this backend, on the same ports (ifindex) as now: then nothing
-        # needs reading back.
-        trusted = (
-            previous is not None
-            and live is not None
-            and st is not None
-            and recorded is not None
-            and recorded.backend == spec.backend
-            and live.generation == st.generation
-            and st.ifindex == dict(wiring.ifindex)
-        )
-        before = st.moving if st is not None else {}
-        moving: dict[int, transition.Move] = {}
-        if be.transitions and spec.pinning.mode == "moving":
-            now = clock()
-            if before and transition.due(before, now, spec.pinning.idle_timeout_s):
-                before = transition.settle(
-                    before, _flow_buckets(be, spec), now, spec.pinning.idle_timeout_s
-                )
-            table = previous.table if previous is not None else None
-            moving = transition.plan_moves(table, layout.table, before, layout.down, now)
-        fresh = transition.newly_moving(moving, before)
-        record_s = spec.pinning.record_ms / 1000 if fresh and not dry_run else 0.0
-        plan = be.plan(
-            spec,
-            layout,
-            wiring,
-            generation + 1,
-            live,
-            recorded if trusted else None,
-            moving,
-            measuring,
-        )
-        change = planning.Change(previous, layout)
-
-        state_error: str | None = None
-
-        def result(changed: bool, text: str = "", diff: str = "") -> ApplyResult:
-            return ApplyResult(
-                generation=generation + (1 if changed and not dry_run else 0),
-                changed=changed,
-                dry_run=dry_run,
-                ruleset=text,
-                diff=diff,
-                moved=len(change.moved) if changed else 0,
-                lower_bound=change.lower_bound if changed else 0,
-                seconds=time.perf_counter() - started,
-                layout=layout,
-                backend=be.name,
-                moving=len(moving),
-                recorded_s=record_s if changed else 0.0,
-                state=new_state,
-                state_error=state_error,
-            )
-
-        new_state = statefile.ClusterState(
-            cluster=spec.cluster,
-            generation=generation + 1,
-            layout=layout,
-            digest=plan.digest,
-            spec=spec.model_dump(mode="json"),
-            ifindex=dict(wiring.ifindex),
-            macs=dict(wiring.macs),
-            reasons={**(st.reasons if st else {}), **(reasons or {})},
-            moving=moving,
-        )
-        if trusted and st is not None and st.digest == plan.digest:
-            new_state = dataclasses.replace(new_state, generation=st.generation)
-            if not dry_run:
-                if behind or (new_state.spec, new_state.reasons, moving) != (
-                    st.spec,
-                    st.reasons,
-                    st.moving,
-                ):
-                    # the kernel is right; the state learns the spec (addresses, health
-                    # settings) and the reasons, keeping its generation
-                    state_error = _save(directory, new_state, keep_going)
-                if host:
-                    bx.announce(spec)  # not part of the ruleset digest
-            return result(False, plan.text if want_diff or dry_run else "")
-        diff = ""
-        if want_diff:
-            diff = _diff(
-                _old_text(be, recorded, previous, wiring, st, generation, trusted), plan.text
-            )
-        if dry_run:
-            be.check(plan)
-            return result(True, plan.text, diff)
-        if host:
-            bx.announce_check(spec)  # a refusal after the commit would be too late
-        if record_s > 0:
-            # record first: the newly moving buckets deliver to their old owner and record
-            # their UDP flows; then the move below. Each step is one transaction.
-            rec = transition.recording(moving, fresh)
-            first = be.plan(
-                spec,
-                layout,
-                wiring,
-                generation + 1,
-                live,
-                recorded if trusted else None,
-                rec,
-                measuring,
-            )
-            state_error = _commit(
-                be,
-                first,
-                directory,
-                dataclasses.replace(new_state, digest=first.digest, moving=rec),
-                whole=not trusted,
-                keep_going=keep_going,
-            )
-            sleep(record_s)
-            generation += 1
-            # we hold the lock: what is live is what we just committed (no read-back)
-            live = be.assumed(first) or be.observe(spec)
-            plan = be.plan(spec, layout, wiring, generation + 1, live, spec, moving, measuring)
-            new_state = dataclasses.replace(
-                new_state, generation=generation + 1, digest=plan.digest
-            )
-        state_error = (
-            _commit(
-                be,
-                plan,
-                directory,
-                new_state,
-                whole=not trusted and record_s == 0,
-                verify=not fast,
-                keep_going=keep_going,
-            )
-            or state_error
-        )
-        if cache is not None:
-            cache.remember(be, plan, wiring)
-        if recorded is not None and recorded.backend != spec.backend:
-            # the cluster moved to another backend: the new rules are live, remove the old
-            pick(recorded).down(recorded, spec.cluster)
-        if host:
-            bx.announce(spec)
-        return result(True, plan.text if want_diff else "", diff)
 
 
 def _old_text(
@@ -559,7 +803,7 @@ def _installed(spec: Spec, directory: Path) -> statefile.ClusterState:
     st = statefile.load(directory, spec.cluster)
     if st is None:
         raise KernelError(f"cluster {spec.cluster} is not installed here; run vipctl apply first")
-    expected = planning.desired(spec, st.layout)
+    expected = desired_layout(spec, st)
     if expected.table != st.layout.table:
         n = len(planning.Change(st.layout, expected).moved)
         raise StateError(
@@ -567,6 +811,31 @@ def _installed(spec: Spec, directory: Path) -> statefile.ClusterState:
             "would move): apply it first, then re-tune"
         )
     return st
+
+
+def weights_in_force(spec: Spec, st: statefile.ClusterState | None) -> dict[str, Fraction]:
+    """The weights the table follows: those `rebalance` set while the spec still has the
+    weights they were set over, else the spec's (core/reconcile.py)."""
+    own = planning.spec_weights(spec)
+    return dict(reconcile.weights_in_force(own, st.intent if st is not None else None))
+
+
+def desired_layout(
+    spec: Spec,
+    st: statefile.ClusterState | None,
+    *,
+    weights: Mapping[str, Fraction] | None = None,
+    down: Collection[str] | None = None,
+) -> Layout:
+    """The layout an apply of `spec` would install over the state `st` (plan, which):
+    the weights in force, or `weights` over them."""
+    in_force = weights_in_force(spec, st)
+    return planning.desired(
+        spec,
+        st.layout if st is not None else None,
+        weights={**in_force, **(weights or {})},
+        down=down,
+    )
 
 
 def installed_spec(cluster: str, directory: Path) -> Spec:
@@ -586,24 +855,29 @@ class Measuring:
 
 
 def measure_start(
-    spec: Spec, directory: Path, *, backends: Backends | None = None, **apply_args: Any
+    spec: Spec,
+    directory: Path,
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
 ) -> Measuring:
     """Switch per-bucket load counting on: one apply (one transaction, a new generation)
     of the same layout with the counters in the cluster's own ingress rule."""
     st = _installed(spec, directory)
-    pick = backends if backends is not None else backend_for
+    env = env or Env()
     res = apply(
         spec,
         directory,
-        measuring=True,
-        preflight=False,
-        host=False,
-        want_diff=False,
-        expect_generation=st.generation,
-        backends=backends,
-        **apply_args,
+        dataclasses.replace(
+            options or ApplyOptions(),
+            measuring=True,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=st.generation,
+        ),
+        env,
     )
-    baseline = pick(spec).read_load(spec)  # counters a crashed run left keep their counts
+    baseline = env.backend(spec).read_load(spec)  # a crashed run's counters keep their counts
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
     return Measuring(res.generation, baseline)
@@ -613,16 +887,16 @@ def measure_stop(
     spec: Spec,
     directory: Path,
     started: Measuring,
-    *,
-    backends: Backends | None = None,
-    **apply_args: Any,
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
 ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
     """Read the counters, then switch counting off (one apply, refused if anyone committed
     since `measure_start`: their commit switched it off already). (the state after, the
     (packets, bytes) per bucket since the start)."""
-    pick = backends if backends is not None else backend_for
+    env = env or Env()
     st = statefile.load(directory, spec.cluster)
-    found = pick(spec).read_load(spec) if st and st.generation == started.generation else None
+    current = st is not None and st.generation == started.generation
+    found = env.backend(spec).read_load(spec) if current else None
     if found is None:
         raise KernelError(
             "the measurement was interrupted: another commit replaced the table during the "
@@ -631,12 +905,15 @@ def measure_stop(
     res = apply(
         spec,
         directory,
-        preflight=False,
-        host=False,
-        want_diff=False,
-        expect_generation=started.generation,
-        backends=backends,
-        **apply_args,
+        dataclasses.replace(
+            options or ApplyOptions(),
+            measuring=False,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=started.generation,
+        ),
+        env,
     )
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:
@@ -649,69 +926,54 @@ def measure_stop(
 
 
 def measure(
-    spec: Spec,
-    directory: Path,
-    window: float,
-    *,
-    backends: Backends | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    spec: Spec, directory: Path, window: float, env: Env | None = None
 ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
     """(the state after measuring, (packets, bytes) per bucket over `window` seconds),
     counted in the cluster's own ingress rule: one commit switches it on, one off, both
     through apply (generation and state stay consistent). The cluster's lock is held only
     for those commits: a failover during the window commits a table without counting,
     and the measurement is reported interrupted, changing nothing."""
-    started = measure_start(spec, directory, backends=backends, sleep=sleep)
+    env = env or Env()
+    started = measure_start(spec, directory, None, env)
     try:
-        sleep(window)
+        env.sleep(window)
     except BaseException:
         with contextlib.suppress(VipctlError):
-            measure_stop(spec, directory, started, backends=backends, sleep=sleep)
+            measure_stop(spec, directory, started, None, env)
         raise
-    return measure_stop(spec, directory, started, backends=backends, sleep=sleep)
+    return measure_stop(spec, directory, started, None, env)
 
 
 AIM = 0.8  # re-tuning aims at 1 + AIM * (tolerance - 1): room for measurement noise
 
 
-def retune(
-    spec: Spec,
-    directory: Path,
-    *,
-    window: float = 10.0,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    dry_run: bool = False,
-    max_moves: int | None = None,
-    backends: Backends | None = None,
-    box: Box | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.time,
-) -> RetuneResult:
-    """Measure each bucket's load for `window` seconds, then move the fewest buckets that
-    bring every member within `tolerance` of its weighted share (core/retune.py), through
-    the transition path (apply with the re-tuned layout): live flows stay.
+@dataclass(frozen=True)
+class Tuning:
+    """What a re-tune is asked for (`rebalance --auto`, the daemon's `retune` section)."""
 
-    It acts only when the measured imbalance is above `tolerance`, and then aims a little
+    window: float = 10.0
+    tolerance: float = 1.1
+    metric: str = "packets"
+    max_moves: int | None = None
+    dry_run: bool = False
+
+
+def retune(
+    spec: Spec, directory: Path, tuning: Tuning | None = None, env: Env | None = None
+) -> RetuneResult:
+    """Measure each bucket's load for `tuning.window` seconds, then move the fewest buckets
+    that bring every member within `tuning.tolerance` of its weighted share
+    (core/retune.py), through the transition path (apply with the re-tuned layout): live
+    flows stay.
+
+    It acts only when the measured imbalance is above the tolerance, and then aims a little
     tighter (AIM), so a second run on unchanged traffic moves nothing. The cluster's lock
     is not held while measuring (a failover must not wait); a commit by anyone else during
     the window makes the re-tune refuse, changing nothing."""
-    st, load = measure(spec, directory, window, backends=backends, sleep=sleep)
-    return retune_measured(
-        spec,
-        directory,
-        st,
-        load,
-        window=window,
-        tolerance=tolerance,
-        metric=metric,
-        dry_run=dry_run,
-        max_moves=max_moves,
-        backends=backends,
-        box=box,
-        sleep=sleep,
-        clock=clock,
-    )
+    tuning = tuning or Tuning()
+    env = env or Env()
+    st, load = measure(spec, directory, tuning.window, env)
+    return retune_measured(spec, directory, st, load, tuning, None, env)
 
 
 def retune_measured(
@@ -719,24 +981,17 @@ def retune_measured(
     directory: Path,
     st: statefile.ClusterState,
     load: list[tuple[int, int]],
-    *,
-    window: float,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    dry_run: bool = False,
-    max_moves: int | None = None,
-    backends: Backends | None = None,
-    box: Box | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.time,
-    **apply_args: Any,
+    tuning: Tuning,
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
 ) -> RetuneResult:
     """The second half of `retune`: solve on what `measure` returned and apply (refused,
     changing nothing, when the state's generation is no longer `st`'s). The daemon measures
-    without holding its apply slot and calls this holding it; `apply_args` go to apply
-    (cache, reasons, state_write_failure, ...)."""
+    without holding its apply slot and calls this holding it, with its own `options`
+    (reasons, state_write_failure) and `env` (its cache)."""
     from vipctl.core import retune as retuning  # only when re-tuning
 
+    metric, tolerance = tuning.metric, tuning.tolerance
     values = [float(p if metric == "packets" else b) for p, b in load]
     layout = st.layout
     solved = retuning.solve(
@@ -746,7 +1001,7 @@ def retune_measured(
         tolerance,
         down=layout.down,
         aim=1 + AIM * (tolerance - 1),
-        max_moves=max_moves,
+        max_moves=tuning.max_moves,
     )
     applied = None
     if solved.reachable and solved.moved:
@@ -757,17 +1012,16 @@ def retune_measured(
         applied = apply(
             spec,
             directory,
-            dry_run=dry_run,
-            layout=new,
-            expect_generation=st.generation,
-            preflight=False,
-            backends=backends,
-            box=box,
-            sleep=sleep,
-            clock=clock,
-            **apply_args,
+            dataclasses.replace(
+                options or ApplyOptions(),
+                dry_run=tuning.dry_run,
+                layout=new,
+                expect_generation=st.generation,
+                preflight=False,
+            ),
+            env,
         )
-    return RetuneResult(solved, metric, window, st.generation, applied, load)
+    return RetuneResult(solved, metric, tuning.window, st.generation, applied, load)
 
 
 def spec_with_weights(spec: Spec, weights: Mapping[str, Fraction]) -> Spec:
@@ -905,6 +1159,7 @@ def status(
                 "healthy": m.name not in layout.down,
                 "reason": st.reasons.get(m.name, ""),
                 "weight": planning.weight_number(dict(layout.weights).get(m.name, Fraction(0))),
+                "spec_weight": planning.weight_number(m.exact_weight),
                 "buckets": live_counts.get(m.name, 0),
                 "share": round(live_counts.get(m.name, 0) / total, 6),
                 "target": round(share.target, 6) if share else 0.0,
@@ -928,7 +1183,8 @@ def status(
         "uplink": spec.uplink,
         "in_sync": live.generation == st.generation
         and found is not None
-        and found[0] == layout.table,
+        and all(t == reconcile.expected_owners(layout, st.moving) for t in found[1].values()),
+        "weights_from": st.intent.source if st.intent is not None else "spec",
         "members": members,
     }
     offload = be.offload(live)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vipctl.core.partition import Layout
+from vipctl.core.reconcile import Intent
 from vipctl.core.spec import CLUSTER_NAME, is_cluster_name
 from vipctl.core.transition import Move, moving_from_json, moving_to_json
 from vipctl.errors import BusyError, StateError, UsageError
@@ -66,9 +67,12 @@ class ClusterState:
     macs: dict[str, str] = field(default_factory=dict)  # member -> MAC when committed
     reasons: dict[str, str] = field(default_factory=dict)  # member -> last health transition
     moving: dict[int, Move] = field(default_factory=dict)  # buckets in transition
+    # weights in force that differ from the spec's (rebalance, layout import): the part of
+    # the desired state the spec file does not hold (core/reconcile.py)
+    intent: Intent | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": 1,
             "cluster": self.cluster,
             "generation": self.generation,
@@ -80,6 +84,9 @@ class ClusterState:
             "reasons": self.reasons,
             "moving": moving_to_json(self.moving),
         }
+        if self.intent is not None:
+            out["intent"] = self.intent.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClusterState:
@@ -93,6 +100,7 @@ class ClusterState:
             macs={str(k): str(v) for k, v in data.get("macs", {}).items()},
             reasons={str(k): str(v) for k, v in data.get("reasons", {}).items()},
             moving=moving_from_json(data.get("moving")),
+            intent=Intent.from_json(data["intent"]) if data.get("intent") else None,
         )
 
 

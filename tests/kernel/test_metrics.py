@@ -13,18 +13,23 @@ from vipctl.lab import traffic
 from vipctl.lab.topology import Lab
 
 
-def scrape(ns: str, url: str) -> dict[tuple[str, str], float]:
-    """(metric, member label or "") -> value, from the endpoint inside namespace `ns`."""
+def scrape_text(ns: str, url: str) -> str:
+    """The exposition the endpoint inside namespace `ns` answers."""
     code = (
         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).read().decode())"
     )
-    text = subprocess.run(
+    return subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     ).stdout
+
+
+def scrape(ns: str, url: str) -> dict[tuple[str, str], float]:
+    """(metric, member label or "") -> value, from the endpoint inside namespace `ns`."""
+    text = scrape_text(ns, url)
     values: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if line.startswith("#") or "{" not in line:

@@ -143,6 +143,9 @@ def test_package_installs_verifies_lints_and_purges_clean(debs: tuple[Path, Path
         "/usr/share/doc/vipctl/copyright",
         "/usr/share/man/man1/vipctl.1.gz",
         "/usr/share/bash-completion/completions/vipctl",
+        "/usr/share/vipctl/prometheus/vipctl.rules.yml",
+        "/usr/share/vipctl/prometheus/tests/members.test.yml",
+        "/usr/share/vipctl/grafana/vipctl.json",
     ):
         assert Path(want) in paths, want
     extra = [Path("/var/lib/vipctl"), Path("/etc/vipctl"), Path("/usr/lib/vipctl")]

@@ -168,6 +168,12 @@ class FakeBackend:
     def offload(self, live: Live) -> dict[str, int] | None:
         return {"rules": 3, "in_hw": 0} if self.name == "tc" else None
 
+    def read_load(self, spec: Spec) -> list[tuple[int, int]] | None:
+        return None
+
+    def ruleset_generation(self) -> int | None:
+        return None
+
 
 class FakeBox:
     def __init__(self) -> None:
@@ -207,16 +213,15 @@ class Rig:
         self.slept.append(seconds)
         self.now += seconds
 
-    def apply(self, spec: Spec, **kw: Any) -> controller.ApplyResult:
-        return controller.apply(
-            spec,
-            self.dir,
-            backends=self.pick,
-            box=self.box,
-            clock=lambda: self.now,
-            sleep=self.sleep,
-            **kw,
+    def env(self, cache: controller.Cache | None = None) -> controller.Env:
+        return controller.Env(
+            backends=self.pick, box=self.box, cache=cache, clock=lambda: self.now, sleep=self.sleep
         )
+
+    def apply(
+        self, spec: Spec, cache: controller.Cache | None = None, **kw: Any
+    ) -> controller.ApplyResult:
+        return controller.apply(spec, self.dir, controller.ApplyOptions(**kw), self.env(cache))
 
     def state_bytes(self) -> bytes | None:
         path = self.dir / "web.json"
@@ -513,14 +518,14 @@ def test_the_daemons_cache_skips_the_reads_of_a_failover(rig: Rig) -> None:
     spec = make_spec()
     rig.apply(spec, cache=cache)
     wired: list[str] = []
-    rig.box.wiring = lambda s, o: (
+
+    def wiring(spec: Spec, optional: Collection[str]) -> Wiring:
         wired.append("w")
-        or Wiring(  # type: ignore[method-assign]
-            ifindex=dict(PORTS), macs=dict(MACS)
-        )
-    )
+        return Wiring(ifindex=dict(PORTS), macs=dict(MACS))
+
+    rig.box.wiring = wiring  # type: ignore[method-assign]
     rig.kernel.calls.clear()
-    result = rig.apply(spec, down={"web2"}, cache=cache)
+    result = rig.apply(spec, down={"web2"}, cache=cache, check_drift=False)
     assert result.changed and rig.commits() == ["nftables.commit(2)"]
     # no observe, no wiring, no read-back before the answer ...
     assert not [c for c in rig.kernel.calls if "observe" in c or "verify" in c] and not wired
@@ -529,7 +534,7 @@ def test_the_daemons_cache_skips_the_reads_of_a_failover(rig: Rig) -> None:
     # a commit by someone else (the CLI) makes the cache stale: the next apply reads
     rig.apply(spec, down=set())
     rig.kernel.calls.clear()
-    rig.apply(spec, down={"web3"}, cache=cache)
+    rig.apply(spec, down={"web3"}, cache=cache, check_drift=False)
     assert "nftables.observe(complete=False)" in rig.kernel.calls and wired
 
 
@@ -671,3 +676,83 @@ def test_an_announcement_that_cannot_be_made_refuses_before_the_commit(rig: Rig)
     with pytest.raises(KernelError, match="read-only"):
         rig.apply(make_spec("nftables", announce_vips=True, mode="steer"))
     assert rig.commits() == ["nftables.commit(1)"] and rig.state_bytes() == before
+
+
+# -- the desired state: weights in force, failover at once, drift repaired ----------------
+
+
+def _owners_up_kept(before: Table, after: Table, down: set[str]) -> bool:
+    return all(a == b for b, a in zip(before, after, strict=True) if b not in down)
+
+
+def test_weights_set_by_rebalance_stay_in_force_through_failover_and_restore(rig: Rig) -> None:
+    spec = make_spec()
+    rig.apply(spec)
+    res = rig.apply(spec, weights={"web1": 3})  # `rebalance --weights web1=3`
+    assert res.changed and res.recorded_s == 1.0  # a rebalance records its UDP flows first
+    rebalanced = res.layout.table
+    assert rebalanced.count("web1") in (9, 10)  # 16 * 3/5, floor or ceil
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.intent is not None and st.intent.source == "rebalance"
+    slept = list(rig.slept)
+    failed = rig.apply(spec, down={"web2"})  # the daemon's failover: the spec's own weights
+    assert failed.failover and failed.recorded_s == 0 and rig.slept == slept  # no record step
+    assert _owners_up_kept(rebalanced, failed.layout.table, {"web2"})
+    assert dict(failed.layout.weights)["web1"] == 3
+    restored = rig.apply(spec, down=set())
+    assert restored.layout.table == rebalanced  # exactly the table in force before
+    again = rig.apply(spec)  # a restarted daemon, or a reload of the unchanged spec
+    assert not again.changed and again.layout.table == rebalanced
+
+
+def test_a_spec_with_other_weights_replaces_the_weights_in_force(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), weights={"web1": 3})
+    members = [
+        {"name": f"web{i}", "port": f"m{i}", "address": f"198.51.100.{8 * i + 2}", "weight": w}
+        for i, w in ((1, 1), (2, 2), (3, 1))
+    ]
+    res = rig.apply(make_spec(members=members))
+    assert dict(res.layout.weights) == {"web1": 1, "web2": 2, "web3": 1}
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.intent is None
+
+
+def test_weights_equal_to_the_spec_leave_no_intent(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), weights={"web1": 3})
+    rig.apply(make_spec(), weights={"web1": 1})
+    st = statefile.load(rig.dir, "web")
+    assert st is not None and st.intent is None
+
+
+def test_status_shows_the_weights_in_force_and_the_specs(rig: Rig) -> None:
+    rig.apply(make_spec())
+    rig.apply(make_spec(), weights={"web1": 3})
+    report = controller.status("web", rig.dir, backends=rig.pick)
+    web1 = report["members"][0]
+    assert (web1["weight"], web1["spec_weight"], report["weights_from"]) == (3, 1, "rebalance")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_apply_repairs_a_table_changed_behind_its_back(rig: Rig, backend: str) -> None:
+    spec = make_spec(backend)
+    first = rig.apply(spec)
+    installed = rig.kernel.tables[backend]
+    broken = list(installed.table)
+    broken[7] = None  # `nft delete element ... owners4_m4 { 0.0.0.7 }`
+    installed.table = tuple(broken)
+    assert not rig.apply(spec, check_drift=False).changed  # the daemon's failover path trusts
+    res = rig.apply(spec)
+    assert res.changed and res.repaired and "bucket 7" in res.repaired[0]
+    assert rig.kernel.tables[backend].table == first.layout.table
+    assert not rig.apply(spec).changed  # and then it is in sync
+
+
+def test_apply_reinstalls_a_flushed_table(rig: Rig) -> None:
+    spec = make_spec()
+    first = rig.apply(spec)
+    del rig.kernel.tables["nftables"]  # `nft flush ruleset`
+    res = rig.apply(spec)
+    assert res.changed and rig.kernel.tables["nftables"].table == first.layout.table
+    assert res.layout.table == first.layout.table  # not a single bucket moved

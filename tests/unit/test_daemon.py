@@ -6,6 +6,7 @@ next apply and reported until it is written."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator
 from fractions import Fraction
@@ -200,8 +201,10 @@ def test_an_unwritable_state_is_kept_retried_and_reported(
         _result(2, None),
     ]
 
-    def apply(spec: Spec, directory: Path, **kw: Any) -> ApplyResult:
-        calls.append(kw)
+    def apply(
+        spec: Spec, directory: Path, options: controller.ApplyOptions, env: controller.Env
+    ) -> ApplyResult:
+        calls.append({f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
         return results[len(calls) - 1]
 
     monkeypatch.setattr(controller, "apply", apply)

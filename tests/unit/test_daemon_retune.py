@@ -6,6 +6,7 @@ step is skipped), never applies while another apply runs, and is off by default.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -77,21 +78,39 @@ class Fakes:
         monkeypatch.setattr(controller, "apply", self.apply)
         monkeypatch.setattr(sdnotify, "notify", lambda *fields: True)
 
-    def start(self, spec: Spec, directory: Path, **kw: Any) -> controller.Measuring:
-        assert kw["state_write_failure"] == "continue"
+    def start(
+        self,
+        spec: Spec,
+        directory: Path,
+        options: controller.ApplyOptions,
+        env: controller.Env,
+    ) -> controller.Measuring:
+        assert options.state_write_failure == "continue"
         self.gen += 1
         self.measuring.set()
         return controller.Measuring(self.gen, [(0, 0)] * len(LAYOUT.table))
 
     def stop(
-        self, spec: Spec, directory: Path, started: controller.Measuring, **kw: Any
+        self,
+        spec: Spec,
+        directory: Path,
+        started: controller.Measuring,
+        options: controller.ApplyOptions,
+        env: controller.Env,
     ) -> tuple[statefile.ClusterState, list[tuple[int, int]]]:
         assert started.generation == self.gen  # nobody committed during the window
         self.stopped = True
         self.gen += 1
         return statefile.ClusterState("web", self.gen, LAYOUT, digest="d"), self.load
 
-    def apply(self, spec: Spec, directory: Path, **kw: Any) -> ApplyResult:
+    def apply(
+        self,
+        spec: Spec,
+        directory: Path,
+        options: controller.ApplyOptions,
+        env: controller.Env,
+    ) -> ApplyResult:
+        kw = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         self.applies.append(kw)
         self.gen += 1
         return result(kw.get("layout") or LAYOUT, self.gen)

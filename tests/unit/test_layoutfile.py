@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def test_round_trip_keeps_the_exact_table() -> None:
         (lambda d: d.update(fingerprint="0" * 16), "fingerprint:"),
         (lambda d: d["layout"].update(base=[[0, 1]]), "malformed"),
         (lambda d: d["layout"].update(down=["nobody"]), "malformed"),
-        (lambda d: d.pop("layout"), "malformed"),
+        (lambda d: d.pop("layout"), "layout: missing"),
     ],
 )
 def test_a_bad_file_is_refused_with_its_field(edit: object, message: str) -> None:
@@ -73,3 +74,106 @@ def test_apply_with_a_bad_layout_exits_78_and_writes_no_state(tmp_path: Path) ->
         assert not state.exists() or not list(state.glob("*.json"))
     missing = CliRunner().invoke(app, ["apply", str(SPEC), "--layout", str(tmp_path / "nope.json")])
     assert missing.exit_code == 78 and "cannot read" in missing.stderr
+
+
+# -- the corpus: nothing in a layout file is trusted because it parses ---------------------
+
+
+def _good() -> tuple[dict[str, Any], Any]:
+    spec = load_spec(SPEC)
+    data, _ = exported(set())
+    return json.loads(json.dumps(data)), spec
+
+
+def _refit(data: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """Recompute the fingerprint of an edited table, as anyone can: it must not help."""
+    from vipctl.core.partition import fingerprint
+
+    layout = Layout.from_json(data["layout"])
+    p = spec.partition
+    data["fingerprint"] = fingerprint(layout.table, p.key, p.bits, p.seed)
+    return data
+
+
+def _ownerless(d: dict[str, Any]) -> None:
+    n = 1 << d["bits"]
+    d["layout"]["base"] = [[-1, n]]
+    d["layout"]["table"] = [[-1, n]]
+
+
+def _all_to_first(d: dict[str, Any]) -> None:  # 256/0/0 while the weights say otherwise
+    n = 1 << d["bits"]
+    d["layout"]["base"] = [[0, n]]
+    d["layout"]["table"] = [[0, n]]
+
+
+def _partial(d: dict[str, Any]) -> None:  # the last run's buckets have no owner
+    for key in ("base", "table"):
+        runs = d["layout"][key]
+        runs[-1][0] = -1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_ownerless, "have no owner"),
+        (_all_to_first, "owns"),
+        (_partial, "have no owner"),
+        (lambda d: d.update(version=True), "version: true is not 1"),
+        (lambda d: d.update(bits=float(d["bits"])), "bits:"),
+        (lambda d: d.update(extra=1), "extra: unknown field"),
+        (lambda d: d["layout"].update(weights=[1] * len(d["layout"]["weights"])), "exact fraction"),
+        (lambda d: d["layout"].update(weights=["9" * 70] * len(d["layout"]["weights"])), "at most"),
+        (lambda d: d["layout"].update(weights=["2000000"] * len(d["layout"]["weights"])), "above"),
+        (lambda d: d["layout"]["base"][0].__setitem__(1, True), "integers"),
+    ],
+)
+def test_a_crafted_table_is_refused_even_with_its_fingerprint(edit: Any, message: str) -> None:
+    data, spec = _good()
+    edit(data)
+    # not even a layout: the fingerprint cannot be recomputed
+    with contextlib.suppress(ValueError, TypeError, KeyError):
+        data = _refit(data, spec)
+    with pytest.raises(SpecError) as err:
+        layoutfile.parse(json.dumps(data), "f.json", spec)
+    assert any(message in p for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"version": 1, "version": 1}', "duplicate key 'version'"),
+        ('{"version": 1e309}', "version:"),
+        ('{"version": NaN}', "NaN is not a JSON number"),
+        ("[" * 5000 + "]" * 5000, "nested deeper"),
+        ('{"version": ' + "1" * 5000 + "}", "layout:"),
+    ],
+)
+def test_hostile_json_is_refused_without_a_traceback(text: str, message: str) -> None:
+    spec = load_spec(SPEC)
+    with pytest.raises(SpecError) as err:
+        layoutfile.parse(text, "f.json", spec)
+    assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_files_that_are_not_layouts_are_refused_before_reading(tmp_path: Path) -> None:
+    import os
+
+    spec = load_spec(SPEC)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (layoutfile.MAX_LAYOUT_BYTES + 1))
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"cluster": "caf\xe9"}')
+    for path, message in (
+        (fifo, "not a regular file"),
+        (Path("/dev/zero"), "not a regular file"),
+        (big, "larger than"),
+        (latin, "not UTF-8"),
+        (tmp_path / "missing.json", "cannot read"),
+    ):
+        with pytest.raises(SpecError) as err:
+            layoutfile.read(path, spec)
+        assert any(message in p for p in err.value.problems), (path, err.value.problems)
+        assert err.value.problems[0].startswith("layout: ")

@@ -27,6 +27,9 @@ place (`backend_for`). The controller runs the same apply for every backend:
                                        in the kernel only while measuring (--auto)
     offload(live)                      how many rules the hardware holds (None: not
                                        applicable)
+    ruleset_generation()               a number that changes whenever anyone commits rules
+                                       in this namespace (None: the backend has none; the
+                                       daemon then reads its rules back on a timer)
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ class Backend(Protocol):
     def read_load(self, spec: Spec) -> list[tuple[int, int]] | None: ...
 
     def offload(self, live: Live) -> dict[str, int] | None: ...
+
+    def ruleset_generation(self) -> int | None: ...
 
 
 def text_digest(lines: Iterable[str]) -> str:

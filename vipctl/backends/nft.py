@@ -312,6 +312,25 @@ def observe_structure(cluster: str) -> LiveTable | None:
 NFPROTO_NETDEV = nl.NFPROTO_NETDEV
 
 
+def ruleset_generation() -> int:
+    """The kernel's nf_tables generation id: it changes with every committed transaction
+    in this namespace, vipctl's or anyone's (`nft flush ruleset`, a reload of
+    nftables.service, a deleted element). One tiny netlink request (NFT_MSG_GETGEN): the
+    daemon polls it and reads its table back only when it changed."""
+    try:
+        with _nftables_netlink() as sock:
+            found = sock.request(nl.nft_type(nl.NFT_MSG_GETGEN), nl.nfgenmsg(0))
+    except NetlinkError as exc:
+        raise KernelError(f"cannot read the nftables generation: {_describe(exc.code)}") from None
+    except (NetlinkDecodeError, OSError) as exc:
+        raise KernelError(f"cannot read the nftables generation: {exc}") from None
+    for msg in found:
+        gen = msg.get_attr("NFTA_GEN_ID")
+        if gen is not None:
+            return int(gen)
+    raise KernelError("cannot read the nftables generation: the kernel sent no NFTA_GEN_ID")
+
+
 def _describe(code: int) -> str:
     return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
 
@@ -740,3 +759,6 @@ class NftBackend:
 
     def offload(self, live: Live) -> dict[str, int] | None:
         return None  # nftables runs in software (netdev hooks are not offloaded here)
+
+    def ruleset_generation(self) -> int | None:
+        return ruleset_generation()

@@ -521,3 +521,6 @@ class TcBackend:
     def offload(self, live: Live) -> dict[str, int] | None:
         tc: TcLive = live.detail
         return {"rules": 1 + len(tc.filters), "in_hw": tc.in_hw_count}
+
+    def ruleset_generation(self) -> int | None:
+        return None  # tc has no generation counter: the daemon reads the filters back

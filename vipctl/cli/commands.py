@@ -10,6 +10,7 @@ SystemExit on an error.
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from vipctl import statefile
 from vipctl.cli.output import echo, fail, load, usage
 from vipctl.core import plan as planning
 from vipctl.core.partition import Layout, bucket_of
-from vipctl.errors import KernelError, SpecError, StateError, VipctlError
+from vipctl.errors import KernelError, StateError, VipctlError
 
 if TYPE_CHECKING:
     from vipctl.core.spec import Spec
@@ -27,6 +28,24 @@ if TYPE_CHECKING:
 def _previous(spec: Spec, state_dir: str | None) -> Layout | None:
     st = statefile.load(statefile.state_dir(state_dir), spec.cluster)
     return st.layout if st is not None else None
+
+
+def _desired(
+    spec: Spec,
+    state_dir: str | None,
+    weights: dict[str, Fraction] | None = None,
+    down: set[str] | None = None,
+) -> tuple[Layout | None, Layout]:
+    """(the layout the state says is live, the one an apply would install): the weights in
+    force (those `rebalance` set, core/reconcile.py), or `weights` over them."""
+    from vipctl.core import reconcile
+
+    st = statefile.load(statefile.state_dir(state_dir), spec.cluster)
+    own = planning.spec_weights(spec)
+    in_force = dict(reconcile.weights_in_force(own, st.intent if st else None))
+    previous = st.layout if st is not None else None
+    layout = planning.desired(spec, previous, weights={**in_force, **(weights or {})}, down=down)
+    return previous, layout
 
 
 def validate(spec_path: Path) -> None:
@@ -66,8 +85,7 @@ def plan(
     try:
         overrides = planning.parse_weights(weights, spec) if weights is not None else None
         down_set = planning.parse_names(down, spec) if down is not None else None
-        previous = _previous(spec, state_dir)
-        layout = planning.desired(spec, previous, weights=overrides, down=down_set)
+        previous, layout = _desired(spec, state_dir, overrides, down_set)
     except VipctlError as exc:
         fail(exc)
     change = planning.Change(previous, layout)
@@ -144,10 +162,13 @@ def _live_layout(spec: Spec, state_dir: str | None, source: str = "auto") -> tup
             return live, "live"
         if source == "live":
             raise KernelError(f"cluster {spec.cluster} is not installed here")
-    previous = _previous(spec, state_dir) if source in ("auto", "state") else None
+    if source in ("auto", "state"):
+        previous, layout = _desired(spec, state_dir)
+    else:
+        previous, layout = None, planning.desired(spec, None)
     if source == "state" and previous is None:
         raise StateError(f"no state for cluster {spec.cluster}")
-    return planning.desired(spec, previous), ("state" if previous else "spec")
+    return layout, ("state" if previous else "spec")
 
 
 def _kernel_table(spec: Spec) -> Layout | None:
@@ -180,22 +201,21 @@ def apply(
         if layout_path is not None:
             from vipctl.core import layoutfile
 
-            try:
-                text = layout_path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SpecError(str(layout_path), [f"cannot read: {exc}"]) from None
-            imported = layoutfile.parse(text, str(layout_path), spec)
-            # the peer's weights become this router's (as `rebalance --weights` records)
-            spec = controller.spec_with_weights(spec, layoutfile.weights_of(imported))
+            imported = layoutfile.read(layout_path, spec)
         down_set = planning.parse_names(down, spec) if down is not None else None
         result = controller.apply(
             spec,
             statefile.state_dir(state_dir),
-            dry_run=dry_run,
-            down=down_set,
-            want_diff=diff or dry_run,
-            preflight=not skip_checks,
-            layout=imported,
+            controller.ApplyOptions(
+                dry_run=dry_run,
+                down=down_set,
+                want_diff=diff or dry_run,
+                preflight=not skip_checks,
+                layout=imported,
+                # the peer's weights become this router's weights in force
+                weights=dict(imported.weights) if imported is not None else None,
+                intent_source="layout",
+            ),
         )
     except VipctlError as exc:
         fail(exc)
@@ -265,20 +285,24 @@ def rebalance(
     assert weights is not None
     try:
         new_weights = planning.parse_weights(weights, spec)
-        planning.spec_weights(spec, new_weights)
-        new_spec = controller.spec_with_weights(spec, new_weights)
-        result = controller.apply(new_spec, statefile.state_dir(state_dir), dry_run=dry_run)
+        directory = statefile.state_dir(state_dir)
+        in_force = controller.weights_in_force(spec, statefile.load(directory, spec.cluster))
+        result = controller.apply(
+            spec,
+            directory,
+            controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights}),
+        )
     except VipctlError as exc:
         fail(exc)
     if dry_run:
         previous = _previous(spec, state_dir)
         change = planning.Change(previous, result.layout)
-        data = planning.report(new_spec, change)
+        data = planning.report(spec, change)
         echo(planning.render_report(data))
-        _print_pins_moving(new_spec, change.moved)
+        _print_pins_moving(spec, change.moved)
         echo("dry run: nothing changed", err=True)
         return
-    _print_apply(new_spec, result, dry_run=False, diff=False)
+    _print_apply(spec, result, dry_run=False, diff=False)
 
 
 def status(

@@ -59,10 +59,7 @@ def run_auto(
         result = controller.retune(
             spec,
             statefile.state_dir(state_dir),
-            window=window,
-            tolerance=tolerance,
-            metric=metric,
-            dry_run=dry_run,
+            controller.Tuning(window=window, tolerance=tolerance, metric=metric, dry_run=dry_run),
         )
     except VipctlError as exc:
         fail(exc)

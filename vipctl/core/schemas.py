@@ -45,7 +45,8 @@ _STATUS_MEMBER = _object(
         "address": {"type": "string"},
         "healthy": {"type": ["boolean", "null"]},
         "reason": {"type": "string"},
-        "weight": _WEIGHT,
+        "weight": {**_WEIGHT, "description": "in force: set by rebalance, else the spec's"},
+        "spec_weight": {**_WEIGHT, "description": "the spec's own weight"},
         "buckets": _INT,
         "share": _SHARE,
         "target": _SHARE,
@@ -67,6 +68,10 @@ _STATUS_CLUSTER = _object(
         "vips": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "uplink": _NAME,
         "in_sync": {"type": "boolean"},
+        "weights_from": {
+            "enum": ["spec", "rebalance", "layout"],
+            "description": "where the weights in force come from",
+        },
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
     },
@@ -82,6 +87,7 @@ _STATUS_CLUSTER = _object(
         "uplink",
         "vips",
         "backend",
+        "weights_from",
     ],
 )
 

@@ -444,16 +444,22 @@ def _json_depth(text: str) -> None:
             depth -= 1
 
 
+def strict_json(text: str) -> object:
+    """JSON as vipctl reads its input files: bounded nesting, no duplicate keys, no NaN or
+    Infinity, numbers of bounded length (Refused, or ValueError when not JSON)."""
+    _json_depth(text)
+    return json.loads(
+        text,
+        object_pairs_hook=_json_object,
+        parse_int=core_int,
+        parse_float=core_float,
+        parse_constant=_json_constant,
+    )
+
+
 def _parse(text: str, source: str) -> object:
     if source.endswith(".json"):
-        _json_depth(text)
-        return json.loads(
-            text,
-            object_pairs_hook=_json_object,
-            parse_int=core_int,
-            parse_float=core_float,
-            parse_constant=_json_constant,
-        )
+        return strict_json(text)
     from vipctl.core import specyaml  # PyYAML (~8 ms): only when a YAML spec is read
 
     return specyaml.load(text)
@@ -514,19 +520,20 @@ def load_text(text: str, source: str = "spec") -> Spec:
     return parse_spec(data, source)
 
 
-def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
+def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES, what: str = "spec") -> bytes:
     """The file's bytes, read once: a regular file of at most `limit` bytes. Opened
-    non-blocking, so a FIFO (or a device) is refused instead of hanging the reader."""
+    non-blocking, so a FIFO (or a device) is refused instead of hanging the reader.
+    `what` starts each message (the spec, a layout file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
+        raise SpecError(str(path), [f"{what}: cannot read {path}: {exc.strerror}"]) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise SpecError(str(path), [f"spec: {path} is not a regular file"])
+            raise SpecError(str(path), [f"{what}: {path} is not a regular file"])
         if info.st_size > limit:
-            raise SpecError(str(path), [_too_large(path, limit)])
+            raise SpecError(str(path), [_too_large(path, limit, what)])
         chunks: list[bytes] = []
         left = limit + 1  # a file that grows while read is caught too
         while left > 0:
@@ -536,29 +543,29 @@ def read_spec_bytes(path: Path, limit: int = MAX_SPEC_BYTES) -> bytes:
             chunks.append(chunk)
             left -= len(chunk)
     except OSError as exc:
-        raise SpecError(str(path), [f"spec: cannot read {path}: {exc.strerror}"]) from None
+        raise SpecError(str(path), [f"{what}: cannot read {path}: {exc.strerror}"]) from None
     finally:
         os.close(fd)
     data = b"".join(chunks)
     if len(data) > limit:
-        raise SpecError(str(path), [_too_large(path, limit)])
+        raise SpecError(str(path), [_too_large(path, limit, what)])
     return data
 
 
-def _too_large(path: Path, limit: int) -> str:
-    return f"spec: {path} is larger than {limit} bytes ({limit // 1024} KiB)"
+def _too_large(path: Path, limit: int, what: str = "spec") -> str:
+    return f"{what}: {path} is larger than {limit} bytes ({limit // 1024} KiB)"
 
 
-def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES) -> str:
-    """The spec file's text (a regular UTF-8 file of at most `limit` bytes, read once),
-    or SpecError; never blocks on a FIFO or a device."""
+def read_spec_file(path: str | Path, limit: int = MAX_SPEC_BYTES, what: str = "spec") -> str:
+    """The file's text (a regular UTF-8 file of at most `limit` bytes, read once), or
+    SpecError; never blocks on a FIFO or a device."""
     path = Path(path)
-    data = read_spec_bytes(path, limit)
+    data = read_spec_bytes(path, limit, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        raise SpecError(str(path), [f"spec: not UTF-8 text ({where})"]) from None
+        raise SpecError(str(path), [f"{what}: not UTF-8 text ({where})"]) from None
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -455,6 +455,32 @@ def _build(lab: Lab) -> None:
     )
 
 
+def recreate_port(lab: Lab, name: str) -> None:
+    """Re-create a member's port after `ip link del` (both ends of the veth went): the same
+    names, MACs and addresses as `build` made them, and a new ifindex."""
+    m = lab.by_name(name)
+    _ip_batch(
+        lab.router_ns,
+        [
+            f"link add {m.port} address {m.port_mac} type veth "
+            f"peer name eth0 address {m.mac} netns {m.ns}",
+            f"addr add {m.gateway}/29 dev {m.port}",
+            f"addr add {m.gateway6}/64 dev {m.port} nodad",
+            f"link set {m.port} up",
+        ],
+    )
+    _ip_batch(
+        m.ns,
+        [
+            f"addr add {m.address}/29 dev eth0",
+            f"addr add {m.address6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            f"route replace default via {m.gateway} dev eth0",
+            f"route replace ::/0 via {m.gateway6} dev eth0",
+        ],
+    )
+
+
 def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     """The member side as an operator does it with `vipctl member SPEC NAME --apply`:
     the same code (vipctl.member), run in a thread that has joined each member's

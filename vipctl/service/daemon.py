@@ -35,6 +35,7 @@ every bucket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -43,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from vipctl import statefile
 from vipctl.core.spec import Spec, load_spec
@@ -64,6 +65,9 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 10.0
 RELOAD_TIMEOUT_S = 10.0  # a spec read that hangs (a dead NFS mount) is given up
 RETUNE_OFF_POLL_S = 5.0  # re-tuning off: how often to look whether a reload switched it on
+CONVERGE_POLL_S = 0.1  # how often the ruleset generation is read (invariant 10: within 1 s)
+CONVERGE_FULL_S = 30.0  # a read-back of the whole table however quiet the generation is
+CONVERGE_TC_S = 1.0  # the same for backends without a generation (tc)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,6 +186,10 @@ class Daemon:
         self._state_retry: asyncio.TimerHandle | None = None
         self._slot = asyncio.Lock()  # one apply at a time: health, retry, reload, re-tune
         self.retunes = 0  # re-tunes that moved buckets
+        # convergence: the ruleset generation our last apply saw, and whether the next apply
+        # must read the kernel back (someone else changed the rules, a port was re-created)
+        self._genid_seen: int | None = None
+        self._check = False
 
     # -- what STATUS= says --------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -223,7 +231,10 @@ class Daemon:
             self._pending_since = t.at
         self._dirty.set()
 
-    async def _apply(self, down: set[str] | None) -> ApplyResult:
+    async def _apply(self, down: set[str] | None, *, check: bool = False) -> ApplyResult:
+        """One apply off the event loop. `check`: read the kernel back first and replace
+        the whole table where it differs from the state (drift), instead of trusting our
+        own last commit (the fast path of a failover)."""
         from vipctl import controller
 
         self._apply_started = time.monotonic()
@@ -232,25 +243,55 @@ class Daemon:
         host = down is None or self._host_pending
         if self.cache is None:
             self.cache = controller.Cache()
+        options = controller.ApplyOptions(
+            down=down,
+            host=host,
+            reasons=dict(self.reasons),
+            want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
+            state_write_failure="continue",
+            unsaved=self._unsaved,
+            check_drift=check or down is None,
+        )
         try:
             async with self._slot:
+                seen = self._kernel_generation()
                 result = await asyncio.to_thread(
                     controller.apply,
                     self.spec,
                     self.state_dir,
-                    down=down,
-                    host=host,
-                    reasons=dict(self.reasons),
-                    cache=self.cache,
-                    want_diff=False,  # nobody reads it: rendering the old table costs ~2 ms
-                    state_write_failure="continue",
-                    unsaved=self._unsaved,
+                    options,
+                    controller.Env(cache=self.cache),
                 )
+                self._genid_seen = seen
             self._host_pending = False
         finally:
             self._apply_started = None
         self._state_written(result)
+        if result.repaired:
+            with self.stats.lock:
+                self.stats.repairs += 1
+            log.warning(
+                "the kernel differed from the desired state (%s): whole table replaced, "
+                "generation %d",
+                "; ".join(result.repaired),
+                result.generation,
+            )
         return result
+
+    def _own_commit(self) -> None:
+        """The ruleset generation now is our own commit's: the measuring table of a
+        re-tune must not be taken for drift (a convergence check would switch its counting
+        off). A change by someone else in the same instant waits for the periodic check."""
+        self._genid_seen = self._kernel_generation()
+
+    def _kernel_generation(self) -> int | None:
+        """The backend's ruleset generation (None: it has none, or it cannot be read)."""
+        from vipctl.controller import backend_for
+
+        try:
+            return backend_for(self.spec).ruleset_generation()
+        except VipctlError:
+            return None
 
     def _state_written(self, result: ApplyResult) -> None:
         """Keep the state in memory while it cannot be written, retry, say so."""
@@ -313,8 +354,8 @@ class Daemon:
                 describe_moves(before, result.layout),
                 pins,
             )
-        elif result.state_error is None and what == "retry":
-            log.debug("retry: the live table (generation %d) matches", result.generation)
+        elif result.state_error is None and what in ("retry", "check"):
+            log.debug("%s: the live table (generation %d) matches", what, result.generation)
         else:
             log.info(
                 "%s: the live table (generation %d) already matches, nothing written",
@@ -344,8 +385,9 @@ class Daemon:
             since, self._pending_since = self._pending_since, None
             if self.spec.bgp is not None and not set(self.spec.member_names) - down:
                 await self._bgp(False)  # nobody to serve: withdraw before the rules change
+            check, self._check = self._check, False
             try:
-                result = await self._apply(down)
+                result = await self._apply(down, check=check)
             except Exception as exc:  # keep serving: the previous rules stay in place
                 if isinstance(exc, VipctlError):
                     log.error("apply failed, the previous rules stay in place: %s", exc)
@@ -355,11 +397,13 @@ class Daemon:
                 sdnotify.notify(f"STATUS=apply failed ({exc}); retrying")
                 if self._pending_since is None:
                     self._pending_since = since
+                self._check = self._check or check
                 self._retry = loop.call_later(self._backoff, self._dirty.set)
                 self._backoff = min(self._backoff * 2, RETRY_MAX_S)
                 continue
             self._backoff = RETRY_FIRST_S
-            self._applied(result, since, "health change" if since is not None else "retry")
+            what = "health change" if since is not None else "check" if check else "retry"
+            self._applied(result, since, what)
             await self._bgp(bool(set(self.spec.member_names) - set(result.layout.down)))
             if result.changed and self.cache is not None:
                 await self._verify()
@@ -468,6 +512,42 @@ class Daemon:
             self.monitor.update(spec)
         self._dirty.set()
 
+    def converge(self, why: str) -> None:
+        """Read the kernel back and converge it to the desired state at once (the rules
+        may have changed under us: anyone's commit, a port removed or re-created)."""
+        log.debug("converging: %s", why)
+        if self.cache is not None:
+            self.cache.forget()  # its wiring (ifindex, MACs) may be stale
+        self._check = True
+        self._dirty.set()
+
+    async def _watch_kernel(self) -> None:
+        """Invariant 10: whatever changes vipctl's rules, the desired table is back within
+        a second. The backend's ruleset generation (nftables: NFT_MSG_GETGEN, one tiny
+        netlink request) is polled every CONVERGE_POLL_S; when it moved since our last
+        apply, the next apply reads the table back and replaces it where it differs.
+        Without a generation (tc), and every CONVERGE_FULL_S in any case, the same check
+        runs on a timer."""
+        last_full = time.monotonic()
+        while True:
+            await asyncio.sleep(CONVERGE_POLL_S)
+            if self.layout is None or self._dirty.is_set() or self._slot.locked():
+                continue
+            now = time.monotonic()
+            gen = self._kernel_generation()
+            if gen is not None and gen != self._genid_seen:
+                self.converge(f"ruleset generation {self._genid_seen} -> {gen}")
+                last_full = now
+            elif now - last_full >= (CONVERGE_FULL_S if gen is not None else CONVERGE_TC_S):
+                self.converge("periodic read-back")
+                last_full = now
+
+    def on_port(self, port: str, why: str) -> None:
+        """health.Monitor: a member's port was removed or re-created (a new ifindex): the
+        rules name ports by ifindex, so they are rendered again."""
+        log.warning("port %s %s: rendering the rules again", port, why)
+        self.converge(f"port {port} {why}")
+
     async def _settler(self) -> None:
         """Buckets in transition return to the stateless path once their recorded flows
         are idle (controller.apply settles what is due): check now and then, apply when a
@@ -512,21 +592,21 @@ class Daemon:
                 else "an apply is pending"
             )
             return self._retune_log(f"skipped: {why}")
-        common: dict[str, Any] = {
-            "cache": self.cache,
-            "reasons": dict(self.reasons),
-            "state_write_failure": "continue",
-        }
+        from vipctl.controller import ApplyOptions, Env, Tuning
+
+        common = ApplyOptions(reasons=dict(self.reasons), state_write_failure="continue")
+        env = Env(cache=self.cache)
         async with self._slot:  # counting on: one commit, like any apply
             if spec is not self.spec or self._dirty.is_set():
                 return self._retune_log("skipped: an apply is pending")
             try:
                 started = await asyncio.to_thread(
-                    controller.measure_start, spec, self.state_dir, **common
+                    controller.measure_start, spec, self.state_dir, common, env
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: measuring failed: {exc}", logging.ERROR)
             self.generation = started.generation
+            self._own_commit()  # the counting table is ours: no convergence check for it
         await asyncio.sleep(rt.window_s)  # the slot is free: a failover goes first
         async with self._slot:
             if (
@@ -541,11 +621,12 @@ class Daemon:
                 )
             try:
                 st, load = await asyncio.to_thread(
-                    controller.measure_stop, spec, self.state_dir, started, **common
+                    controller.measure_stop, spec, self.state_dir, started, common, env
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             self.generation = st.generation
+            self._own_commit()
             self._apply_started = time.monotonic()
             try:
                 res = await asyncio.to_thread(
@@ -554,20 +635,22 @@ class Daemon:
                     self.state_dir,
                     st,
                     load,
-                    window=rt.window_s,
-                    tolerance=rt.tolerance,
-                    metric=rt.metric,
-                    max_moves=rt.max_moves,
-                    host=False,
-                    reasons=dict(self.reasons),
-                    cache=self.cache,
-                    want_diff=False,
-                    state_write_failure="continue",
+                    Tuning(
+                        window=rt.window_s,
+                        tolerance=rt.tolerance,
+                        metric=rt.metric,
+                        max_moves=rt.max_moves,
+                    ),
+                    dataclasses.replace(
+                        common, host=False, reasons=dict(self.reasons), want_diff=False
+                    ),
+                    env,
                 )
             except VipctlError as exc:
                 return self._retune_log(f"skipped: {exc}", logging.WARNING)
             finally:
                 self._apply_started = None
+                self._own_commit()
         solved = res.solved
         if res.applied is None:
             if solved.total == 0:
@@ -644,7 +727,11 @@ class Daemon:
         if initial_down:
             log.info("members down according to the state: %s", ", ".join(sorted(initial_down)))
         self.monitor = health.Monitor(
-            spec, self.on_transition, initial_down, on_trouble=self.on_trouble
+            spec,
+            self.on_transition,
+            initial_down,
+            on_trouble=self.on_trouble,
+            on_port=self.on_port,
         )
         self.stats.probe_latency = self.monitor.latency
         self.stats.probe_local_errors = self.monitor.local_errors
@@ -653,6 +740,7 @@ class Daemon:
             asyncio.create_task(self._reconcile(), name="reconcile"),
             asyncio.create_task(self._settler(), name="settle"),
             asyncio.create_task(self._retuner(), name="retune"),
+            asyncio.create_task(self._watch_kernel(), name="converge"),
         ]
         period = sdnotify.watchdog_seconds()
         if period:

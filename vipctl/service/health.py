@@ -400,6 +400,7 @@ class Monitor:
         clock: Callable[[], float] = time.monotonic,
         on_trouble: Callable[[str | None], None] | None = None,
         probers: Callable[[Spec, Member], Callable[[], Awaitable[ProbeResult]]] | None = None,
+        on_port: Callable[[str, str], None] | None = None,
     ) -> None:
         self.spec = spec
         self.on_transition = on_transition
@@ -418,6 +419,9 @@ class Monitor:
         self.inflight: dict[str, int] = {}  # member -> probes in flight now
         self._probe_tasks: dict[str, asyncio.Task[None]] = {}
         self._link_task: asyncio.Task[None] | None = None
+        # a member port was removed or re-created (its ifindex changed): (port, what)
+        self.on_port = on_port
+        self.ifindex: dict[str, int | None] = {}  # port -> ifindex as last seen
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -587,6 +591,7 @@ class Monitor:
             found = rtnl.links()
             for name in sorted(ports):
                 link = found.get(name)
+                self._port_index(name, link.index if link is not None else None)
                 if link is None:
                     self.link_event(name, False, "does not exist")
                 else:
@@ -638,10 +643,26 @@ class Monitor:
         if name is None or name not in {m.port for m in self.spec.members}:
             return
         if msg.type == netlink.RTM_DELLINK:
+            self._port_index(name, None)
             self.link_event(name, False, "was removed")
             return
+        self._port_index(name, int(msg["index"]))
         flags = int(msg["flags"])
         self._on_link_state(name, bool(flags & 0x1), carrier(flags))
+
+    def _port_index(self, name: str, index: int | None) -> None:
+        """Track each port's ifindex; tell the daemon when a known one changes."""
+        known = name in self.ifindex
+        before = self.ifindex.get(name)
+        self.ifindex[name] = index
+        if not known or before == index or self.on_port is None:
+            return
+        if index is None:
+            self.on_port(name, "was removed")
+        elif before is None:
+            self.on_port(name, f"appeared (ifindex {index})")
+        else:
+            self.on_port(name, f"was re-created (ifindex {before} -> {index})")
 
     def _on_link_state(self, name: str, admin_up: bool, has_carrier: bool) -> None:
         if has_carrier:

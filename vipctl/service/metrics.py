@@ -16,6 +16,7 @@ Names follow the Prometheus conventions (base units, `_total` for counters):
   vipctl_cluster_swaps_total{cluster}                 ruleset swaps done (daemon only)
   vipctl_cluster_last_swap_seconds{cluster}           duration of the last swap (daemon)
   vipctl_cluster_failovers_total{cluster}             members declared down (daemon only)
+  vipctl_cluster_repairs_total{cluster}               drift found and converged (daemon only)
   vipctl_daemon_degraded{cluster}                     1 while the daemon cannot fully do its
                                                       job (probes failing locally, state
                                                       not written)
@@ -144,6 +145,11 @@ class ClusterCollector(Collector):
         failovers = CounterMetricFamily(
             "vipctl_cluster_failovers", "Members declared down", labels=["cluster"]
         )
+        repairs = CounterMetricFamily(
+            "vipctl_cluster_repairs",
+            "Times the kernel differed from the desired state and was converged back",
+            labels=["cluster"],
+        )
         info = GaugeMetricFamily(
             "vipctl_cluster_info",
             "1; fingerprint of the live bucket table",
@@ -187,6 +193,7 @@ class ClusterCollector(Collector):
                     swaps.add_metric([name], float(st.swaps))
                     last_swap.add_metric([name], st.last_swap_seconds)
                     failovers.add_metric([name], float(st.failovers))
+                    repairs.add_metric([name], float(st.repairs))
                     for member, seconds in list(st.probe_latency.items()):
                         latency.add_metric([name, member], seconds)
                     degraded.add_metric([name], 1.0 if st.degraded else 0.0)
@@ -219,7 +226,7 @@ class ClusterCollector(Collector):
                 elif "pinned" in m:
                     pinned.add_metric(key, float(m["pinned"]))
         yield from (packets, nbytes, buckets, target, healthy, pinned, latency, generation)
-        yield from (swaps, last_swap, failovers, info, pins_age)
+        yield from (swaps, last_swap, failovers, repairs, info, pins_age)
         yield from (degraded, unprobed, local_errors, state_failing, state_failures)
         yield reload_failures
 

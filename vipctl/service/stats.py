@@ -14,6 +14,7 @@ class DaemonStats:
     swaps: int = 0
     last_swap_seconds: float = 0.0
     failovers: int = 0
+    repairs: int = 0  # applies that found the kernel differing from the desired state
     probe_latency: dict[str, float] = field(default_factory=dict)
     # the daemon's own trouble: it cannot fully do its job while any of these is set
     probe_local_errors: dict[str, int] = field(default_factory=dict)  # cause -> count
