@@ -1,7 +1,9 @@
 """The chaos run's schedule (pure): a seeded, replayable list of faults and operator actions.
 
 The same seed, event count, router count, member names and kinds give the same schedule on
-any machine (``random.Random(seed)``, nothing else). An event starts at ``at`` seconds after
+any machine (``random.Random(seed)``, nothing else). Kinds are drawn from a shuffled bag, so
+every kind asked for appears once in each run of ``len(kinds)`` events (a 10-event run of 7
+kinds has them all). An event starts at ``at`` seconds after
 the load is up; one with a ``duration`` is healed (member restarted, link up, router back,
 daemon restarted) that many seconds later. Events overlap, within limits that keep the
 cluster serving: at least one member and one router stay up, and a member or router is the
@@ -121,21 +123,18 @@ def make(
     events: list[Event] = []
     t = start
     all_routers = tuple(range(1, routers + 1))
+    bag: list[str] = []  # every kind once per len(kinds) events, in a seeded order
     for index in range(1, n + 1):
+        if not bag:
+            bag = list(dict.fromkeys(kinds))
+            rng.shuffle(bag)
         ev = None
-        for _attempt in range(50):
+        for kind in list(bag):  # the first kind of the bag that fits now
             ev = _draw(
-                rng,
-                index,
-                rng.choice(list(kinds)),
-                t,
-                all_routers,
-                members,
-                member_busy,
-                router_busy,
-                router_down,
+                rng, index, kind, t, all_routers, members, member_busy, router_busy, router_down
             )
             if ev is not None:
+                bag.remove(kind)
                 break
         if ev is None:  # nothing fits now: a harmless signal
             ev = Event(index, "sighup", round(t, 2), routers=all_routers)

@@ -43,6 +43,7 @@ def no_violations(report: dict[str, Any]) -> None:
 
 def test_chaos_member_faults_and_control_plane_faults() -> None:
     report = run(seed=25, events=10, conns=300, kinds=schedule.HOLDS_NOW, gap=(3.0, 5.0))
+    assert {e["kind"] for e in report["events"]} == set(schedule.HOLDS_NOW)
     c = report["connections"]
     # the load really ran and the faults really hit it
     assert c["messages_echoed"] > 300 * 10 and c["kept"] > 30, c

@@ -38,6 +38,9 @@ def test_schedule_keeps_the_cluster_serving(seed: int) -> None:
 def test_schedule_draws_only_the_kinds_asked_for() -> None:
     events = schedule.make(3, 50, routers=3, members=MEMBERS, kinds=schedule.HOLDS_NOW)
     assert {e.kind for e in events} <= set(schedule.HOLDS_NOW)
+    for seed in range(10):  # a CI-sized run meets every kind
+        ten = schedule.make(seed, 10, routers=2, members=MEMBERS, kinds=schedule.HOLDS_NOW)
+        assert {e.kind for e in ten} == set(schedule.HOLDS_NOW), seed
     assert all(1 <= r <= 3 for e in events for r in e.routers)
     with pytest.raises(ValueError, match="unknown event kinds"):
         schedule.make(3, 5, routers=2, members=MEMBERS, kinds=("member_kill", "nope"))
