@@ -57,14 +57,15 @@ def markdown(reports: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()) ->
         "violations with the routers' fingerprint, generation and transition state at that "
         "moment.",
         "",
-        "| command | s | TCP conns | kept | member died | violations | UDP sent | lost / dup "
-        "outside faults | fingerprints differed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| command | code | s | TCP conns | kept | member died | violations | UDP sent | "
+        "lost / dup outside faults | fingerprints differed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         c, u = r["connections"], r["udp"]
         lines.append(
-            f"| `{command(r)}` | {r['duration_s']} | {c['total']} | {c['kept']} | "
+            f"| `{command(r)}` | {r.get('code', '?')} | {r['duration_s']} | {c['total']} | "
+            f"{c['kept']} | "
             f"{c['member_died']} | **{c['violations']}** | {u['sent']} | "
             f"{u['lost_outside_windows']} / {u['duplicated_outside_windows']} | "
             f"{r['fingerprints_differed_s']} s |"
@@ -72,7 +73,7 @@ def markdown(reports: Sequence[Mapping[str, Any]], notes: Sequence[str] = ()) ->
     for r in reports:
         lines += [
             "",
-            f"Violations by event kind, `{command(r)}`:",
+            f"Violations by event kind, `{command(r)}` ({r.get('code', '?')}):",
             "",
             "| event kind | events | member died | violations |",
             "|---|---|---|---|",

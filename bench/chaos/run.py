@@ -392,6 +392,7 @@ class Chaos:
                 grace=cfg.grace,
             )
             report.update(
+                code=_code(),
                 seed=cfg.seed,
                 n_events=cfg.events,
                 routers=cfg.routers,
@@ -482,6 +483,23 @@ def _done(rc: int, err: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _code() -> str:
+    """The commit the run's code comes from (``+dirty`` when the tree has changes)."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "vipctl", "bench"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return (head or "unknown") + ("+dirty" if dirty.strip() else "")
 
 
 def _wait(what: str, timeout: float, cond: Any) -> None:
