@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--udp-flows", type=int, default=1024)
     ap.add_argument(
         "--broken",
-        choices=["seed"],
+        choices=["seed", "transitions-off"],
         default=None,
-        help="a deliberately broken build: router 2 runs another partition seed",
+        help="a deliberately broken build: router 2 runs another partition seed, or no "
+        "router keeps transition state (pinning mode off)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the full report here")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

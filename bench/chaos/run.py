@@ -42,7 +42,8 @@ class Config:
     udp_flows: int = 1024
     grace: float = 5.0
     settle: float = 6.0
-    broken: str | None = None  # "seed": router 2 runs another partition seed
+    broken: str | None = None  # "seed": router 2 runs another partition seed;
+    # "transitions-off": every router runs pinning mode off (no transition state)
     prefix: str = field(default_factory=lambda: f"chaos{os.getpid()}")
     workdir: Path | None = None  # where logs and the report go (default: the lab's)
     verbose: bool = True
@@ -58,6 +59,8 @@ def spec_for(two: labmod.TwoRouters, cfg: Config, router: int, interval_ms: int)
     spec["health"]["interval_ms"] = interval_ms
     if cfg.broken == "seed" and router == 2:
         spec["partition"]["seed"] = 0x5EEE  # the deliberately broken build
+    if cfg.broken == "transitions-off":
+        spec["pinning"] = {"mode": "off"}  # buckets move without keeping their flows
     return spec
 
 

@@ -77,3 +77,19 @@ def test_chaos_catches_a_broken_build() -> None:
     assert report["connections"]["violations"] > 0, report["connections"]
     assert report["by_kind"]["router_down"]["violations"] > 0
     assert report["fingerprints_differed_s"] > 5.0
+
+
+def test_chaos_catches_transitions_off() -> None:
+    """No router keeps transition state (pinning mode off): a weight change moves buckets
+    with their live connections, which reset although their member lives."""
+    report = run(
+        seed=5,
+        events=3,
+        conns=300,
+        kinds=("rebalance_weights",),
+        gap=(4.0, 5.0),
+        broken="transitions-off",
+        udp_flows=0,
+    )
+    assert report["connections"]["violations"] > 0, report["connections"]
+    assert report["by_kind"]["rebalance_weights"]["violations"] > 0
