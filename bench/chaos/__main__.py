@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         "router keeps transition state (pinning mode off)",
     )
     ap.add_argument("--json", type=Path, default=None, help="write the full report here")
+    ap.add_argument(
+        "--logs",
+        type=Path,
+        default=None,
+        help="keep the daemons', echo services' and load's logs here "
+        "(default /tmp/chaos<pid>-logs; 'none' keeps none)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     a = ap.parse_args(argv)
     if not 2 <= a.routers <= 5:
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         new_rate=a.new_rate,
         udp_flows=a.udp_flows,
         broken=a.broken,
+        logs=None if str(a.logs) == "none" else (a.logs or Path(f"/tmp/chaos{os.getpid()}-logs")),
         verbose=not a.quiet,
     )
     report = chaos.Chaos(cfg).run()

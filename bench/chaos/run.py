@@ -45,7 +45,7 @@ class Config:
     broken: str | None = None  # "seed": router 2 runs another partition seed;
     # "transitions-off": every router runs pinning mode off (no transition state)
     prefix: str = field(default_factory=lambda: f"chaos{os.getpid()}")
-    workdir: Path | None = None  # where logs and the report go (default: the lab's)
+    logs: Path | None = None  # copy the daemons', echo services' and load's logs here
     verbose: bool = True
 
 
@@ -68,7 +68,7 @@ class Chaos:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.two = labmod.describe_routers(cfg.prefix, cfg.members, cfg.routers)
-        self.work = cfg.workdir or self.two.lab.workdir
+        self.work = self.two.lab.workdir
         self.daemons: dict[int, subprocess.Popen[bytes] | None] = {}
         self.commands: list[subprocess.Popen[str]] = []
         self.command_info: list[tuple[subprocess.Popen[str], str]] = []
@@ -327,7 +327,7 @@ class Chaos:
         started = time.time()
         _log(cfg, f"building lab {cfg.prefix}: {cfg.routers} routers, {cfg.members} members")
         self.two = labmod.build_routers(cfg.prefix, cfg.members, cfg.routers)
-        self.work = cfg.workdir or self.two.lab.workdir
+        self.work = self.two.lab.workdir
         self.work.mkdir(parents=True, exist_ok=True)
         loads: list[tuple[str, subprocess.Popen[bytes], Path]] = []
         poller = threading.Thread(target=self.poller, daemon=True)
@@ -428,14 +428,13 @@ class Chaos:
                     except subprocess.TimeoutExpired:
                         d.kill()
                         d.wait()
-            if cfg.workdir is None:
-                self._keep_logs()
+            if cfg.logs is not None:
+                self._keep_logs(cfg.logs)
             labmod.destroy(cfg.prefix)
 
-    def _keep_logs(self) -> None:
-        """The lab's workdir goes with the lab: keep the daemon logs next to the report."""
-        dest = Path("/tmp") / f"{self.cfg.prefix}-logs"
-        dest.mkdir(exist_ok=True)
+    def _keep_logs(self, dest: Path) -> None:
+        """The lab's workdir goes with the lab: keep its logs."""
+        dest.mkdir(parents=True, exist_ok=True)
         for f in self.work.glob("*.log"):
             with contextlib.suppress(OSError):
                 (dest / f.name).write_bytes(f.read_bytes())
