@@ -57,8 +57,8 @@ def test_chaos_member_faults_and_control_plane_faults() -> None:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="issues 24 and 26: weights set by rebalance are forgotten and transitions are "
-    "router-local, so a router failure resets connections opened after a weight change",
+    reason="issues 24 and 26: transition state is router-local and weight changes are per "
+    "router, so a router failure after a weight change resets live connections",
 )
 def test_chaos_weight_changes_and_router_failures() -> None:
     kinds = ("rebalance_weights", "rebalance_auto", "router_down", "reload_changed", "member_kill")
