@@ -36,6 +36,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +80,14 @@ class Conn:
     t_first: float = 0.0  # first echo
     seq: int = 0  # last sent
     acked: int = 0  # last echoed
-    unanswered_since: float | None = None  # send time of the oldest unanswered message
+    pending: deque[tuple[int, float]] = field(default_factory=deque)  # (seq, sent) unanswered
     inbuf: bytes = b""
     phase: float = field(default_factory=random.random)
+
+    @property
+    def unanswered_since(self) -> float | None:
+        """Send time of the oldest message not echoed yet."""
+        return self.pending[0][1] if self.pending else None
 
 
 class TcpLoad:
@@ -188,8 +194,7 @@ class TcpLoad:
             self.fail(c, "reset" if e.errno == 32 else "error", now, f"send: {e}")
             return
         self.sent += 1
-        if c.unanswered_since is None:
-            c.unanswered_since = now
+        c.pending.append((c.seq, now))
 
     def readable(self, c: Conn, now: float) -> None:
         try:
@@ -221,7 +226,8 @@ class TcpLoad:
                 return
             self.echoed += 1
             c.acked = seq
-            c.unanswered_since = None if seq >= c.seq else c.unanswered_since
+            while c.pending and c.pending[0][0] <= seq:
+                c.pending.popleft()
 
     # ----------------------------------------------------------------- loop
     def timer(self, now: float) -> None:
