@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import dataplane
-from bench.common import PY, ROOT, netns, nft, run, summary
+from bench.common import PY, ROOT, netns, nft, replace_section, run, summary
 from bench.dataplane import measure_pps, prepare, start_iperf_servers, stop
 from vipctl.core.spec import parse_spec
 from vipctl.lab import topology as labmod
@@ -342,13 +342,7 @@ def write_docs(section: str, doc: Path = ROOT / "docs" / "benchmarks.md") -> Non
             plot(json.loads(result.read_text()), ROOT / "docs" / "benchmarks" / "affinity.png")
         except ImportError:
             print("matplotlib missing: no plot (pip install matplotlib)", file=sys.stderr)
-    text = doc.read_text() if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    replace_section(doc, BEGIN, END, section)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,14 +114,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def replace_section(path: Path, begin: str, end: str, section: str) -> None:
-    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in the file at
-    ``path`` in place of the text between those markers, or at its end."""
-    text = path.read_text()
-    if begin in text:
+def replace_section(doc: Path, begin: str, end: str, section: str) -> None:
+    """Put `section` (which starts with `begin` and ends with `end`) in place of the one
+    between those markers in `doc`, or append it."""
+    text = doc.read_text() if doc.exists() else ""
+    if begin in text and end in text:
         head, rest = text.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    doc.write_text(text)

@@ -3,7 +3,7 @@ pin map sized for different `max_flows`, ratio to plain routing.
 
 Run as root from the repository root: `.venv/bin/python -m bench.pinpath` (about 5 min).
 Builds its own 4-member lab (prefix `pinpath`), applies vipctl (steer, mask, 2**8) with each
-variant's spec (or installs KERNEL-NOTES' lean hand-written steer rulesets, for reference)
+variant's spec (or installs lean hand-written steer rulesets, for reference)
 and measures delivered packets/s with trafgen (4096 flows), interleaved over `--rounds`
 rounds. Prints median (min-max) ratios per frame layout:
 
@@ -33,8 +33,8 @@ RESULT = ROOT / "bench" / "results" / "pinpath.json"
 # name -> pinning settings (None: plain routing; a str: a hand-written ruleset below)
 VARIANTS: dict[str, dict[str, object] | str | None] = {
     "plain routing": None,
-    "lean steer, no pinning (KERNEL-NOTES)": "lean",
-    "lean steer + per-member pin sets (KERNEL-NOTES)": "leanpin",
+    "lean steer, no pinning (hand-written)": "lean",
+    "lean steer + per-member pin sets (hand-written)": "leanpin",
     "pinning off": {"enabled": False},
     "pinning on, max_flows 1048576 (default)": {"enabled": True},
     "pinning on, max_flows 65536": {"enabled": True, "max_flows": 65536},
@@ -43,7 +43,7 @@ VARIANTS: dict[str, dict[str, object] | str | None] = {
 
 
 def lean_ruleset(lab: labmod.Lab, pin: bool) -> str:
-    """KERNEL-NOTES' hand-written steer: one map lookup and `fwd` (+ the egress MAC
+    """A hand-written steer: one map lookup and `fwd` (+ the egress MAC
     rewrite); with `pin`, per-member dynamic sets looked up before the bucket map (key:
     source address and port, size 65536, as measured there). No counters, one VIP."""
     n = lab.n_members

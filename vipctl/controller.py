@@ -23,7 +23,13 @@ from vipctl.backends.base import Backend, Live, Plan
 from vipctl.core import plan as planning
 from vipctl.core import reconcile, transition
 from vipctl.core.partition import Layout, Table, count, fingerprint, shares
-from vipctl.core.spec import Spec, parse_spec
+from vipctl.core.spec import (
+    RETUNE_METRIC,
+    RETUNE_TOLERANCE,
+    RETUNE_WINDOW_S,
+    Spec,
+    parse_spec,
+)
 from vipctl.errors import KernelError, StateError, VipctlError
 from vipctl.render.wiring import NO_MAC, Wiring
 
@@ -76,6 +82,10 @@ def backend_for(spec: Spec | str) -> Backend:
         from vipctl.backends.tc import TcBackend
 
         return TcBackend()
+    if name == "xdp":
+        from vipctl.backends.xdp import XdpBackend
+
+        return XdpBackend()
     from vipctl.backends.nft import NftBackend
 
     return NftBackend()
@@ -250,6 +260,7 @@ class ApplyOptions:
     layout: Layout | None = None
     weights: Mapping[str, Fraction] | None = None
     intent_source: str = "rebalance"
+    intent_generation: int | None = None  # the shared store's generation being installed
     expect_generation: int | None = None
     measuring: bool = False
     check_drift: bool = True
@@ -509,7 +520,11 @@ def _desired(
     if opts.weights is not None:
         wanted = planning.spec_weights(spec, opts.weights)
         intent = reconcile.next_intent(
-            st.intent if st else None, own, weights=wanted, source=opts.intent_source
+            st.intent if st else None,
+            own,
+            weights=wanted,
+            source=opts.intent_source,
+            generation=opts.intent_generation,
         )
     else:
         intent = reconcile.next_intent(st.intent if st else None, own)
@@ -711,7 +726,7 @@ def _old_text(
     """The live ruleset as text, re-rendered from the state (for --diff)."""
     if not trusted or recorded is None or previous is None or st is None:
         return ""
-    old_wiring = Wiring(ifindex=wiring.ifindex, macs={**wiring.macs, **st.macs})
+    old_wiring = Wiring(wiring.ifindex, {**wiring.macs, **st.macs}, wiring.uplink_mac)
     try:
         return be.render(recorded, previous, old_wiring, generation).text
     except KeyError:
@@ -864,23 +879,37 @@ def measure_start(
     of the same layout with the counters in the cluster's own ingress rule."""
     st = _installed(spec, directory)
     env = env or Env()
-    res = apply(
-        spec,
-        directory,
-        dataclasses.replace(
-            options or ApplyOptions(),
-            measuring=True,
-            preflight=False,
-            host=False,
-            want_diff=False,
-            expect_generation=st.generation,
-        ),
-        env,
-    )
+    res = _counting(spec, directory, options, env, on=True, expect=st.generation)
     baseline = env.backend(spec).read_load(spec)  # a crashed run's counters keep their counts
     if baseline is None:
         raise KernelError(f"cluster {spec.cluster}: the load counters did not appear")
     return Measuring(res.generation, baseline)
+
+
+def _counting(
+    spec: Spec,
+    directory: Path,
+    options: ApplyOptions | None,
+    env: Env,
+    *,
+    on: bool,
+    expect: int,
+) -> ApplyResult:
+    """The commit that switches per-bucket counting on or off: the same layout, no host
+    work, refused when anyone committed since generation `expect`."""
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            options or ApplyOptions(),
+            measuring=on,
+            preflight=False,
+            host=False,
+            want_diff=False,
+            expect_generation=expect,
+        ),
+        env,
+    )
 
 
 def measure_stop(
@@ -902,19 +931,7 @@ def measure_stop(
             "the measurement was interrupted: another commit replaced the table during the "
             "window (a failover?); nothing changed, run it again"
         )
-    res = apply(
-        spec,
-        directory,
-        dataclasses.replace(
-            options or ApplyOptions(),
-            measuring=False,
-            preflight=False,
-            host=False,
-            want_diff=False,
-            expect_generation=started.generation,
-        ),
-        env,
-    )
+    res = _counting(spec, directory, options, env, on=False, expect=started.generation)
     after = res.state or statefile.load(directory, spec.cluster)
     if after is None:
         raise KernelError(f"cluster {spec.cluster} is not installed here")
@@ -951,9 +968,9 @@ AIM = 0.8  # re-tuning aims at 1 + AIM * (tolerance - 1): room for measurement n
 class Tuning:
     """What a re-tune is asked for (`rebalance --auto`, the daemon's `retune` section)."""
 
-    window: float = 10.0
-    tolerance: float = 1.1
-    metric: str = "packets"
+    window: float = RETUNE_WINDOW_S
+    tolerance: float = RETUNE_TOLERANCE
+    metric: str = RETUNE_METRIC
     max_moves: int | None = None
     dry_run: bool = False
 
@@ -1074,7 +1091,7 @@ def down(
         if spec is not None and spec.bgp is not None:
             from vipctl.host import bgp
 
-            bgp.stop(cluster, directory)
+            bgp.stop(cluster, directory, spec)
         statefile.remove(directory, cluster)
         if not removed and st is None:
             raise KernelError(f"cluster {cluster} is not installed (no state in {directory})")
@@ -1106,9 +1123,9 @@ def clusters(directory: Path, *, backends: Backends | None = None) -> list[str]:
     pick = backends if backends is not None else backend_for
     known = _known_specs(directory)
     names: set[str] = set()
-    for backend in ("nftables", "tc"):
+    for backend in ("nftables", "tc", "xdp"):
         users = [s for s in known if s.backend == backend]
-        if backend == "tc" and not users:
+        if backend != "nftables" and not users:
             continue
         try:
             names.update(pick(backend).clusters(known))
@@ -1190,7 +1207,106 @@ def status(
     offload = be.offload(live)
     if offload is not None:
         report["offload"] = offload
+    if spec.store is not None:
+        report.update(_routers(spec))
     return report
+
+
+def _routers(spec: Spec) -> dict[str, Any]:
+    """With a store: every router's fingerprint and generations, as their daemons
+    published them (`routers`), and whether they differ (`routers_agree`)."""
+    from vipctl.host import store
+
+    try:
+        found = store.Client(spec).routers()
+    except VipctlError as exc:
+        return {"routers": [], "store_error": str(exc)}
+    routers = [
+        {
+            "name": str(r["name"]),
+            "fingerprint": r.get("fingerprint"),
+            "generation": r.get("generation"),
+            "desired_generation": r.get("desired_generation"),
+            "age_s": round(max(0.0, time.time() - float(r.get("at", 0))), 1),
+        }
+        for r in found
+    ]
+    return {
+        "routers": routers,
+        "routers_agree": len({r["fingerprint"] for r in routers}) <= 1,
+    }
+
+
+def rebalance_shared(
+    spec: Spec,
+    directory: Path,
+    weights: Mapping[str, Fraction],
+    options: ApplyOptions | None = None,
+    env: Env | None = None,
+) -> ApplyResult:
+    """`rebalance --weights` with a store: the new base table is computed from the shared
+    one (every router re-weights the same base), written once by compare-and-swap on the
+    shared document (StoreError, exit 75, nothing changed: unreachable, or another router
+    changed it first), then installed here; every other router's daemon converges to it.
+    The store is written first: it is the desired state, and a router that cannot install
+    it now converges as soon as it can."""
+    from vipctl.core import shared as sharedmod
+    from vipctl.host import store
+
+    opts = options or ApplyOptions()
+    client = store.Client(spec)
+    found = client.read()
+    st = statefile.load(directory, spec.cluster)
+    own = planning.spec_weights(spec)
+    wanted = planning.spec_weights(spec, {**weights_in_force(spec, st), **weights})
+    if found.shared is not None:
+        base = found.shared.layout
+    elif st is not None and st.layout.bits == spec.partition.bits:
+        base = Layout.of(st.layout.bits, st.layout.weights, st.layout.base)
+    else:
+        base = Layout.initial(spec.partition.bits, own)
+    layout = base.reweight(wanted).with_down(())
+    generation = (found.shared.generation if found.shared is not None else 0) + 1
+    new = sharedmod.Shared(generation, "rebalance", own, layout)
+    if not opts.dry_run:
+        client.swap(found, new)
+    down = st.layout.down if st is not None else ()
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            opts,
+            layout=new.layout_for(down),
+            weights=dict(wanted),
+            intent_generation=generation,
+        ),
+        env,
+    )
+
+
+def converge_shared(
+    spec: Spec,
+    directory: Path,
+    found: Any,
+    options: ApplyOptions,
+    env: Env | None = None,
+) -> ApplyResult:
+    """Install the shared desired state `found.shared` with this router's health
+    (`options.down`): the daemon, when the store's generation moved."""
+    shared = found.shared
+    down = options.down if options.down is not None else ()
+    return apply(
+        spec,
+        directory,
+        dataclasses.replace(
+            options,
+            layout=shared.layout_for(set(down)),
+            weights=dict(shared.layout.weights),
+            intent_generation=shared.generation,
+            intent_source=shared.intent().source,
+        ),
+        env,
+    )
 
 
 def exportable(

@@ -43,3 +43,10 @@ class BusyError(VipctlError):
     nothing changed, try again)."""
 
     exit_code = 75
+
+
+class StoreError(VipctlError):
+    """The shared store (etcd) cannot be read or written, or another router changed the
+    desired state first (EX_TEMPFAIL, 75: nothing changed, try again)."""
+
+    exit_code = 75

@@ -12,6 +12,7 @@ from vipctl.backends import nft as kernel
 from vipctl.core.partition import bucket_of
 from vipctl.core.spec import parse_spec
 from vipctl.host import links
+from vipctl.lab import traffic
 from vipctl.lab.topology import Lab
 
 
@@ -71,3 +72,33 @@ def expected_owners(lab: Lab, spec: dict[str, Any], sources: list[str]) -> dict[
         family = 6 if ":" in src else 4
         out[src] = found[1][family][bucket_of(src, p.key, p.bits, p.seed)]
     return out
+
+
+def swaps_under_traffic(
+    lab: Lab, spec_path: Path, state: str, here: Path, count: int = 200
+) -> tuple[dict[str, Any], int, list[int], list[int]]:
+    """`count` applies with alternating weights (swaploop.py in the router) while numbered
+    UDP packets from 1024 sources flow and every member captures: (the loop's report,
+    numbers sent, numbers lost, numbers delivered more than once)."""
+    sources = traffic.expand(lab.sources4, 1024)
+    cap = traffic.capture_start(lab)
+    try:
+        sender = traffic.numbered_spawn(lab, lab.vip4, sources, count=2_000_000, rate_pps=20000)
+        loop = subprocess.run(
+            [
+                *("ip", "netns", "exec", lab.router_ns, sys.executable),
+                *(str(here / "swaploop.py"), str(spec_path), state, str(count)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
+        sender.proc.terminate()
+        if sender.proc.returncode == 0:
+            sender.wait(timeout=30)
+    finally:
+        seen = traffic.capture_stop(cap)
+    sent = max((max(v) for v in seen.values() if v), default=-1) + 1
+    lost, duplicated = traffic.check_exactly_once(sent, seen)
+    return json.loads(loop.stdout), sent, list(lost), list(duplicated)

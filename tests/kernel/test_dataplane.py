@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.kernel.helpers import expected_owners, ruleset, sh, vipctl, vipctl_spawn, write_spec
+from tests.kernel.helpers import (
+    expected_owners,
+    ruleset,
+    sh,
+    swaps_under_traffic,
+    vipctl,
+    vipctl_spawn,
+    write_spec,
+)
 from vipctl.lab import traffic
 from vipctl.lab.topology import Lab
 
@@ -126,42 +134,13 @@ def test_atomic_swap_under_traffic(
     spec = topo.spec("web", mode=mode, key="mask", bits=8)
     spec["pinning"] = {"enabled": pinning}
     apply(topo, tmp_path, state, spec)
-    path = tmp_path / "web.json"
-    sources = traffic.expand(topo.sources4, 1024)
     try:
-        cap = traffic.capture_start(topo)
-        try:
-            sender = traffic.numbered_spawn(
-                topo, topo.vip4, sources, count=2_000_000, rate_pps=20000
-            )
-            loop = subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    topo.router_ns,
-                    sys.executable,
-                    str(HERE / "swaploop.py"),
-                    str(path),
-                    state,
-                    "200",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=True,
-            )
-            sender.proc.terminate()
-            stats = sender.wait(timeout=30) if sender.proc.returncode == 0 else None
-        finally:
-            seen = traffic.capture_stop(cap)
-        swaps = json.loads(loop.stdout)
+        swaps, sent, lost, duplicated = swaps_under_traffic(
+            topo, tmp_path / "web.json", state, HERE
+        )
         assert swaps["applies"] == 200 and swaps["moved"] > 0
-        highest = max((max(v) for v in seen.values() if v), default=-1)
-        sent = highest + 1
         assert sent > 10000, f"too little traffic during the swaps ({sent})"
-        lost, duplicated = traffic.check_exactly_once(sent, seen)
-        assert (len(lost), len(duplicated)) == (0, 0), (lost[:10], duplicated[:10], swaps, stats)
+        assert (len(lost), len(duplicated)) == (0, 0), (lost[:10], duplicated[:10], swaps)
     finally:
         down(topo, state, "web")
 
@@ -480,4 +459,35 @@ def test_concurrent_applies_take_turns(topo: Lab, tmp_path: Path, state: str) ->
         )
         assert report["generation"] == generations[-1] and report["in_sync"]
     finally:
+        down(topo, state, "web")
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+@pytest.mark.parametrize("pinning", ["moving", "always"])
+def test_a_frame_for_another_mac_is_not_taken(
+    topo: Lab, tmp_path: Path, state: str, mode: str, pinning: str
+) -> None:
+    """Invariant 11: the client sends the VIPs' packets in frames addressed to another
+    router's MAC (what a switch that floods delivers to every router): no member gets
+    any, IPv4 or IPv6; the same sources to this router's MAC are answered once each."""
+    spec = topo.spec("web", mode=mode, key="mask", bits=8) | {"pinning": {"mode": pinning}}
+    apply(topo, tmp_path, state, spec)
+    gateways = (("-4", topo.router4), ("-6", topo.router6))
+    try:
+        for lladdr in ("02:00:00:00:ee:ee", topo.uplink_mac):
+            for family, gw in gateways:
+                sh(
+                    topo.client_ns,
+                    f"ip {family} neigh replace {gw} dev eth0 lladdr {lladdr} nud permanent",
+                )
+            for vip, cidr in ((topo.vip4, topo.sources4), (topo.vip6, topo.sources6)):
+                got = traffic.probe(topo, vip, traffic.expand(cidr, 512), timeout=2.0)
+                counts = traffic.summarize(got)
+                if lladdr == topo.uplink_mac:
+                    assert all(len(v) == 1 for v in got.values()), (vip, counts)
+                else:
+                    assert not any(got.values()), (vip, counts)
+    finally:
+        for family, gw in gateways:
+            sh(topo.client_ns, f"ip {family} neigh del {gw} dev eth0")
         down(topo, state, "web")

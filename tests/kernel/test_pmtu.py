@@ -104,6 +104,18 @@ def bottleneck(lab: Lab) -> tuple[str, str]:
     return mid, far
 
 
+def downloads_complete(lab: Lab, far: str) -> None:
+    """100 kB down from each VIP to the far client, complete and from one member."""
+    for vip in (lab.vip4, lab.vip6):
+        proc = labmod.run_in(
+            far,
+            [sys.executable, "-c", DOWNLOAD, vip, str(lab.echo_port), str(100 * 1024)],
+            check=False,
+        )
+        # the echo answers each line prefixed with the member's name: 100 kB back
+        assert proc.stdout.startswith("ok "), (vip, proc.stdout, proc.stderr[-500:])
+
+
 @pytest.mark.parametrize("mode", ["steer", "broadcast"])
 def test_a_large_download_completes_through_a_smaller_mtu(
     lab: LabFactory, tmp_path: Path, mode: str
@@ -115,13 +127,6 @@ def test_a_large_download_completes_through_a_smaller_mtu(
     state = str(tmp_path / "state")
     vipctl(lb.router_ns, "apply", str(path), "--state-dir", state, check=True)
     try:
-        for vip in (lb.vip4, lb.vip6):
-            proc = labmod.run_in(
-                far,
-                [sys.executable, "-c", DOWNLOAD, vip, str(lb.echo_port), str(100 * 1024)],
-                check=False,
-            )
-            # the echo answers each line prefixed with the member's name: 100 kB back
-            assert proc.stdout.startswith("ok "), (vip, proc.stdout, proc.stderr[-500:])
+        downloads_complete(lb, far)
     finally:
         vipctl(lb.router_ns, "down", "web", "--state-dir", state)

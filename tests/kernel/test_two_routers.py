@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,9 +41,11 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None
         time.sleep(0.1)
 
 
-def start_daemons(two: labmod.TwoRouters, tmp_path: Path) -> list[subprocess.Popen[str]]:
+def start_daemons(
+    two: labmod.TwoRouters, tmp_path: Path, wrapper: tuple[str, ...] = (), **extra: Any
+) -> list[subprocess.Popen[str]]:
     spec = tmp_path / "lab.json"
-    spec.write_text(json.dumps(two.spec()))
+    spec.write_text(json.dumps({**two.spec(), **extra}))
     procs = []
     for r in two.routers:
         log = open(tmp_path / f"{r}.log", "w")  # noqa: SIM115
@@ -50,6 +53,7 @@ def start_daemons(two: labmod.TwoRouters, tmp_path: Path) -> list[subprocess.Pop
             labmod.spawn_in(
                 r,
                 [
+                    *wrapper,
                     sys.executable,
                     "-m",
                     "vipctl.cli",
@@ -221,6 +225,48 @@ def test_router_with_no_member_up_withdraws(
     wait_for("two paths upstream again", lambda: both_paths(two))
 
 
+def rx_packets(ns: str, dev: str) -> int:
+    (link,) = labmod.ip_json(ns, ["-s", "link", "show", "dev", dev])
+    return int(link["stats64"]["rx"]["packets"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"pinning": {"mode": "always"}}],
+    ids=["nftables", "nftables-pinning-always"],
+)
+def test_flooded_frames_are_forwarded_once(
+    two: labmod.TwoRouters, tmp_path: Path, extra: dict[str, Any]
+) -> None:
+    """Invariant 11: the routers' switch floods (ageing 0 and learning off: every frame is
+    unknown unicast), so each frame the upstream sends to one router reaches both. Only
+    the router it is addressed to forwards it: 4096 sources, each answered exactly once
+    (without the check, every datagram was answered twice). The tc backend (this host's
+    kernel has no flower/pedit/gact) is checked in tests/vm."""
+    procs = start_daemons(two, tmp_path, **extra)
+    try:
+        wait_for("two ECMP paths upstream", lambda: both_paths(two))
+        flood_and_probe(two)
+    finally:
+        stop_daemons(procs)
+
+
+def flood_and_probe(two: labmod.TwoRouters) -> None:
+    up = two.upstream_ns
+    labmod.run_in(up, ["ip", "link", "set", "br0", "type", "bridge", "ageing_time", "0"])
+    for port in ("r1", "r2"):
+        labmod.run_in(up, ["bridge", "link", "set", "dev", port, "learning", "off"])
+    uplink = two.lab.uplink
+    before = [rx_packets(r, uplink) for r in two.routers]
+    sources = traffic.expand(two.lab.sources4, 4096)
+    got = traffic.probe(two.lab, two.lab.vip4, sources, timeout=3.0)
+    flooded = [rx_packets(r, uplink) - b for r, b in zip(two.routers, before, strict=True)]
+    # the bridge did flood: each router's uplink received (nearly) every datagram
+    assert all(n >= 4096 for n in flooded), flooded
+    counts = traffic.summarize(got)
+    assert len(got) == 4096 and "<dup>" not in counts and "<none>" not in counts, counts
+
+
 def test_down_on_router1_loses_nothing(
     two: labmod.TwoRouters, serving: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
@@ -357,3 +403,198 @@ def test_fingerprints_equal_after_every_step(
             seen.add(f1)
     assert f1 == first  # all up: exactly the first table
     assert set(healthy(r1, tmp_path)) == members
+
+
+def bird_protocols(ctl: Path, ns: str) -> dict[str, tuple[str, str]]:
+    """`birdc show protocols` of the BIRD at `ctl`: name -> (protocol kind, state/info)."""
+    out = labmod.run_in(ns, ["birdc", "-s", str(ctl), "show", "protocols"]).stdout
+    rows: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        if len(cols) >= 4 and cols[1] in ("BGP", "Static", "BFD", "Device"):
+            rows[cols[0]] = (cols[1], cols[-1])
+    return rows
+
+
+def test_two_clusters_share_one_bgp_speaker_ipv4_and_ipv6(
+    two: labmod.TwoRouters, tmp_path: Path
+) -> None:
+    """Two clusters with `bgp` on the same two routers, IPv4 and IPv6 VIPs: every VIP is
+    announced by both routers (two ECMP paths upstream each), by ONE BIRD per router with
+    one session per peer (one IPv4, one IPv6); `vipctl down` of one cluster withdraws its
+    VIPs only and keeps the sessions; the last cluster's down ends the BIRD."""
+    peers = [
+        {"address": labmod.UPSTREAM_LINK4, "asn": labmod.UPSTREAM_ASN},
+        {"address": labmod.UPSTREAM_LINK6, "asn": labmod.UPSTREAM_ASN},
+    ]
+    bgp = {"asn": labmod.ROUTER_ASN, "peers": peers, "bfd_interval_ms": 100}
+    vips = {
+        "lab": ["198.51.100.253", "2001:db8:f::253"],
+        "api": ["198.51.100.252", "2001:db8:f::252"],
+    }
+    procs = []
+    try:
+        for cluster, cvips in vips.items():
+            spec = tmp_path / f"{cluster}.json"
+            spec.write_text(json.dumps({**two.lab.spec(cluster, vips=cvips), "bgp": bgp}))
+            for r in two.routers:
+                log = open(tmp_path / f"{r}-{cluster}.log", "w")  # noqa: SIM115
+                cmd = ["daemon", str(spec), "--state-dir", str(tmp_path / r)]
+                procs.append(
+                    labmod.spawn_in(
+                        r,
+                        [sys.executable, "-m", "vipctl.cli", *cmd],
+                        stdout=log.fileno(),
+                        stderr=log.fileno(),
+                    )
+                )
+        every = [v for cvips in vips.values() for v in cvips]
+
+        def announced(vip: str) -> list[str]:
+            return labmod.upstream_paths(two, vip)
+
+        both = {4: sorted(labmod.ROUTER_LINK4), 6: sorted(labmod.ROUTER_LINK6)}
+        wait_for(
+            "every VIP with two paths upstream",
+            lambda: all(announced(v) == both[6 if ":" in v else 4] for v in every),
+            timeout=60,
+        )
+        for r in two.routers:
+            ctl = tmp_path / r / "bird" / "bird.ctl"
+            rows = bird_protocols(ctl, r)
+            sessions = {n: st for n, (kind, st) in rows.items() if kind == "BGP"}
+            # one session per peer, for both clusters
+            assert sessions == {
+                "peer_203_0_113_126": "Established",
+                "peer_2001_db8_ff__7e": "Established",
+            }, rows
+            # one BIRD on the router: its pid file, one process listening on port 179
+            listen = labmod.run_in(r, ["ss", "-Htlnp", "sport", "= :179"]).stdout
+            assert len({line.split("pid=")[1].split(",")[0] for line in listen.splitlines()}) == 1
+        up = bird_protocols(two.bird_ctl, two.upstream_ns)
+        assert all(
+            up[f"router{i}{t}"] == ("BGP", "Established") for i in (1, 2) for t in ("", "v6")
+        )
+
+        # `down api` on router 1: its VIPs leave router 1 only, lab's stay on both
+        r1 = two.routers[0]
+        for p in procs[2:]:
+            p.terminate()
+            p.wait(timeout=10)
+        vipctl(r1, "down", "api", "--state-dir", str(tmp_path / r1))
+        for v in vips["api"]:
+            assert announced(v) == [both[6 if ":" in v else 4][1]], v
+        for v in vips["lab"]:
+            assert announced(v) == both[6 if ":" in v else 4], v
+        rows = bird_protocols(tmp_path / r1 / "bird" / "bird.ctl", r1)
+        assert {n for n, (k, st) in rows.items() if k == "BGP" and st == "Established"} == {
+            "peer_203_0_113_126",
+            "peer_2001_db8_ff__7e",
+        }
+        assert not any(n.endswith("_api") for n in rows), rows
+        # the last cluster: BIRD ends with it
+        for p in procs[:2]:
+            p.terminate()
+            p.wait(timeout=10)
+        vipctl(r1, "down", "lab", "--state-dir", str(tmp_path / r1))
+        assert not labmod.run_in(r1, ["ss", "-Htln", "sport", "= :179"]).stdout.strip()
+    finally:
+        stop_daemons(procs)
+
+
+def operator_bird_conf(r: int, include_dir: Path, log: Path) -> str:
+    """A router's own BIRD as an operator runs it: its session to the upstream, and an
+    include of whatever vipctl writes, exported by the statics' names."""
+    return (
+        f'log "{log}" all;\nrouter id {labmod.ROUTER_LINK4[r]};\nprotocol device {{ }}\n'
+        f'include "{include_dir}/*.conf";\n'
+        f"protocol bgp upstream {{ local as {labmod.ROUTER_ASN}; "
+        f"neighbor {labmod.UPSTREAM_LINK4} as {labmod.UPSTREAM_ASN};\n"
+        '  ipv4 { import none; export where proto ~ "vips4_*"; }; bfd off;\n'
+        "  hold time 3; keepalive time 1; connect delay time 1; connect retry time 2; }\n"
+    )
+
+
+def test_external_speaker_gets_an_include_file_and_a_reload(
+    two: labmod.TwoRouters, tmp_path: Path
+) -> None:
+    """`speaker: external`: each router already runs its own BIRD; vipctl writes the
+    cluster's statics into the include file and reloads that BIRD (no BIRD of its own):
+    the VIP is announced by both routers, and `vipctl down` on router 1 withdraws it there
+    while the operator's BIRD keeps running."""
+    for i, r in enumerate(two.routers):
+        d = tmp_path / r
+        (d / "vipctl.d").mkdir(parents=True)
+        conf = d / "op-bird.conf"
+        conf.write_text(operator_bird_conf(i, d / "vipctl.d", d / "op-bird.log"))
+        labmod.run_in(
+            r, ["bird", "-c", str(conf), "-s", str(d / "op.ctl"), "-P", str(d / "op.pid")]
+        )
+    procs = []
+    try:
+        for r in two.routers:
+            d = tmp_path / r
+            data = two.spec()
+            data["bgp"] = {
+                "speaker": "external",
+                "include": str(d / "vipctl.d" / "lab.conf"),
+                "control": str(d / "op.ctl"),
+            }
+            spec = d / "lab.json"
+            spec.write_text(json.dumps(data))
+            log = open(d / "daemon.log", "w")  # noqa: SIM115
+            cmd = ["daemon", str(spec), "--state-dir", str(d / "state")]
+            procs.append(
+                labmod.spawn_in(
+                    r,
+                    [sys.executable, "-m", "vipctl.cli", *cmd],
+                    stdout=log.fileno(),
+                    stderr=log.fileno(),
+                )
+            )
+        wait_for("two ECMP paths upstream", lambda: both_paths(two))
+        for r in two.routers:
+            assert not (tmp_path / r / "state" / "bird").exists()  # no BIRD of vipctl's
+            rows = bird_protocols(tmp_path / r / "op.ctl", r)
+            assert rows["upstream"] == ("BGP", "Established") and "vips4_lab" in rows
+        r1 = two.routers[0]
+        stop_daemons(procs[:1])
+        vipctl(r1, "down", "lab", "--state-dir", str(tmp_path / r1 / "state"))
+        assert only_router2(two)
+        assert "route " not in (tmp_path / r1 / "vipctl.d" / "lab.conf").read_text()
+        assert bird_protocols(tmp_path / r1 / "op.ctl", r1)["upstream"][1] == "Established"
+    finally:
+        stop_daemons(procs)
+
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "vipctl@.service"
+CAP_BITS = {"net_bind_service": 10, "net_admin": 12, "net_raw": 13}
+
+
+def unit_capabilities() -> list[str]:
+    """The shipped unit's CapabilityBoundingSet, as setpriv names (net_admin, ...)."""
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("CapabilityBoundingSet="):
+            return [c.removeprefix("CAP_").lower() for c in line.split("=", 1)[1].split()]
+    raise AssertionError(f"{UNIT} sets no CapabilityBoundingSet")
+
+
+def test_bgp_under_the_units_capabilities(two: labmod.TwoRouters, tmp_path: Path) -> None:
+    """Both daemons run as the shipped unit runs them (its capability bounding set, read
+    from systemd/vipctl@.service, no new privileges): the BIRD they start inherits that
+    set, binds port 179 and announces (two paths upstream). With the unit's former set
+    (CAP_NET_ADMIN CAP_NET_RAW) BIRD logged "bind: Permission denied" and nothing was
+    announced."""
+    caps = unit_capabilities()
+    wrapper = ("setpriv", "--bounding-set", ",".join(["-all", *(f"+{c}" for c in caps)]))
+    procs = start_daemons(two, tmp_path, (*wrapper, "--inh-caps", "-all", "--nnp"))
+    try:
+        wait_for("two ECMP paths upstream", lambda: both_paths(two), timeout=30)
+        for r in two.routers:
+            pid = int((tmp_path / r / "bird" / "bird.pid").read_text())
+            status = Path(f"/proc/{pid}/status").read_text()
+            bnd = int(re.search(r"^CapBnd:\s+([0-9a-f]+)$", status, re.M).group(1), 16)  # type: ignore[union-attr]
+            assert bnd == sum(1 << CAP_BITS[c] for c in caps), (r, hex(bnd))
+            assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    finally:
+        stop_daemons(procs)

@@ -1,18 +1,22 @@
-"""cli/fast.py parses the plain command lines itself: its grammar is the typer commands'
-(names, kinds, environment variables), its bodies take the typer commands' parameters with
-their defaults, it gives up on anything else, and its answers equal typer's."""
+"""cli/fast.py parses the plain command lines itself: its grammar (cli/fastgrammar.py) is
+generated from the typer commands and must equal what the generator renders now, its
+bodies take the typer commands' parameters and types with no defaults of their own, it
+gives up on anything else, and its answers equal typer's."""
 
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 from typer.testing import CliRunner
+from typer.utils import get_params_from_function
 
-from vipctl.cli import commands, fast
+from vipctl.cli import app as cli_app
+from vipctl.cli import commands, fast, fastgen, fastgrammar
 from vipctl.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,36 +28,44 @@ def _params(name: str) -> dict[str, Any]:
     return {p.name: p for p in TYPER[name].params if p.name != "help"}
 
 
-@pytest.mark.parametrize("name", sorted(fast.GRAMMAR))
+def test_the_grammar_is_generated_from_the_typer_app() -> None:
+    """Change an option, an argument, a default or an environment variable in cli/app.py
+    and this fails until `python -m vipctl.cli.fastgen` is run again."""
+    assert fastgen.TARGET.read_text(encoding="utf-8") == fastgen.render(), (
+        "cli/fastgrammar.py is out of date: run .venv/bin/python -m vipctl.cli.fastgen"
+    )
+    assert fastgen.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("name", fastgen.FAST)
 def test_grammar_is_the_typer_commands(name: str) -> None:
-    grammar = fast.GRAMMAR[name]
     params = _params(name)
     arguments = [p for p in params.values() if p.param_type_name == "argument"]
     assert [(p.name, p.required) for p in arguments] == [
-        (param, required) for param, _, required in grammar.positional
+        (param, required) for param, _, required in fastgrammar.POSITIONAL[name]
     ]
-    for option, (param, kind) in grammar.options.items():
+    for option, (param, kind) in fastgrammar.OPTIONS[name].items():
         p = params[param]
         assert p.param_type_name == "option" and option in p.opts, (name, option)
         assert bool(getattr(p, "is_flag", False)) == (kind == "flag"), (name, option)
-        assert not p.multiple and p.nargs == 1
-        assert p.envvar == fast.ENVVARS.get(param), (name, option)
-    kinds = {param: kind for param, kind in grammar.options.values()}
-    kinds |= {param: kind for param, kind, _ in grammar.positional}
-    body = inspect.signature(getattr(commands, name)).parameters
-    for param, kind in kinds.items():
-        annotation = str(body[param].annotation)
-        assert ("Path" in annotation) == (kind == "path"), (name, param, annotation)
+    assert fastgrammar.DEFAULTS[name] == {
+        p.name: p.default for p in params.values() if not p.required
+    }
 
 
-@pytest.mark.parametrize("name", sorted(fast.GRAMMAR))
-def test_bodies_take_the_typer_parameters_with_their_defaults(name: str) -> None:
-    body = inspect.signature(getattr(commands, name)).parameters
-    params = _params(name)
-    assert list(body) == list(params)  # the typer command passes **locals() on
-    for param, p in params.items():
-        if not p.required:
-            assert body[param].default == p.default, (name, param)
+@pytest.mark.parametrize("name", fastgen.FAST)
+def test_bodies_take_the_typer_parameters_and_no_defaults(name: str) -> None:
+    """One definition per parameter: the typer command's. The body has the same names (the
+    typer command passes **locals() on) and types, and no default to drift from typer's."""
+    body = getattr(commands, name)
+    signature = inspect.signature(body).parameters
+    typer_callback = getattr(cli_app, name)
+    meta = get_params_from_function(typer_callback)
+    assert list(signature) == list(meta) == list(_params(name))
+    hints = typing.get_type_hints(body)
+    for param, p in signature.items():
+        assert p.default is inspect.Parameter.empty, (name, param, p.default)
+        assert hints[param] == meta[param].annotation, (name, param)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +165,7 @@ def files(tmp_path: Path) -> dict[str, str]:
         ["plan", "GOOD", "--state-dir", "STATE", "--weights", "web1=-1"],
         ["plan", "GOOD", "--state-dir", "STATE", "--down", "web1,web2"],
         ["plan", "GOOD", "--state-dir", "STATE", "--down", "nobody"],
+        ["plan", "GOOD", "--state-dir", "STATE", "--metric", "bytes", "--json"],
         ["rebalance", "GOOD", "--state-dir", "STATE"],
         ["status", "Not A Name", "--state-dir", "STATE"],
     ],

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from vipctl import controller, statefile
-from vipctl.backends.base import Live, Plan, text_digest
+from vipctl.backends.base import Backend, Live, Plan, text_digest
 from vipctl.core.partition import Layout, Table
 from vipctl.core.spec import Spec, parse_spec
 from vipctl.core.transition import Moving
@@ -30,6 +30,7 @@ from vipctl.render import tc as render_tc
 from vipctl.render.wiring import Wiring
 
 PORTS = {"up0": 1, "m1": 11, "m2": 12, "m3": 13}
+UPLINK_MAC = "02:00:00:00:00:01"
 MACS = {"web1": "02:00:00:00:01:02", "web2": "02:00:00:00:02:02", "web3": "02:00:00:00:03:02"}
 
 
@@ -175,6 +176,9 @@ class FakeBackend:
         return None
 
 
+_TYPED: type[Backend] = FakeBackend  # mypy: the fake implements the whole protocol
+
+
 class FakeBox:
     def __init__(self) -> None:
         self.findings: list[Finding] = []
@@ -187,7 +191,7 @@ class FakeBox:
             raise KernelError(self.announce_refusal)
 
     def wiring(self, spec: Spec, optional: Collection[str]) -> Wiring:
-        return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS))
+        return Wiring(ifindex=dict(self.ifindex), macs=dict(MACS), uplink_mac=UPLINK_MAC)
 
     def preflight(self, spec: Spec, down: Collection[str]) -> list[Finding]:
         return list(self.findings)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vipctl.core.spec import Spec, load_text
-from vipctl.host import announce
+from vipctl.host import announce, doctor
 from vipctl.host.doctor import (
     Finding,
     LinkInfo,
@@ -51,6 +51,7 @@ class FakeHost:
     batches: list[str] = field(default_factory=list)  # every batch checked
     tc_error: str | None = 'Error: Unknown filter "flower"'
     proxy: list[str] = field(default_factory=list)
+    xdp: dict[str, int] | None = field(default_factory=dict)  # XDP_ACT_* bits per device
 
     def links(self) -> Mapping[str, LinkInfo]:
         return self.links_
@@ -85,6 +86,9 @@ class FakeHost:
 
     def tc_check(self) -> str | None:
         return self.tc_error
+
+    def xdp_features(self, devs: Sequence[str]) -> Mapping[str, int] | None:
+        return {d: self.xdp.get(d, 0) for d in devs} if self.xdp is not None else None
 
     def proxies(self, uplink: str) -> Sequence[str]:
         return self.proxy
@@ -276,3 +280,25 @@ def test_members_declared_down_only_warn() -> None:
     assert the_problem(findings, "neighbour:web1").status == "warning"
     assert the_problem(findings, "link:m1").message.startswith("(member declared down)")
     assert errors(run_checks(spec(), host))  # not declared down: errors
+
+
+def test_xdp_needs_native_xdp_on_the_uplink_and_redirect_targets_on_every_port() -> None:
+    s = spec(backend="xdp")
+    good = {"up0": 0x23, "m1": 0x67, "m2": 0x67}  # veth with XDP on the members' side
+    host = FakeHost(xdp=good)
+    assert [(f.check, f.status) for f in doctor.check_kernel(s, host)] == [("kernel", "ok")]
+    # a member port that does not transmit redirected frames would drop them all
+    host = FakeHost(xdp={**good, "m2": 0x23})
+    found = doctor.check_kernel(s, host)
+    assert [(f.check, f.status) for f in found] == [("link:m2", "error")]
+    assert "m2 cannot transmit" in found[0].message and "backend: nftables" in found[0].fix
+    # an uplink driver without native XDP
+    host = FakeHost(xdp={**good, "up0": 0})
+    found = doctor.check_kernel(s, host)
+    assert [(f.check, f.status) for f in found] == [("kernel", "error")]
+    assert "no native XDP" in found[0].message and "backend: nftables" in found[0].fix
+    # a kernel without the netdev family cannot say: refused, not guessed
+    found = doctor.check_kernel(s, FakeHost(xdp=None))
+    assert [f.status for f in found] == ["error"] and "6.3" in found[0].fix
+    # the nftables backend never asks
+    assert doctor.check_kernel(spec(), FakeHost(xdp=None))[0].status == "ok"

@@ -102,3 +102,41 @@ def test_netplan_is_valid_yaml() -> None:
     text = render(build_setup(load_text(SPEC), "web1", "eth0"), "netplan")
     doc = yaml.safe_load(text.split("\n\n")[0])
     assert doc["network"]["ethernets"]["lo"]["addresses"][-1] == "2001:db8:f::253/128"
+
+
+def test_the_second_chance_hands_back_only_unknown_non_syn_tcp() -> None:
+    from vipctl.core.spec import parse_spec
+    from vipctl.host.member import build_setup, second_chance_batch, second_chance_removal
+
+    spec = parse_spec(
+        {
+            "cluster": "web-a",
+            "vips": ["198.51.100.253", "2001:db8:f::253"],
+            "uplink": "up0",
+            "members": [
+                {"name": "web1", "port": "m1", "address": "198.51.100.10"},
+                {"name": "web2", "port": "m2", "address": "2001:db8:11::2"},
+            ],
+        }
+    )
+    setup = build_setup(spec, "web1", "eth1.7")
+    batch = second_chance_batch(setup, {4: "198.51.100.9"})
+    assert batch.splitlines() == [
+        "add table ip vipctl_web_a_eth1_7",
+        "delete table ip vipctl_web_a_eth1_7",
+        "add table ip vipctl_web_a_eth1_7",
+        "add chain ip vipctl_web_a_eth1_7 pre { type filter hook prerouting priority -150; "
+        "policy accept; }",
+        'add rule ip vipctl_web_a_eth1_7 pre iifname "eth1.7" ip daddr { 198.51.100.253 } '
+        'tcp flags & (syn | ack) != syn socket wildcard 1 dup to 198.51.100.9 device "eth1.7" '
+        "drop",
+        # no IPv6 gateway on this interface: nothing can be handed back there
+        "add table ip6 vipctl_web_a_eth1_7",
+        "delete table ip6 vipctl_web_a_eth1_7",
+    ]
+    assert second_chance_removal(setup).splitlines() == [
+        "add table ip vipctl_web_a_eth1_7",
+        "delete table ip vipctl_web_a_eth1_7",
+        "add table ip6 vipctl_web_a_eth1_7",
+        "delete table ip6 vipctl_web_a_eth1_7",
+    ]

@@ -43,11 +43,24 @@ HEADERS = (
     "linux/if_addr.h",
     "linux/neighbour.h",
     "linux/netfilter.h",
+    "linux/genetlink.h",
     "linux/netfilter/nfnetlink.h",
     "linux/netfilter/nf_tables.h",
     "linux/sched.h",
 )
 NOT_IN_THE_HEADERS = {"RECV_BUFFER", "DUMP_RETRIES", "NFTNL_UDATA_RULE_COMMENT"}  # libnftnl's
+# linux/netdev.h (Linux >= 6.3) is newer than Debian 12's linux-libc-dev (6.1): checked
+# against the kernel's include/uapi/linux/netdev.h by hand, and by tests/kernel/test_xdp.py
+# (the doctor reads 0x23 = BASIC | REDIRECT | RX_SG from a veth without XDP on its peer)
+NETDEV_H = {
+    "NETDEV_CMD_DEV_GET": 1,
+    "NETDEV_A_DEV_IFINDEX": 1,
+    "NETDEV_A_DEV_XDP_FEATURES": 3,
+    "NETDEV_XDP_ACT_BASIC": 1,
+    "NETDEV_XDP_ACT_REDIRECT": 2,
+    "NETDEV_XDP_ACT_NDO_XMIT": 4,
+}
+NOT_IN_THE_HEADERS |= set(NETDEV_H)
 LAYOUT = {
     "sizeof(struct nlmsghdr)": nl.NLMSGHDR.size,
     "sizeof(struct nlattr)": nl.NLATTR.size,
@@ -86,6 +99,10 @@ def uapi_numbers() -> dict[str, int]:
         for name, value in vars(nl).items()
         if name.isupper() and isinstance(value, int) and name not in NOT_IN_THE_HEADERS
     }
+
+
+def test_netdev_numbers_are_the_kernels() -> None:
+    assert {n: getattr(nl, n) for n in NETDEV_H} == NETDEV_H
 
 
 def test_numbers_are_the_installed_headers(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Property tests for the partition engine: PRODUCT.md invariants 2-4, exactly."""
+"""Property tests for the partition engine: balance, least movement and determinism as the
+README states them ("How the partition behaves"), exactly."""
 
 from __future__ import annotations
 

@@ -174,11 +174,13 @@ def test_one_lookup_per_packet_in_steady_state(mode: str, key: str, pinning: str
     else:
         k4 = "jhash ip saddr mod 8 seed 0x5eed vmap @owners4_h3_5eed"
         k6 = "jhash ip6 saddr mod 8 seed 0x5eed vmap @owners6_h3_5eed"
+    # only frames addressed to this router (invariant 11): a flooded frame is not taken
     assert ingress.rules == (
-        f'ip daddr 198.51.100.253 {k4} comment "vipctl generation 7"',
-        "ip daddr 198.51.100.253 drop",  # a bucket with no owner is dropped, never routed
-        f"ip6 daddr 2001:db8:f::253 {k6}",
-        "ip6 daddr 2001:db8:f::253 drop",
+        f'meta pkttype host ip daddr 198.51.100.253 {k4} comment "vipctl generation 7"',
+        # a bucket with no owner is dropped, never routed
+        "meta pkttype host ip daddr 198.51.100.253 drop",
+        f"meta pkttype host ip6 daddr 2001:db8:f::253 {k6}",
+        "meta pkttype host ip6 daddr 2001:db8:f::253 drop",
     )
     assert not [c for c in table.chains if c.name.startswith("vip")]  # no jump
     for family in (4, 6):
@@ -268,6 +270,11 @@ def test_pinning_always_pins_every_flow() -> None:
     to = next(c for c in table.chains if c.name == "to4_a")
     # the refresh is its own rule: a full pin map cannot stop delivery
     assert " update @pin4" in to.rules[0] and "fwd" not in to.rules[0]
+    # the jump takes only frames addressed to this router (invariant 11)
+    assert table.chains[0].rules == (
+        'meta pkttype host ip daddr 198.51.100.253 jump vip4 comment "vipctl generation 7"',
+        "meta pkttype host ip6 daddr 2001:db8:f::253 jump vip6",
+    )
 
 
 def test_deliver_maps_hold_members_up_only() -> None:
@@ -335,7 +342,11 @@ def test_several_vips_make_an_anonymous_set() -> None:
         )
     )
     table = build_table(spec, desired(spec, None), fake_wiring(spec), 1)
-    assert table.chains[0].rules[0].startswith("ip daddr { 198.51.100.253, 198.51.100.254 } ")
+    assert (
+        table.chains[0]
+        .rules[0]
+        .startswith("meta pkttype host ip daddr { 198.51.100.253, 198.51.100.254 } ")
+    )
     assert not [s for s in table.sets if s.kind == "set"]  # no named VIP sets any more
 
 

@@ -87,7 +87,7 @@ def test_an_unsplittable_bucket_says_what_would_help() -> None:
 
 def test_no_traffic_moves_nothing() -> None:
     table = fresh_table(16, W3)
-    got = retune.solve(table, [0.0] * 16, W3)
+    got = retune.solve(table, [0.0] * 16, W3, 1.1)
     assert got.reachable and got.moved == () and got.before == 1.0
 
 

@@ -230,7 +230,7 @@ def test_a_kernel_multipath_route_decoded() -> None:
     msg = nl.decode_message(nlmsg(24, body))  # RTM_NEWROUTE
     assert msg.get_attr("RTA_MULTIPATH")[1].get_attr("RTA_GATEWAY") == "198.51.100.18"
     assert rtnl.route_of(msg, NAMES) == Route(
-        "unicast", "198.51.100.253", "", "main", 211, "", 4211, ("m1", "m2")
+        "unicast", "198.51.100.253", "", "main", 211, "", 4211, ("m1", "m2"), ("", "198.51.100.18")
     )
 
 

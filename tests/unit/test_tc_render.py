@@ -58,6 +58,7 @@ def fake_wiring(spec: Spec) -> Wiring:
     return Wiring(
         ifindex={spec.uplink: 2, **{m.port: 10 + i for i, m in enumerate(spec.members)}},
         macs={m.name: f"02:00:00:00:{i + 1:02x}:02" for i, m in enumerate(spec.members)},
+        uplink_mac="02:00:00:00:00:01",
     )
 
 
@@ -113,6 +114,19 @@ def test_dispatcher_is_one_goto_with_the_generation() -> None:
         assert parse_cookie(goto.cookie, "web") == 7
         assert parse_cookie(goto.cookie, "other") is None
     assert len(generation_cookie("a-very-long-cluster-name", 2**40)) == 16
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "steer"])
+def test_uplink_filters_take_only_frames_addressed_to_this_router(mode: str) -> None:
+    """Invariant 11: every filter at the uplink matches the uplink's own MAC, so a frame
+    the switch floods to every router is taken by none of another router's filters."""
+    spec = make_spec(3, mode)
+    uplink = [f for f in ruleset(spec, 1).filters if f.dev == "up0"]
+    assert uplink and all(f.match.eth_dst == "02:00:00:00:00:01" for f in uplink)
+    wiring = fake_wiring(spec)
+    no_mac = Wiring(wiring.ifindex, wiring.macs)
+    with pytest.raises(KeyError, match="MAC of the uplink"):
+        build_ruleset(spec, layout(spec), no_mac, 7, 1)
 
 
 def test_broadcast_copies_once_and_ports_judge_by_stamp() -> None:

@@ -197,6 +197,20 @@ class LiveTable:
     counters: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> packets, bytes
 
 
+def replace_tables(batch: str, tables: list[tuple[str, str]]) -> bool:
+    """Commit `batch`, which replaces `tables` ((family, name) pairs) whole, in one
+    transaction; True when they read differently afterwards (for "nothing to change").
+    Used on members (host/member.py's second chance)."""
+
+    def text(family: str, name: str) -> str:
+        rc, out, _ = _cmd(f"list table {family} {name}", json_output=False)
+        return out if rc == 0 else ""
+
+    before = [text(f, n) for f, n in tables]
+    commit(batch)
+    return [text(f, n) for f, n in tables] != before
+
+
 def list_tables() -> list[str]:
     out = run_json({"nftables": [{"list": {"tables": {"family": "netdev"}}}]}) or {}
     names = []

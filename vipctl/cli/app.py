@@ -20,7 +20,9 @@ from vipctl import __version__, statefile
 from vipctl.cli import commands
 from vipctl.cli import retune as _rt
 from vipctl.cli.common import JsonOpt, SpecArg, StateDirOpt, fail
+from vipctl.core.spec import RETUNE_METRIC, RETUNE_TOLERANCE, RETUNE_WINDOW_S
 from vipctl.errors import VipctlError
+from vipctl.service.stats import PIN_MAX_AGE_S
 
 app = typer.Typer(
     name="vipctl",
@@ -89,9 +91,9 @@ def plan(
             help="preview `rebalance --auto`: measure each bucket's load for --window seconds",
         ),
     ] = False,
-    window: _rt.WindowOpt = 10.0,
-    tolerance: _rt.ToleranceOpt = 1.1,
-    metric: _rt.MetricOpt = "packets",
+    window: _rt.WindowOpt = RETUNE_WINDOW_S,
+    tolerance: _rt.ToleranceOpt = RETUNE_TOLERANCE,
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     png: _rt.PngOpt = None,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
@@ -201,9 +203,9 @@ def rebalance(
             "--auto", help="re-tune from each bucket's load measured in the kernel (--window)"
         ),
     ] = False,
-    window: _rt.WindowOpt = 10.0,
-    tolerance: _rt.ToleranceOpt = 1.1,
-    metric: _rt.MetricOpt = "packets",
+    window: _rt.WindowOpt = RETUNE_WINDOW_S,
+    tolerance: _rt.ToleranceOpt = RETUNE_TOLERANCE,
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the moves only")] = False,
     as_json: JsonOpt = False,
     state_dir: StateDirOpt = None,
@@ -231,7 +233,7 @@ def status(
         ),
     ] = False,
     window: _rt.WindowOpt = 5.0,
-    metric: _rt.MetricOpt = "packets",
+    metric: _rt.MetricOpt = RETUNE_METRIC,
     png: _rt.PngOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
@@ -290,7 +292,7 @@ def metrics(
             min=0,
             help="count pinned flows at most once per SECONDS (a listing of every pin map)",
         ),
-    ] = 15.0,
+    ] = PIN_MAX_AGE_S,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Serve Prometheus metrics read from the kernel at every scrape (until SIGTERM)."""

@@ -2,9 +2,10 @@
 rebalance), without typer: cli/app.py declares their arguments for typer and calls these;
 cli/fast.py parses the common command lines itself and calls the same functions.
 
-Each body takes exactly the parameters of its typer command, with the same defaults
-(tests/unit/test_cli_fast.py compares them), prints through cli/output.py and ends with
-SystemExit on an error.
+Each body takes exactly the parameters of its typer command and no defaults: typer's
+are the only ones, and the fast path passes them from cli/fastgrammar.py, generated from
+the typer app (tests/unit/test_cli_fast.py checks both). A body prints through
+cli/output.py and ends with SystemExit on an error.
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ def validate(spec_path: Path) -> None:
 
 def plan(
     spec_path: Path,
-    weights: str | None = None,
-    down: str | None = None,
-    auto: bool = False,
-    window: float = 10.0,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    png: Path | None = None,
-    as_json: bool = False,
-    state_dir: str | None = None,
+    weights: str | None,
+    down: str | None,
+    auto: bool,
+    window: float,
+    tolerance: float,
+    metric: str,
+    png: Path | None,
+    as_json: bool,
+    state_dir: str | None,
 ) -> None:
     spec = load(spec_path)
     if auto:
@@ -103,9 +104,9 @@ def plan(
 def which(
     spec_path: Path,
     source: str,
-    state_dir: str | None = None,
-    as_json: bool = False,
-    source_table: str = "auto",
+    state_dir: str | None,
+    as_json: bool,
+    source_table: str,
 ) -> None:
     spec = load(spec_path)
     try:
@@ -186,12 +187,12 @@ def _kernel_table(spec: Spec) -> Layout | None:
 
 def apply(
     spec_path: Path,
-    dry_run: bool = False,
-    diff: bool = False,
-    down: str | None = None,
-    skip_checks: bool = False,
-    layout_path: Path | None = None,
-    state_dir: str | None = None,
+    dry_run: bool,
+    diff: bool,
+    down: str | None,
+    skip_checks: bool,
+    layout_path: Path | None,
+    state_dir: str | None,
 ) -> None:
     from vipctl import controller
 
@@ -255,14 +256,14 @@ def _print_apply(spec: Spec, result: object, *, dry_run: bool, diff: bool) -> No
 
 def rebalance(
     spec_path: Path,
-    weights: str | None = None,
-    auto: bool = False,
-    window: float = 10.0,
-    tolerance: float = 1.1,
-    metric: str = "packets",
-    dry_run: bool = False,
-    as_json: bool = False,
-    state_dir: str | None = None,
+    weights: str | None,
+    auto: bool,
+    window: float,
+    tolerance: float,
+    metric: str,
+    dry_run: bool,
+    as_json: bool,
+    state_dir: str | None,
 ) -> None:
     from vipctl import controller
 
@@ -287,11 +288,11 @@ def rebalance(
         new_weights = planning.parse_weights(weights, spec)
         directory = statefile.state_dir(state_dir)
         in_force = controller.weights_in_force(spec, statefile.load(directory, spec.cluster))
-        result = controller.apply(
-            spec,
-            directory,
-            controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights}),
-        )
+        options = controller.ApplyOptions(dry_run=dry_run, weights={**in_force, **new_weights})
+        if spec.store is not None:  # once, in the store: every router converges to it
+            result = controller.rebalance_shared(spec, directory, new_weights, options)
+        else:
+            result = controller.apply(spec, directory, options)
     except VipctlError as exc:
         fail(exc)
     if dry_run:
@@ -306,14 +307,14 @@ def rebalance(
 
 
 def status(
-    cluster: str | None = None,
-    as_json: bool = False,
-    watch: float | None = None,
-    load_: bool = False,
-    window: float = 5.0,
-    metric: str = "packets",
-    png: Path | None = None,
-    state_dir: str | None = None,
+    cluster: str | None,
+    as_json: bool,
+    watch: float | None,
+    load_: bool,
+    window: float,
+    metric: str,
+    png: Path | None,
+    state_dir: str | None,
 ) -> None:
     import sys
     import time
@@ -409,4 +410,24 @@ def _status_text(r: dict[str, object]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    if r.get("weights_from") not in (None, "spec"):
+        lines.append(f"weights in force set by {r['weights_from']} (the spec's differ)")
+    lines.extend(_routers_text(r))
     return "\n".join(lines)
+
+
+def _routers_text(r: dict[str, object]) -> list[str]:
+    """With a store: one line per router, and whether they agree."""
+    if "store_error" in r:
+        return [f"routers: unknown ({r['store_error']})"]
+    routers = r.get("routers")
+    if not isinstance(routers, list):
+        return []
+    agree = "all routers agree" if r.get("routers_agree") else "ROUTERS DIFFER"
+    out = [f"routers ({agree}):"]
+    for x in routers:
+        out.append(
+            f"  {x['name']}  fingerprint {x['fingerprint'] or '-'}  generation "
+            f"{x['generation']}  desired {x['desired_generation']}  ({x['age_s']:g} s ago)"
+        )
+    return out

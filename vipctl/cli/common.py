@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from vipctl.cli.output import echo, fail, load, usage
+from vipctl.statefile import DEFAULT_STATE_DIR
 
 __all__ = ["JsonOpt", "SpecArg", "StateDirOpt", "echo", "fail", "load", "usage"]
 
@@ -18,7 +19,7 @@ StateDirOpt = Annotated[
     typer.Option(
         "--state-dir",
         envvar="VIPCTL_STATE_DIR",
-        help="state directory [default: /var/lib/vipctl]",
+        help=f"state directory [default: {DEFAULT_STATE_DIR}]",
         show_default=False,
     ),
 ]

@@ -5,69 +5,29 @@ command it runs (~1 ms each): about a third of what `vipctl which` or `vipctl pl
 as a whole process. `run` parses the plain forms of validate, which, plan, status, apply
 and rebalance itself (positional arguments, long options as `--opt VALUE` or
 `--opt=VALUE`, flags, `--`, VIPCTL_STATE_DIR) and calls the same bodies typer would
-(cli/commands.py). Anything else (help, a short option, an option given twice, a value
-that starts with "-", an option left to typer such as --watch or --auto, a wrong count of
-arguments) is not parsed here: typer gets the command line and answers as it always did.
-tests/unit/test_cli_fast.py checks GRAMMAR against the typer commands.
+(cli/commands.py) with every parameter, the absent ones at their typer defaults. Anything
+else (help, a short option, an option given twice, a value that starts with "-", an
+option left to typer such as --window, --watch or --auto, a wrong count of arguments) is
+not parsed here: typer gets the command line and answers as it always did.
+
+The grammar is not written here: cli/fastgrammar.py is generated from the typer app
+(`python -m vipctl.cli.fastgen`), and tests/unit/test_cli_fast.py fails when it differs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-Kind = Literal["flag", "str", "path"]
-
-
-@dataclass(frozen=True)
-class Grammar:
-    positional: tuple[tuple[str, Kind, bool], ...]  # (parameter, kind, required), in order
-    options: Mapping[str, tuple[str, Kind]]  # "--json" -> ("as_json", "flag")
-
-
-STATE_DIR: Mapping[str, tuple[str, Kind]] = {"--state-dir": ("state_dir", "str")}
-JSON: Mapping[str, tuple[str, Kind]] = {"--json": ("as_json", "flag")}
-SPEC: tuple[str, Kind, bool] = ("spec_path", "path", True)
-ENVVARS = {"state_dir": "VIPCTL_STATE_DIR"}
-
-GRAMMAR: Mapping[str, Grammar] = {
-    "validate": Grammar((SPEC,), {}),
-    "which": Grammar(
-        (SPEC, ("source", "str", True)),
-        {**STATE_DIR, **JSON, "--from": ("source_table", "str")},
-    ),
-    "plan": Grammar(
-        (SPEC,),
-        {"--weights": ("weights", "str"), "--down": ("down", "str"), **JSON, **STATE_DIR},
-    ),
-    "status": Grammar((("cluster", "str", False),), {**JSON, **STATE_DIR}),
-    "apply": Grammar(
-        (SPEC,),
-        {
-            "--dry-run": ("dry_run", "flag"),
-            "--diff": ("diff", "flag"),
-            "--down": ("down", "str"),
-            "--skip-checks": ("skip_checks", "flag"),
-            "--layout": ("layout_path", "path"),
-            **STATE_DIR,
-        },
-    ),
-    "rebalance": Grammar(
-        (SPEC,),
-        {"--weights": ("weights", "str"), "--dry-run": ("dry_run", "flag"), **JSON, **STATE_DIR},
-    ),
-}
+from vipctl.cli.fastgrammar import DEFAULTS, ENVVARS, OPTIONS, POSITIONAL
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, object]] | None:
     """(command, keyword arguments of its body), or None: typer parses this one."""
-    if not argv or argv[0] not in GRAMMAR:
+    if not argv or argv[0] not in POSITIONAL:
         return None
-    name, grammar = argv[0], GRAMMAR[argv[0]]
+    name, arguments, options = argv[0], POSITIONAL[argv[0]], OPTIONS[argv[0]]
     kwargs: dict[str, object] = {}
     positional: list[str] = []
     rest = argv[1:]
@@ -82,7 +42,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, object]] | None:
             positional.append(token)
             continue
         option, eq, value = token.partition("=")
-        found = grammar.options.get(option) if option.startswith("--") else None
+        found = options.get(option) if option.startswith("--") else None
         if found is None:
             return None
         param, kind = found
@@ -101,15 +61,15 @@ def parse(argv: list[str]) -> tuple[str, dict[str, object]] | None:
         if kind == "path" and not value:
             return None
         kwargs[param] = Path(value) if kind == "path" else value
-    required = sum(1 for _, _, req in grammar.positional if req)
-    if not required <= len(positional) <= len(grammar.positional):
+    required = sum(1 for _, _, req in arguments if req)
+    if not required <= len(positional) <= len(arguments):
         return None
-    for (param, kind, _), value in zip(grammar.positional, positional, strict=False):
+    for (param, kind, _), value in zip(arguments, positional, strict=False):
         if kind == "path" and not value:
             return None
         kwargs[param] = Path(value) if kind == "path" else value
-    for param, envvar in ENVVARS.items():
-        if param not in kwargs and any(p == param for p, _ in grammar.options.values()):
+    for param, envvar in ENVVARS[name].items():
+        if param not in kwargs:
             from_env = os.environ.get(envvar)
             if from_env:  # click: an empty variable is no value
                 kwargs[param] = from_env
@@ -117,7 +77,7 @@ def parse(argv: list[str]) -> tuple[str, dict[str, object]] | None:
 
 
 def run(argv: list[str]) -> bool:
-    """Run the command line if it is one of GRAMMAR's (then exits); False: typer's."""
+    """Run the command line if the fast path parses it (then exits); False: typer's."""
     parsed = parse(argv)
     if parsed is None:
         return False
@@ -128,7 +88,7 @@ def run(argv: list[str]) -> bool:
 
     body = getattr(commands, name)
     try:
-        body(**kwargs)
+        body(**{**DEFAULTS[name], **kwargs})
     except VipctlError as exc:  # the bodies catch their own; as cli.app.main does
         echo(f"vipctl: {exc}", err=True)
         raise SystemExit(exc.exit_code) from None

@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from vipctl import __version__
+from vipctl import __version__, statefile
 
 # Options every typer app gets: meaningless in a man page (completion has its own files).
 _SKIP = {"install_completion", "show_completion"}
@@ -129,7 +129,7 @@ def render(root: Any, date: str, version: str = __version__) -> str:
         "\\fI/etc/vipctl/CLUSTER.yaml\\fR",
         "the spec the unit vipctl@CLUSTER serves",
         ".TP",
-        "\\fI/var/lib/vipctl\\fR",
+        f"\\fI{statefile.DEFAULT_STATE_DIR}\\fR",
         _para(
             "state (overridable with --state-dir or VIPCTL_STATE_DIR); the kernel is the "
             "truth about what is live"

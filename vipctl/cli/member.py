@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,9 +78,29 @@ def command(
             changes = setup_mod.apply_setup(setup, directory)
         else:
             changes = setup_mod.remove_setup(setup, directory)
+        changes += second_chance(setup, apply)
     except VipctlError as exc:
         fail(exc)
     for line in changes:
         typer.echo(line)
     verb = "configured" if apply else "removed"
     typer.echo(f"{spec.cluster}/{name}: {verb}" + ("" if changes else " (nothing to change)"))
+
+
+def second_chance(setup: Any, apply: bool) -> list[str]:
+    """The member's half of the router's second chance (host/member.py): its nftables
+    table installed (or removed), one transaction; what changed, as a line."""
+    from vipctl.backends import nft
+    from vipctl.host import member as setup_mod
+
+    name = setup_mod.second_chance_table(setup)
+    tables = [("ip", name), ("ip6", name)]
+    if apply:
+        gateways = setup_mod.gateways(setup.interface)
+        batch = setup_mod.second_chance_batch(setup, gateways)
+        via = ", ".join(gateways[f] for f in sorted(gateways)) or "no gateway found"
+        what = f"nft: table {name} (second chance via {via})"
+    else:
+        batch = setup_mod.second_chance_removal(setup)
+        what = f"nft: table {name} removed"
+    return [what] if nft.replace_tables(batch, tables) else []

@@ -10,6 +10,7 @@ before anything changes (SpecError: exit 78).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,19 @@ def parse(text: str, source: str, spec: Spec) -> Layout:
     raw = data.get("layout")
     if not isinstance(raw, dict):
         raise bad("layout: missing or not an object")
+    layout = check_layout(raw, spec, bad)
+    p = spec.partition
+    got = fingerprint(layout.table, p.key, p.bits, p.seed)
+    if data.get("fingerprint") != got:
+        shown = str(data.get("fingerprint"))[:40]
+        raise bad(f"fingerprint: {shown!r} is not the table's ({got})")
+    return layout
+
+
+def check_layout(raw: dict[str, Any], spec: Spec, bad: Callable[..., SpecError]) -> Layout:
+    """`layout` of a layout file (or of the shared desired state), checked against `spec`:
+    JSON types first, then every bucket owned, counts that fit the weights, the table
+    following from the base and the members down."""
     problems = _shape_problems(raw)
     if problems:
         raise bad(*problems)
@@ -94,11 +108,6 @@ def parse(text: str, source: str, spec: Spec) -> Layout:
     problems = _content_problems(layout, spec)
     if problems:
         raise bad(*problems)
-    p = spec.partition
-    got = fingerprint(layout.table, p.key, p.bits, p.seed)
-    if data.get("fingerprint") != got:
-        shown = str(data.get("fingerprint"))[:40]
-        raise bad(f"fingerprint: {shown!r} is not the table's ({got})")
     return layout
 
 

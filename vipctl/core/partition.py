@@ -125,7 +125,7 @@ def moved(old: Table, new: Table) -> list[int]:
 def fingerprint(table: Table, key: str, bits: int, seed: int) -> str:
     """A short hash of what decides every packet: the owner of each bucket, the key, the
     bits and (with the hash key) the seed. Two routers with the same fingerprint send every
-    source to the same member (PRODUCT.md). The mask key ignores the seed, so it is left
+    source to the same member (docs/operations.md). The mask key ignores the seed, so it is left
     out there: two mask routers that differ only in an unused seed still agree.
 
     The encoding is canonical JSON (sorted keys, no spaces, owners in bucket order,

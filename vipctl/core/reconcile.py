@@ -99,15 +99,18 @@ def next_intent(
     *,
     weights: Weights | None = None,
     source: str = "rebalance",
+    generation: int | None = None,
 ) -> Intent | None:
     """The intent after a command: `weights` given (rebalance, layout import) sets them
-    (None when they are the spec's own: nothing to remember); otherwise the previous intent
-    stays while it holds and is dropped when the spec's weights changed."""
+    (None when they are the spec's own and no shared `generation` is to be kept: nothing
+    to remember); otherwise the previous intent stays while it holds and is dropped when
+    the spec's weights changed. `generation`: the shared store's (core/shared.py)."""
     if weights is None:
         return previous if holds(previous, spec_weights) else None
-    if weights == spec_weights:
+    if weights == spec_weights and generation is None:
         return None
-    generation = (previous.generation + 1) if previous is not None else 1
+    if generation is None:
+        generation = (previous.generation + 1) if previous is not None else 1
     return Intent(weights, spec_weights, source, generation)
 
 
@@ -124,11 +127,11 @@ class Desired:
 
     bits: int
     weights: Weights
-    down: frozenset[str] | None = None
-    layout: Layout | None = None
-    transitions: bool = True  # the backend keeps flow state and pinning.mode is moving
-    idle_timeout_s: float = 600.0
-    record_s: float = 1.0
+    down: frozenset[str] | None
+    layout: Layout | None
+    transitions: bool  # the backend keeps flow state and pinning.mode is moving
+    idle_timeout_s: float  # spec.pinning.idle_timeout_s
+    record_s: float  # spec.pinning.record_ms, in seconds
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def solve(
     table: Table,
     load: Sequence[float],
     weights: Weights,
-    tolerance: float = 1.1,
+    tolerance: float,
     *,
     down: Sequence[str] = (),
     aim: float | None = None,

@@ -3,8 +3,8 @@
 `vipctl schema --output status|plan|layout|spec` prints them; the files under schemas/ are
 these, checked in and compared exactly by tests/unit/test_schemas.py, which also validates
 real `status --json`, `plan --json` and `layout export` output against them. Numbers are
-JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (PRODUCT.md, "The
-interface"); the layout file's weights are exact fractions in text ("1/3").
+JSON numbers: a weight of 1 is `1`; `healthy` is true, false or null (docs/operations.md,
+"Read status and metrics"); the layout file's weights are exact fractions in text ("1/3").
 
 A field added to a report must be added here (the objects forbid unknown properties, so
 the tests catch a report that drifts from its schema).
@@ -59,7 +59,7 @@ _STATUS_MEMBER = _object(
 _STATUS_CLUSTER = _object(
     {
         "cluster": _NAME,
-        "backend": {"enum": ["nftables", "tc"]},
+        "backend": {"enum": ["nftables", "tc", "xdp"]},
         "generation": {"type": ["integer", "null"], "minimum": 0},
         "mode": {"enum": ["broadcast", "steer"]},
         "fingerprint": _FINGERPRINT,
@@ -74,6 +74,21 @@ _STATUS_CLUSTER = _object(
         },
         "members": {"type": "array", "items": {"$ref": "#/$defs/member"}},
         "offload": _object({"rules": _INT, "in_hw": _INT}),
+        "routers": {
+            "type": "array",
+            "description": "with a store: what each router's daemon published",
+            "items": _object(
+                {
+                    "name": _NAME,
+                    "fingerprint": _FINGERPRINT,
+                    "generation": {"type": ["integer", "null"], "minimum": 0},
+                    "desired_generation": {"type": ["integer", "null"], "minimum": 0},
+                    "age_s": {"type": "number", "minimum": 0},
+                }
+            ),
+        },
+        "routers_agree": {"type": "boolean"},
+        "store_error": {"type": "string"},
     },
     required=[
         "bits",

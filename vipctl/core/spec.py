@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -237,6 +237,12 @@ class Pinning(_Model):
         return self.mode != "off"
 
 
+# The re-tune defaults: the spec's `retune` section and `rebalance/plan --auto` alike.
+RETUNE_WINDOW_S = 10.0
+RETUNE_TOLERANCE = 1.1
+RETUNE_METRIC: Final = "packets"
+
+
 class Retune(_Model):
     """Re-tune from measured load on a schedule (the daemon; off by default): every
     `interval_s`, measure each bucket's traffic for `window_s`, and when a member's load is
@@ -247,14 +253,14 @@ class Retune(_Model):
         default=0, ge=0, le=7 * 24 * 3600, description="seconds between re-tunes; 0: off"
     )
     window_s: float = Field(
-        default=10.0,
+        default=RETUNE_WINDOW_S,
         ge=0.1,
         le=3600,
         allow_inf_nan=False,
         description="how long each bucket's traffic is measured",
     )
     tolerance: float = Field(
-        default=1.1,
+        default=RETUNE_TOLERANCE,
         gt=1.0,
         le=10.0,
         allow_inf_nan=False,
@@ -263,7 +269,7 @@ class Retune(_Model):
     max_moves: int = Field(
         default=16, ge=1, le=1 << 16, description="most buckets moved per re-tune"
     )
-    metric: Literal["packets", "bytes"] = "packets"
+    metric: Literal["packets", "bytes"] = RETUNE_METRIC
 
     @model_validator(mode="after")
     def _window_fits(self) -> Retune:
@@ -274,21 +280,155 @@ class Retune(_Model):
         return self
 
 
+def _peer_address(value: IPv4Address | IPv6Address) -> IPv4Address | IPv6Address:
+    """A BGP neighbour is one unicast host BIRD can open a session to: BIRD accepts
+    224.0.0.5 and then shows "Invalid next hop" while the daemon believes it announces."""
+    if value.is_multicast or value == IPv4Address("255.255.255.255"):
+        raise ValueError(f"{value} is not a unicast address")
+    if value.is_unspecified or value.is_loopback:
+        raise ValueError(f"{value} is not the address of an upstream router")
+    if isinstance(value, IPv4Address) and value.is_reserved:
+        raise ValueError(f"{value} is in the reserved 240.0.0.0/4")
+    if value.is_link_local:
+        raise ValueError(
+            f"{value} is link-local: a session to it needs an interface; use the "
+            "upstream's global address on the shared link"
+        )
+    return value
+
+
+def _router_id(value: object) -> IPv4Address:
+    """A BGP router id is 32 bits written as an IPv4 address (a string, as every address
+    in the spec; strict mode refused the string before, "an instance of IPv4Address")."""
+    addr = _address(value)
+    if not isinstance(addr, IPv4Address):
+        raise ValueError("a router id is written as an IPv4 address (32 bits)")
+    if addr.is_unspecified:
+        raise ValueError("0.0.0.0 is not a router id (BGP needs a non-zero one)")
+    return addr
+
+
+RouterId = Annotated[
+    IPv4Address,
+    PlainValidator(_router_id),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "format": "ipv4"}),
+]
+
+
 class BgpPeer(_Model):
-    address: IPAddress = Field(description="the upstream router's address (on a shared link)")
+    address: Annotated[IPAddress, AfterValidator(_peer_address)] = Field(
+        description="the upstream router's unicast address (on a shared link)"
+    )
     asn: int = Field(ge=1, le=4294967295, description="the upstream's AS number")
+
+
+BIRD_INCLUDE_DIR = "/etc/bird/vipctl.d"
+BIRD_CONTROL = "/run/bird/bird.ctl"
+# written into a birdc command line and a BIRD include directive: no quotes, no spaces
+BirdPath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./@+-]{1,4095}$")]
+# what the operator's BIRD holds when vipctl only writes an include file
+_SESSION_DEFAULTS: dict[str, object] = {
+    "asn": None,
+    "peers": [],
+    "bfd": True,
+    "bfd_interval_ms": 100,
+    "bfd_multiplier": 3,
+    "router_id": None,
+}
 
 
 class Bgp(_Model):
     """Announce the VIPs to upstream routers, which spread traffic over every vipctl
-    router by ECMP (docs/two-routers.md)."""
+    router by ECMP (docs/two-routers.md). One BGP speaker per router, shared by every
+    cluster: `speaker: vipctl` runs one BIRD for all clusters with a `bgp` section (one
+    session per peer); `speaker: external` only writes this cluster's VIP routes into an
+    include file of the BIRD the operator already runs and reloads it (`birdc configure`);
+    the sessions, BFD and export policy are then the operator's."""
 
-    asn: int = Field(ge=1, le=4294967295, description="this router's AS number")
-    peers: list[BgpPeer] = Field(min_length=1, max_length=16)
+    speaker: Literal["vipctl", "external"] = Field(
+        default="vipctl",
+        description="vipctl: one BIRD that vipctl starts and shares across clusters; "
+        "external: the operator's BIRD (vipctl writes `include` and reloads it)",
+    )
+    asn: int | None = Field(
+        default=None, ge=1, le=4294967295, description="this router's AS number (vipctl)"
+    )
+    peers: list[BgpPeer] = Field(default_factory=list, max_length=16)
     bfd: bool = Field(default=True, description="sub-second detection of a dead router")
-    router_id: IPv4Address | None = Field(
+    bfd_interval_ms: int = Field(
+        default=100, ge=10, le=10000, description="BFD transmit and receive interval (ms)"
+    )
+    bfd_multiplier: int = Field(
+        default=3, ge=1, le=255, description="BFD packets missed before a session is down"
+    )
+    router_id: RouterId | None = Field(
         default=None, description="BGP router id (default: BIRD picks the lowest IPv4 address)"
     )
+    include: BirdPath | None = Field(
+        default=None,
+        description=f"external: the file of this cluster's routes (default "
+        f"{BIRD_INCLUDE_DIR}/<cluster>.conf); the operator's bird.conf includes it",
+    )
+    control: BirdPath | None = Field(
+        default=None, description=f"external: BIRD's control socket (default {BIRD_CONTROL})"
+    )
+
+    def problems(self) -> list[str]:
+        """What the speaker does not take, as `bgp.<field>: message` lines."""
+        problems: list[str] = []
+        if self.speaker == "vipctl":
+            if self.asn is None:
+                problems.append("bgp.asn: required (this router's AS number)")
+            if not self.peers:
+                problems.append("bgp.peers: at least one peer is required")
+            for key in ("include", "control"):
+                if getattr(self, key) is not None:
+                    problems.append(f"bgp.{key}: only for speaker: external")
+        else:
+            # by value, not by the keys given: a recorded spec is dumped with every default
+            for key, default in _SESSION_DEFAULTS.items():
+                if getattr(self, key) != default:
+                    problems.append(
+                        f"bgp.{key}: speaker: external leaves the sessions to the operator's "
+                        "BIRD (set it in its configuration)"
+                    )
+        return problems
+
+
+# An etcd endpoint: http(s)://host[:port], host a name, an IPv4 address or [IPv6]
+EtcdUrl = Annotated[
+    str,
+    Field(
+        pattern=r"^https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])"
+        r"(:[0-9]{1,5})?/?$"
+    ),
+]
+StorePath = Annotated[str, Field(pattern=r"^/[A-Za-z0-9._/-]{0,200}$")]
+
+
+class Store(_Model):
+    """The cluster's desired state shared by every router (docs/two-routers.md): weights in
+    force and the base table live in this etcd cluster; `rebalance` on any router changes
+    them once and every router's daemon converges to them. The data plane never depends on
+    it: with the store unreachable, failover and restoration still work and changes are
+    refused (exit 75)."""
+
+    etcd: list[EtcdUrl] = Field(min_length=1, max_length=16, description="etcd endpoints")
+    prefix: StorePath = Field(default="/vipctl", description="key prefix in etcd")
+    ca: StorePath | None = Field(default=None, description="CA file for https endpoints")
+    cert: StorePath | None = Field(default=None, description="client certificate file")
+    key: StorePath | None = Field(default=None, description="client key file")
+    timeout_ms: int = Field(default=1000, ge=50, le=30_000, description="per request")
+    poll_ms: int = Field(
+        default=250, ge=50, le=10_000, description="how often a daemon reads the store"
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Store:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("store.cert and store.key go together")
+        return self
 
 
 class Spec(_Model):
@@ -300,9 +440,10 @@ class Spec(_Model):
     members: list[Member] = Field(min_length=1, max_length=MAX_MEMBERS)
     health: Health = Field(default_factory=Health)
     pinning: Pinning = Field(default_factory=Pinning)
-    backend: Literal["nftables", "tc"] = Field(
+    backend: Literal["nftables", "tc", "xdp"] = Field(
         default="nftables",
-        description="nftables (netdev tables) or tc (flower/u32 + mirred, hardware-offloadable)",
+        description="nftables (netdev tables), tc (flower/u32 + mirred, hardware-offloadable) "
+        "or xdp (native XDP on the uplink, mode: steer)",
     )
     offload: Literal["none", "prefer", "require"] = Field(
         default="prefer",
@@ -316,6 +457,7 @@ class Spec(_Model):
     )
     bgp: Bgp | None = None
     retune: Retune = Field(default_factory=Retune)
+    store: Store | None = None
 
     @field_validator("vips")
     @classmethod
@@ -375,6 +517,8 @@ class Spec(_Model):
         if not any(m.weight > 0 for m in self.members):
             problems.append("members: at least one member needs a weight > 0")
         if self.bgp is not None:
+            problems += self.bgp.problems()
+        if self.bgp is not None and self.bgp.speaker == "vipctl":
             peer_families = {p.address.version for p in self.bgp.peers}
             for family in sorted(families - peer_families):
                 problems.append(
@@ -384,6 +528,11 @@ class Spec(_Model):
             for i, peer in enumerate(self.bgp.peers):
                 if peer.address in seen_peers:
                     problems.append(f"bgp.peers.{i}.address: {peer.address} is listed twice")
+                if peer.address in self.vips:
+                    problems.append(
+                        f"bgp.peers.{i}.address: {peer.address} is a VIP (the peer is "
+                        "the upstream router, the VIPs are what is announced to it)"
+                    )
                 seen_peers.add(peer.address)
         if problems:
             raise ValueError("\n".join(problems))

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 from vipctl.core.spec import Spec
 from vipctl.errors import KernelError
+from vipctl.host import netlink as nl
 from vipctl.host import rtnl
 from vipctl.host.links import poke_neighbour
 from vipctl.host.rtnl import LinkInfo as LinkInfo  # re-exported: checks and tests use them
@@ -72,6 +73,8 @@ class Host(Protocol):
     def reverse_path(self, vip: str, port: str, uplink: str) -> str | None: ...
     def nft_check(self, batch: str) -> str | None: ...
     def tc_check(self) -> str | None: ...
+    # XDP_ACT_* bits per interface (host/netlink.py); None: the kernel cannot say
+    def xdp_features(self, devs: Sequence[str]) -> Mapping[str, int] | None: ...
     def proxies(self, uplink: str) -> Sequence[str]: ...
 
 
@@ -127,6 +130,8 @@ def probe_batch(*features: str) -> str:
 
 
 def check_kernel(spec: Spec, host: Host) -> list[Finding]:
+    if spec.backend == "xdp":
+        return check_xdp(spec, host)
     if spec.backend == "tc":
         err = host.tc_check()
         if err is None:
@@ -171,6 +176,60 @@ def check_kernel(spec: Spec, host: Host) -> list[Finding]:
             "modules); or pick the other mode",
         )
     ]
+
+
+def check_xdp(spec: Spec, host: Host) -> list[Finding]:
+    """backend: xdp needs native XDP with redirect on the uplink, and every member port
+    must transmit what XDP redirects to it (NETDEV_XDP_ACT_NDO_XMIT): a port without it drops
+    every redirected frame silently (a veth: until its peer runs an XDP program)."""
+    ports = [m.port for m in spec.members if m.port in host.links()]
+    features = host.xdp_features([spec.uplink, *ports]) if spec.uplink in host.links() else {}
+    if features is None:
+        return [
+            Finding(
+                "kernel",
+                "error",
+                "this kernel cannot say which devices run native XDP (no netdev generic "
+                "netlink family: before Linux 6.3)",
+                "use backend: nftables, or a kernel >= 6.3",
+            )
+        ]
+    out: list[Finding] = []
+    need = nl.NETDEV_XDP_ACT_BASIC | nl.NETDEV_XDP_ACT_REDIRECT
+    up = features.get(spec.uplink, 0)
+    if spec.uplink in features and up & need != need:
+        out.append(
+            Finding(
+                "kernel",
+                "error",
+                f"the driver of {spec.uplink} has no native XDP with redirect (xdp_features "
+                f"0x{up:x}); the XDP fast path cannot run there",
+                "use backend: nftables (every driver), or a NIC whose driver has native XDP",
+            )
+        )
+    for port in ports:
+        bits = features.get(port, 0)
+        if not bits & nl.NETDEV_XDP_ACT_NDO_XMIT:
+            out.append(
+                Finding(
+                    f"link:{port}",
+                    "error",
+                    f"{port} cannot transmit frames XDP redirects to it (xdp_features "
+                    f"0x{bits:x}): every packet steered there would be dropped",
+                    f"use backend: nftables; on a veth, attach an XDP program (XDP_PASS) to "
+                    f"the peer of {port}",
+                )
+            )
+    if not out:
+        out.append(
+            Finding(
+                "kernel",
+                "ok",
+                f"{spec.uplink} runs native XDP with redirect; every member port takes "
+                "redirected frames",
+            )
+        )
+    return out
 
 
 def check_links(spec: Spec, host: Host) -> list[Finding]:
@@ -615,6 +674,13 @@ class LiveHost:
         if proc.returncode == 0:
             return None
         return " ".join(proc.stderr.split())[:300] or f"exit {proc.returncode}"
+
+    def xdp_features(self, devs: Sequence[str]) -> Mapping[str, int] | None:
+        index = {name: link.index for name, link in self.links().items()}
+        found = nl.xdp_features([index[d] for d in devs if d in index])
+        if found is None:
+            return None
+        return {d: found.get(index[d], 0) for d in devs if d in index}
 
     def proxies(self, uplink: str) -> Sequence[str]:
         if uplink not in self.links():

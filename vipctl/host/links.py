@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +69,19 @@ def port_ifindex(spec: Spec) -> dict[str, int]:
         except OSError:
             continue
     return out
+
+
+SIOCGIFHWADDR = 0x8927
+
+
+def hwaddr(name: str) -> str:
+    """The MAC of interface `name` (one ioctl, in the calling thread's namespace)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            got = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+        except OSError as exc:
+            raise KernelError(f"cannot read the MAC of {name}: {exc.strerror}") from None
+    return ":".join(f"{b:02x}" for b in got[18:24])
 
 
 def poke_neighbour(address: IPv4Address | IPv6Address, port: str) -> None:
@@ -150,7 +165,7 @@ def wiring(
                     f"member up and on that port? (or set members[].mac) (nothing changed)"
                 )
             macs[m.name] = mac
-    return Wiring(ifindex=index, macs=macs)
+    return Wiring(ifindex=index, macs=macs, uplink_mac=hwaddr(spec.uplink))
 
 
 _LIBC: Any = None

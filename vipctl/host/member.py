@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,9 +167,79 @@ def render(setup: MemberSetup, fmt: Format) -> str:
     raise UsageError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
+def second_chance_table(setup: MemberSetup) -> str:
+    """The member's nftables table for the router's second chance (render/nft.py
+    `_second_chance`), one per cluster and interface."""
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", setup.interface)
+    return f"vipctl_{setup.cluster.replace('-', '_')}_{safe}"
+
+
+def second_chance_batch(setup: MemberSetup, gateways: Mapping[int, str]) -> str:
+    """The second chance, as one nftables transaction: a TCP packet for a VIP that does
+    not start a connection (SYN without ACK) and that no connection of this member holds
+    goes back to the router it came from (`dup to` the interface's gateway), still
+    addressed to the VIP, and is dropped here; the router hands it to the bucket's new
+    owner. That is a connection opened after a change on a router that died: the router
+    that took over sent it to the old owner.
+
+    "No connection holds it": the socket lookup (established, SYN_RECV and TIME_WAIT
+    entries first, then listeners) finds the listener, bound to the wildcard address
+    (`socket wildcard 1`). A SYN_RECV or TIME_WAIT entry is not a full socket: the
+    expression does not match and the packet stays (the handshake's last ACK must).
+    Servers must listen on the wildcard address (0.0.0.0, ::), as most do; a packet for
+    a port nobody listens on stays too.
+
+    `gateways`: family -> the router's address on this interface (families without one
+    get no rule: nothing can be handed back there)."""
+    lines: list[str] = []
+    for fam, ip in ((4, "ip"), (6, "ip6")):
+        vips = [a.split("/")[0] for a in setup.addresses if family(a) == fam]
+        gw = gateways.get(fam)
+        table = f"{ip} {second_chance_table(setup)}"
+        lines += [f"add table {table}", f"delete table {table}"]
+        if not vips or not gw:
+            continue
+        match = (
+            f'iifname "{setup.interface}" {ip} daddr {{ {", ".join(vips)} }} '
+            "tcp flags & (syn | ack) != syn"
+        )
+        lines += [
+            f"add table {table}",
+            f"add chain {table} pre {{ type filter hook prerouting priority -150; "
+            "policy accept; }",
+            f'add rule {table} pre {match} socket wildcard 1 dup to {gw} device '
+            f'"{setup.interface}" drop',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def second_chance_removal(setup: MemberSetup) -> str:
+    lines: list[str] = []
+    for ip in ("ip", "ip6"):
+        table = f"{ip} {second_chance_table(setup)}"
+        lines += [f"add table {table}", f"delete table {table}"]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------
 # The shell: apply / remove on this host
 # --------------------------------------------------------------------------------------
+
+
+def gateways(interface: str) -> dict[int, str]:
+    """The router's address on `interface` per family: the gateway of the default route
+    through it (a multipath default route's nexthop on it)."""
+    out: dict[int, str] = {}
+    for fam in (4, 6):
+        for r in rtnl.routes(fam):
+            if r.dst != "default" or r.table != "main":
+                continue
+            if r.dev == interface and r.gateway:
+                out.setdefault(fam, r.gateway)
+            for dev, gw in zip(r.nexthops, r.hop_gateways, strict=False):
+                if dev == interface and gw:
+                    out.setdefault(fam, gw)
+    return out
 
 
 def detect_interface(spec: Spec, name: str) -> str | None:

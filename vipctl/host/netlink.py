@@ -26,6 +26,7 @@ nfnetlink attribute values in network order (nfgenmsg.res_id and the NFTA_* inte
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -420,8 +421,14 @@ def parse_attrs(data: Buffer, offset: int, end: int, table: AttrTable) -> dict[s
     return out
 
 
-def decode_message(data: Buffer, offset: int = 0, end: int | None = None) -> Message:
-    """The message at data[offset:end] (its nlmsghdr included)."""
+def decode_message(
+    data: Buffer,
+    offset: int = 0,
+    end: int | None = None,
+    layouts: Mapping[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] | None = None,
+) -> Message:
+    """The message at data[offset:end] (its nlmsghdr included); `layouts`: the protocol's
+    (message types are numbered per protocol; default: rtnetlink's and nf_tables')."""
     end = len(data) if end is None else end
     if end - offset < NLMSGHDR.size:
         raise NetlinkDecodeError(f"truncated netlink header ({end - offset} bytes)")
@@ -429,7 +436,7 @@ def decode_message(data: Buffer, offset: int = 0, end: int | None = None) -> Mes
     if length < NLMSGHDR.size or offset + length > end:
         raise NetlinkDecodeError(f"netlink message of length {length} in {end - offset} bytes")
     end = offset + length
-    layout = LAYOUTS.get(mtype)
+    layout = (LAYOUTS if layouts is None else layouts).get(mtype)
     if layout is None:
         return Message(mtype, {}, {}, flags, seq)
     header, names, table = layout
@@ -569,10 +576,17 @@ class NetlinkSocket:
     """A netlink socket in the network namespace current at its creation. Not
     thread-safe: `connection()` hands out one per namespace and thread."""
 
-    def __init__(self, protocol: int = NETLINK_ROUTE, sock: Any = None) -> None:
+    def __init__(
+        self,
+        protocol: int = NETLINK_ROUTE,
+        sock: Any = None,
+        layouts: Mapping[int, tuple[struct.Struct, tuple[str, ...], AttrTable]] | None = None,
+    ) -> None:
         """`sock`: for tests, an object with send, recv_into and close instead of a
-        netlink socket (then nothing is set up)."""
+        netlink socket (then nothing is set up). `layouts`: how to decode the protocol's
+        messages (default: rtnetlink's and nf_tables')."""
         self.protocol = protocol
+        self.layouts = layouts
         self._seq = 0
         self._buf = bytearray(RECV_BUFFER)
         if sock is not None:
@@ -639,7 +653,7 @@ class NetlinkSocket:
                     raise NetlinkDecodeError("NLMSG_OVERRUN: the kernel lost data")
                 if mtype == NLMSG_NOOP:
                     continue
-                out.append(decode_message(buf, offset, end))
+                out.append(decode_message(buf, offset, end, self.layouts))
 
     def dump(self, msg_type: int, payload: bytes) -> list[Message]:
         """NLM_F_REQUEST|NLM_F_DUMP: every message of the multi-part answer. A dump the
@@ -760,3 +774,75 @@ def _close_ended(cache: dict[tuple[int, int], tuple[threading.Thread, NetlinkSoc
 def cached_sockets(protocol: int) -> int:
     """How many sockets of `protocol` the cache holds (for tests)."""
     return len(_SOCKETS.get(protocol, {}))
+
+
+# --------------------------------------------------------------------------------------
+# Generic netlink: the `netdev` family's XDP features of a device (kernel >= 6.3)
+# --------------------------------------------------------------------------------------
+
+NETLINK_GENERIC = 16
+GENL_ID_CTRL = 0x10
+CTRL_CMD_GETFAMILY = 3
+CTRL_ATTR_FAMILY_ID = 1
+CTRL_ATTR_FAMILY_NAME = 2
+GENLMSGHDR = struct.Struct("=BBH")
+NETDEV_CMD_DEV_GET = 1
+NETDEV_A_DEV_IFINDEX = 1
+NETDEV_A_DEV_XDP_FEATURES = 3
+# include/uapi/linux/netdev.h (Linux >= 6.3: newer than Debian 12's linux-libc-dev), enum
+# netdev_xdp_act and the netdev family's command and attributes
+NETDEV_XDP_ACT_BASIC = 1  # XDP_PASS, XDP_DROP, XDP_ABORTED, XDP_TX in the driver
+NETDEV_XDP_ACT_REDIRECT = 2  # XDP_REDIRECT from the driver's XDP program
+NETDEV_XDP_ACT_NDO_XMIT = 4  # the device transmits frames other devices' XDP redirects to it
+
+_U16 = struct.Struct("=H")
+_U64 = struct.Struct("=Q")
+
+
+def _u16(data: Buffer) -> int:
+    return int(_U16.unpack_from(data)[0])
+
+
+def _u64(data: Buffer) -> int:
+    return int(_U64.unpack_from(data)[0])
+
+
+CTRL_ATTRS: AttrTable = {
+    CTRL_ATTR_FAMILY_ID: ("CTRL_ATTR_FAMILY_ID", _u16),
+    CTRL_ATTR_FAMILY_NAME: ("CTRL_ATTR_FAMILY_NAME", _str),
+}
+NETDEV_ATTRS: AttrTable = {
+    NETDEV_A_DEV_IFINDEX: ("NETDEV_A_DEV_IFINDEX", _u32),
+    NETDEV_A_DEV_XDP_FEATURES: ("NETDEV_A_DEV_XDP_FEATURES", _u64),
+}
+_GENL_FIELDS = ("cmd", "version", "reserved")
+
+
+def xdp_features(ifindexes: list[int]) -> dict[int, int] | None:
+    """ifindex -> the device's NETDEV_XDP_ACT_* bits, in the current network namespace. None: the
+    kernel has no `netdev` generic netlink family (before 6.3), so it cannot say."""
+    layouts = {GENL_ID_CTRL: (GENLMSGHDR, _GENL_FIELDS, CTRL_ATTRS)}
+    with NetlinkSocket(NETLINK_GENERIC, layouts=layouts) as sock:
+        try:
+            found = sock.request(
+                GENL_ID_CTRL,
+                GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1, 0)
+                + attr_str(CTRL_ATTR_FAMILY_NAME, "netdev"),
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.ENOENT:
+                return None
+            raise
+        family = next((m.get_attr("CTRL_ATTR_FAMILY_ID") for m in found), None)
+        if family is None:
+            return None
+        layouts[family] = (GENLMSGHDR, _GENL_FIELDS, NETDEV_ATTRS)
+        out: dict[int, int] = {}
+        for index in ifindexes:
+            replies = sock.request(
+                family,
+                GENLMSGHDR.pack(NETDEV_CMD_DEV_GET, 1, 0) + attr_u32(NETDEV_A_DEV_IFINDEX, index),
+            )
+            for m in replies:
+                out[index] = int(m.get_attr("NETDEV_A_DEV_XDP_FEATURES", 0))
+        return out

@@ -93,6 +93,7 @@ class Route:
     gateway: str = ""
     metric: int = 0
     nexthops: tuple[str, ...] = ()  # the devices of a multipath route
+    hop_gateways: tuple[str, ...] = ()  # and their gateways ("" for none), in that order
 
 
 @dataclass(frozen=True)
@@ -214,12 +215,14 @@ def route_of(msg: Message, names: Mapping[int, str]) -> Route:
         text = str(net.network_address) if dst_len == net.max_prefixlen else str(net)
     oif = _int_attr(msg, "RTA_OIF", kind, default=-1)
     hops: list[str] = []
+    gateways: list[str] = []
     multipath = _attr(msg, "RTA_MULTIPATH")
     if multipath is not None:
         if not isinstance(multipath, (list, tuple)):
             raise _malformed(kind, f"RTA_MULTIPATH of {text} is not a list of nexthops")
         for hop in multipath:
             hops.append(_dev(names, _field(hop, "oif", "nexthop")))
+            gateways.append(_ip(hop, "RTA_GATEWAY", "nexthop") or "")
     return Route(
         type=ROUTE_TYPES.get(rtype, str(rtype)),
         dst=text,
@@ -229,6 +232,7 @@ def route_of(msg: Message, names: Mapping[int, str]) -> Route:
         gateway=_ip(msg, "RTA_GATEWAY", kind) or "",
         metric=_int_attr(msg, "RTA_PRIORITY", kind),
         nexthops=tuple(hops),
+        hop_gateways=tuple(gateways),
     )
 
 

@@ -486,15 +486,24 @@ def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
     the same code (vipctl.member), run in a thread that has joined each member's
     namespace; a Python process per member would cost about 0.4 s each. VIPs on lo,
     arp_ignore=1, arp_announce=2, rp_filter at most loose (the lab's 0 is kept)."""
+    from vipctl.backends import nft
     from vipctl.core.spec import parse_spec
     from vipctl.host import member as membermod
 
     spec = parse_spec(lab.spec(), "lab")
     state = lab.workdir / "member-state"
+
+    def setup_one(setup: membermod.MemberSetup) -> None:
+        membermod.apply_setup(setup, state)
+        gateways = membermod.gateways(setup.interface)
+        batch = membermod.second_chance_batch(setup, gateways)
+        name = membermod.second_chance_table(setup)
+        nft.replace_tables(batch, [("ip", name), ("ip6", name)])
+
     for m in lab.members:
         for interface in interfaces:
             setup = membermod.build_setup(spec, m.name, interface)
-            _in_netns(m.ns, lambda setup=setup: membermod.apply_setup(setup, state))
+            _in_netns(m.ns, lambda setup=setup: setup_one(setup))
 
 
 def start_echo(
@@ -643,16 +652,22 @@ UPSTREAM_ASN = 65000
 ROUTER_ASN = 65001
 UPSTREAM_LINK4 = "203.0.113.126"  # the upstream's address on the routers' shared segment
 ROUTER_LINK4 = ("203.0.113.65", "203.0.113.66")  # router 1, router 2 on that segment
+UPSTREAM_LINK6 = "2001:db8:ff::7e"  # the same segment in IPv6 (IPv6 VIPs, ipv6 sessions)
+ROUTER_LINK6 = ("2001:db8:ff::41", "2001:db8:ff::42")
 # A member's /29 per port holds the member (.2) and one address per router: at most 5 routers.
 _ROUTER_HOST = (1, 3, 4, 5, 6)
 MAX_ROUTERS = len(_ROUTER_HOST)
 
 
-def router_links(n: int) -> tuple[str, ...]:
-    """The addresses of routers 1..n on the upstream segment (203.0.113.65, .66, ...)."""
+def router_links(n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The IPv4 and IPv6 addresses of routers 1..n on the upstream segment (203.0.113.65,
+    .66, ...; 2001:db8:ff::41, ::42, ...)."""
     if not 2 <= n <= MAX_ROUTERS:
         raise ValueError(f"routers must be 2..{MAX_ROUTERS}, not {n}")
-    return tuple(f"203.0.113.{65 + i}" for i in range(n))
+    return (
+        tuple(f"203.0.113.{65 + i}" for i in range(n)),
+        tuple(f"2001:db8:ff::{0x41 + i:x}" for i in range(n)),
+    )
 
 
 def router_port_address(member: Member, ri: int) -> str:
@@ -671,6 +686,7 @@ class TwoRouters:
     upstream_ns: str
     routers: tuple[str, ...]  # two, or N (build_routers): member link eth{i} goes to router i
     links: tuple[str, ...] = ROUTER_LINK4  # each router's address on the upstream segment
+    links6: tuple[str, ...] = ROUTER_LINK6
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -691,22 +707,34 @@ class TwoRouters:
         return self.lab.workdir / "upstream-bird.ctl"
 
 
-def upstream_bird_conf(log: str, links: Sequence[str] = ROUTER_LINK4) -> str:
+def upstream_bird_conf(
+    log: str,
+    bfd_ms: int = 100,
+    bfd_multiplier: int = 3,
+    links: Sequence[str] = ROUTER_LINK4,
+    links6: Sequence[str] = ROUTER_LINK6,
+) -> str:
     """The upstream edge as an operator runs it: every router's route merged into one
-    multipath kernel route, BFD on each session, short timers (a session is back within
-    seconds after a failure). ``links``: the routers' addresses on the shared segment."""
+    multipath kernel route, BFD on each session (`bfd_ms` x `bfd_multiplier`), short
+    timers (a session is back within seconds after a failure). `links`, `links6`: the
+    routers' addresses on the shared segment."""
     sessions = "".join(
-        f"protocol bgp router{i + 1} {{ local {UPSTREAM_LINK4} as {UPSTREAM_ASN}; "
-        f"neighbor {addr} as {ROUTER_ASN};\n  ipv4 {{ import all; export none; }}; bfd on; "
+        f"protocol bgp router{i + 1}{tag} {{ local {local} as {UPSTREAM_ASN}; "
+        f"neighbor {addr} as {ROUTER_ASN};\n  ipv{v} {{ import all; export none; }}; bfd on; "
         "hold time 3; keepalive time 1;\n  connect delay time 1; connect retry time 2; "
         "error wait time 1, 4; error forget time 10; }\n"
-        for i, addr in enumerate(links)
+        for v, tag, local, addrs in (
+            (4, "", UPSTREAM_LINK4, links),
+            (6, "v6", UPSTREAM_LINK6, links6),
+        )
+        for i, addr in enumerate(addrs)
     )
     return (
         f'log "{log}" all;\nrouter id {UPSTREAM_LINK4};\nprotocol device {{ scan time 10; }}\n'
         "protocol kernel { ipv4 { export where source = RTS_BGP; }; merge paths on; }\n"
-        'protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; '
-        "multiplier 3; }; }\n" + sessions
+        "protocol kernel { ipv6 { export where source = RTS_BGP; }; merge paths on; }\n"
+        f'protocol bfd {{ interface "*" {{ min rx interval {bfd_ms} ms; '
+        f"min tx interval {bfd_ms} ms; multiplier {bfd_multiplier}; }}; }}\n" + sessions
     )
 
 
@@ -719,11 +747,13 @@ def describe_routers(prefix: str, members: int = 3, routers: int = 2) -> TwoRout
     """The lab that ``build_routers(prefix, members, routers)`` makes (pure): the two-router
     lab with routers r1..rN, each member linked to every router."""
     lab = dataclasses.replace(describe(prefix, members), router_ns=f"{prefix}-r1")
+    links, links6 = router_links(routers)
     return TwoRouters(
         lab=lab,
         upstream_ns=f"{prefix}-upstream",
         routers=tuple(f"{prefix}-r{i}" for i in range(1, routers + 1)),
-        links=router_links(routers),
+        links=links,
+        links6=links6,
     )
 
 
@@ -740,12 +770,20 @@ def discover_two(prefix: str) -> TwoRouters | None:
     return describe_two(prefix, n) if n else None
 
 
-def build_two_routers(prefix: str, members: int = 3, *, echo: bool = True) -> TwoRouters:
-    return build_routers(prefix, members, 2, echo=echo)
+def build_two_routers(
+    prefix: str, members: int = 3, *, echo: bool = True, bfd: tuple[int, int] = (100, 3)
+) -> TwoRouters:
+    """`bfd`: the upstream's BFD interval (ms) and multiplier."""
+    return build_routers(prefix, members, 2, echo=echo, bfd=bfd)
 
 
 def build_routers(
-    prefix: str, members: int = 3, routers: int = 2, *, echo: bool = True
+    prefix: str,
+    members: int = 3,
+    routers: int = 2,
+    *,
+    echo: bool = True,
+    bfd: tuple[int, int] = (100, 3),
 ) -> TwoRouters:
     """Client, upstream BIRD (ECMP + BFD over every router), ``routers`` routers, members
     linked to every router. No vipctl runs yet: start a daemon with a ``bgp`` spec in each
@@ -754,7 +792,7 @@ def build_routers(
     lab = two.lab
     destroy(prefix)
     try:
-        _build_two(two)
+        _build_two(two, bfd)
         if echo:
             start_echo(lab)
     except BaseException:
@@ -763,7 +801,7 @@ def build_routers(
     return two
 
 
-def _build_two(two: TwoRouters) -> None:
+def _build_two(two: TwoRouters, bfd: tuple[int, int] = (100, 3)) -> None:
     lab = two.lab
     lab.workdir.mkdir(parents=True, exist_ok=True)
     _ip_batch(None, [f"netns add {ns}" for ns in two.namespaces])
@@ -790,6 +828,7 @@ def _build_two(two: TwoRouters) -> None:
             "link set c0 up",
             "link add br0 type bridge",
             f"addr add {UPSTREAM_LINK4}/26 dev br0",
+            f"addr add {UPSTREAM_LINK6}/64 dev br0 nodad",
             "link set br0 up",
         ]
         + [
@@ -802,6 +841,7 @@ def _build_two(two: TwoRouters) -> None:
         lines = [
             "link set lo up",
             f"addr add {two.links[ri - 1]}/26 dev {lab.uplink}",
+            f"addr add {two.links6[ri - 1]}/64 dev {lab.uplink} nodad",
             f"link set {lab.uplink} up",
         ]
         for m in lab.members:
@@ -838,7 +878,7 @@ def _build_two(two: TwoRouters) -> None:
     _setup_members(lab, tuple(f"eth{ri}" for ri in ris))
     log = lab.workdir / "upstream-bird.log"
     conf = lab.workdir / "upstream-bird.conf"
-    conf.write_text(upstream_bird_conf(str(log), two.links))
+    conf.write_text(upstream_bird_conf(str(log), *bfd, links=two.links, links6=two.links6))
     pid = lab.workdir / "upstream-bird.pid"
     run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
 
@@ -858,7 +898,10 @@ def set_router_links(two: TwoRouters, router: str, up: bool) -> None:
 
 def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
     """The nexthops (router addresses) of the upstream's kernel route to `vip`."""
-    routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
+    if ":" in vip:
+        routes = ip_json(two.upstream_ns, ["-6", "route", "show", f"{vip}/128"])
+    else:
+        routes = ip_json(two.upstream_ns, ["route", "show", f"{vip}/32"])
     hops: list[str] = []
     for r in routes:
         if "gateway" in r:

@@ -277,199 +277,323 @@ def build_table(
     in every generation: a copy stamped under generation N and judged by egress rules of
     N+1 gets the right verdict.
     """
-    p = spec.partition
-    mode = spec.pinning.mode
-    moving = moving or {}
-    sets: list[NftSet] = []
-    ingress: list[str] = []
-    chains: list[NftChain] = []
-    families = spec.vip_families
-    # a member whose port is gone (allowed only while it is down) has no chain and no copy
     present = tuple(m for m in spec.members if m.port in wiring.ifindex)
+    # a member whose port is gone (allowed only while it is down) has no chain and no copy
     mark = {m.name: wiring.ifindex[m.port] for m in present}
     alive = tuple(
         sorted((m for m in present if m.name not in layout.down), key=lambda m: mark[m.name])
     )
     ctx = _Ctx(spec, wiring, present, alive, mark)
-    # `ip daddr <VIPs>` per family: the match of the uplink's jump and of each egress rule
-    is_vip = {f: f"{'ip' if f == 4 else 'ip6'} daddr {vip_match(f, spec)}" for f in families}
-    for family in families:
-        ip = "ip" if family == 4 else "ip6"
-        expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
-        literals = _bucket_literals(family, p.key, p.bits)
-        flow = _flow_key(ip)
-        deliver = f"deliver{family}"
-        icmp = f"{_ICMP_ERRORS[family]} goto {icmp_chain(family)}"
-        comment = f' comment "{GENERATION_TAG} {generation}"' if family == families[0] else ""
-        rules = [icmp]  # pinning always: the chain vipN that the uplink jumps to
-        member_body: dict[str, list[str]] = {m.name: [] for m in present}
-        if mode == "always":
-            owner_name = owner_map_name(family, spec)
-            # An interval map of runs of buckets: a few elements per member instead of one
-            # per bucket, so a 65536-bucket table installs and swaps as fast as a small one.
-            elements = tuple(
-                _element(literals, lo, hi, str(mark[owner])) for lo, hi, owner in runs(layout.table)
-            )
-            sets.append(
-                NftSet(
-                    owner_name,
-                    "map",
-                    (f"typeof {typeof} : meta mark", "flags interval"),
-                    elements,
-                )
-            )
-            pin = pin_name(family, spec)
-            sets.append(_dynamic_map(pin, flow, spec))
-            rules += [
-                # only TCP/UDP flows are ever pinned, so no protocol check is needed here:
-                # an ICMP packet's bytes at the port offsets simply find no pin
-                f"meta mark set {flow} map @{pin} meta mark vmap @{deliver}",
-                # packets arrive unmarked, so a mark here is the pin of a member that is not
-                # alive (an unexpected foreign mark only costs a delete of a missing key)
-                f"meta mark != 0 delete @{pin} {{ {flow} : 0 }}",
-                f"meta mark set {expr} map @{owner_name} meta mark vmap @{deliver}",
-            ]
-            for m in present:
-                member_body[m.name].append(
-                    f"meta l4proto {{ tcp, udp }} update @{pin} {{ {flow} : {mark[m.name]} }}"
-                )
-            need_deliver = True
-        else:
-            verdicts: list[str | None] = []
-            pairs: set[tuple[str, str]] = set()
-            recorders: set[str] = set()
-            for bucket, owner in enumerate(layout.table):
-                move = moving.get(bucket) if mode == "moving" else None
-                if owner is None or owner not in mark:
-                    verdicts.append(None)
-                elif move is None or move.old not in mark or move.new not in mark:
-                    verdicts.append(f"goto {member_chain(family, owner)}")
-                elif move.phase == "record":
-                    recorders.add(move.old)
-                    verdicts.append(f"goto {record_chain(family, move.old)}")
-                else:
-                    pairs.add((move.old, move.new))
-                    verdicts.append(f"goto {move_chain(family, mark[move.old], mark[move.new])}")
-            owners = owners_map_name(family, spec)
-            if p.bits <= EXACT_BITS:
-                # a hash lookup of the exact bucket: measured 1-2% faster than the interval
-                # map's tree at 8 bits, and a swap of 2**12 elements is still cheap
-                decl: tuple[str, ...] = (f"typeof {typeof} : verdict",)
-                elems = tuple(f"{literals[b]} : {v}" for b, v in enumerate(verdicts) if v)
-            else:
-                # an interval map of runs: a few elements per member at 2**16 buckets
-                decl = (f"typeof {typeof} : verdict", "flags interval")
-                elems = tuple(_element(literals, lo, hi, v) for lo, hi, v in runs(tuple(verdicts)))
-            sets.append(NftSet(owners, "map", decl, elems))
-            # The lookup sits in the uplink's base chain: no jump (a jump measured ~1.5% of
-            # the forwarding rate); ICMP errors are caught in the member chains, where the
-            # check costs one protocol compare (in the base chain it cost ~3%).
-            count = ""
-            if measuring:
-                count, extra = load_objects(spec, family, expr, typeof, literals)
-                sets.extend(extra)
-            ingress.append(f"{is_vip[family]} {count}{expr} vmap @{owners}{comment}")
-            ingress.append(f"{is_vip[family]} drop")
-            for m in present:
-                member_body[m.name].append(icmp)
-            need_deliver = bool(pairs)
-            if mode == "moving":
-                fmap = flows_name(family, spec)
-                sets.append(_dynamic_map(fmap, flow, spec))
-                for old in sorted(recorders):
-                    chains.append(
-                        NftChain(
-                            record_chain(family, old),
-                            None,
-                            (
-                                icmp,
-                                f"meta l4proto udp update @{fmap} {{ {flow} : {mark[old]} }}",
-                                f"goto {member_chain(family, old)}",
-                            ),
-                        )
-                    )
-                for old, new in sorted(pairs, key=lambda pr: (mark[pr[0]], mark[pr[1]])):
-                    o, n = mark[old], mark[new]
-                    syn = "tcp flags & (syn | ack) == syn"
-                    chains.append(
-                        NftChain(
-                            move_chain(family, o, n),
-                            None,
-                            (
-                                icmp,
-                                # a recorded flow: refresh its entry, go to its member
-                                f"meta mark set {flow} map @{fmap}",
-                                f"meta mark != 0 update @{fmap} {{ {flow} : meta mark }}",
-                                f"meta mark vmap @{deliver}",
-                                # recorded to a member that is down: released
-                                f"meta mark != 0 delete @{fmap} {{ {flow} : 0 }}",
-                                # a new connection: the new owner (recorded: its next
-                                # packets are not SYNs); delivery never depends on the map
-                                f"{syn} update @{fmap} {{ {flow} : {n} }}",
-                                f"{syn} goto {member_chain(family, new)}",
-                                # an unrecorded packet of a connection: the old owner's,
-                                # recorded there. One rule: with the map full the update
-                                # fails, the rule stops, and the packet goes to the new
-                                # owner (where a connection opened under a full map is)
-                                f"meta l4proto tcp update @{fmap} {{ {flow} : {o} }} "
-                                f"goto {member_chain(family, old)}",
-                                f"goto {member_chain(family, new)}",
-                            ),
-                        )
-                    )
-        if need_deliver:
-            sets.append(
-                NftSet(
-                    deliver,
-                    "map",
-                    ("type mark : verdict",),
-                    tuple(f"{mark[m.name]} : goto {member_chain(family, m.name)}" for m in alive),
-                )
-            )
-        if mode == "always":
-            if measuring:
-                count, extra = load_objects(spec, family, expr, typeof, literals)
-                sets.extend(extra)
-                rules.insert(1, count.strip())
-            rules.append("drop")
-            chains.append(NftChain(f"vip{family}", None, tuple(rules)))
-            ingress.append(f"{is_vip[family]} jump vip{family}{comment}")
-        chains.append(NftChain(icmp_chain(family), None, _icmp_rules(ctx)))
+    parts = _Parts()
+    for family in spec.vip_families:
+        fam = _Family.of(spec, family, generation)
+        body = _member_bodies(parts, ctx, fam, layout, moving or {}, measuring)
+        parts.chains.append(NftChain(icmp_chain(family), None, _icmp_rules(ctx)))
         for m in present:
-            body = (*member_body[m.name], ctx.deliver(m.name))
-            chains.append(NftChain(member_chain(family, m.name), None, body))
-    chains.insert(
-        0,
-        NftChain(
-            name=f"in_{spec.uplink}",
-            hook=f'type filter hook ingress device "{spec.uplink}" priority 0; policy accept;',
-            rules=tuple(ingress),
-        ),
-    )
+            rules = (*body[m.name], ctx.deliver(m.name))
+            parts.chains.append(NftChain(member_chain(family, m.name), None, rules))
+    uplink = f'type filter hook ingress device "{spec.uplink}" priority 0; policy accept;'
+    parts.chains.insert(0, NftChain(f"in_{spec.uplink}", uplink, tuple(parts.ingress)))
+    for m in present:
+        if m.name in parts.second:
+            hook = f'type filter hook ingress device "{m.port}" priority 0; policy accept;'
+            parts.chains.append(NftChain(f"from_{m.port}", hook, tuple(parts.second[m.name])))
     if spec.mode == "broadcast":
-        for m in present:
-            out: list[str] = []
-            mac = wiring.macs[m.name]
-            out += [f"{is_vip[f]} meta mark != {mark[m.name]} drop" for f in families]
-            out += [
-                f'{is_vip[f]} counter name "{counter_name(m.name)}" ether daddr set {mac.lower()}'
-                for f in families
-            ]
-            chains.append(
-                NftChain(
-                    name=f"out_{m.port}",
-                    hook=f'type filter hook egress device "{m.port}" priority 0; policy accept;',
-                    rules=tuple(out),
-                )
-            )
+        parts.chains.extend(_egress_chains(ctx))
     return NftTable(
         family="netdev",
         name=table_name(spec.cluster),
-        sets=tuple(sets),
+        sets=tuple(parts.sets),
         counters=tuple(counter_name(m.name) for m in spec.members)
         + (load_counters(spec) if measuring and measure_how(spec) == "counters" else ()),
-        chains=tuple(chains),
+        chains=tuple(parts.chains),
     )
+
+
+@dataclass
+class _Parts:
+    """The table as it is built: sets, the uplink's ingress rules, the other chains."""
+
+    sets: list[NftSet] = dataclasses.field(default_factory=list)
+    ingress: list[str] = dataclasses.field(default_factory=list)
+    chains: list[NftChain] = dataclasses.field(default_factory=list)
+    # the second chance: rules of each old owner's port ingress, by member
+    second: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Family:
+    """What one VIP family's rules are made of."""
+
+    family: int
+    is_vip: str  # `ip daddr <VIPs>`: each egress rule's match
+    # the uplink's match: only frames addressed to this router (invariant 11): a frame the
+    # routers' switch floods (unknown unicast, a MAC table flush) reaches every router, and
+    # each one forwarding it would deliver it twice. Not taken here, an OTHERHOST frame
+    # goes on to the stack, which drops it.
+    to_me: str
+    expr: str  # the bucket of a packet (mask or jhash of the source)
+    typeof: str
+    literals: tuple[str, ...]  # each bucket as a map key
+    flow: str  # a flow's key in the pin/flow maps
+    deliver: str  # the mark -> member chain map
+    icmp: str  # an ICMP error about a flow -> the copy-to-every-member chain
+    comment: str  # the generation, on the first family's lookup rule
+
+    @classmethod
+    def of(cls, spec: Spec, family: int, generation: int) -> _Family:
+        p = spec.partition
+        ip = "ip" if family == 4 else "ip6"
+        expr, typeof = _key_expr(family, p.key, p.bits, p.seed)
+        first = family == spec.vip_families[0]
+        is_vip = f"{ip} daddr {vip_match(family, spec)}"
+        return cls(
+            family=family,
+            is_vip=is_vip,
+            to_me=f"meta pkttype host {is_vip}",
+            expr=expr,
+            typeof=typeof,
+            literals=_bucket_literals(family, p.key, p.bits),
+            flow=_flow_key(ip),
+            deliver=f"deliver{family}",
+            icmp=f"{_ICMP_ERRORS[family]} goto {icmp_chain(family)}",
+            comment=f' comment "{GENERATION_TAG} {generation}"' if first else "",
+        )
+
+
+def _member_bodies(
+    parts: _Parts,
+    ctx: _Ctx,
+    fam: _Family,
+    layout: Layout,
+    moving: Moving,
+    measuring: bool,
+) -> dict[str, list[str]]:
+    """The family's lookup (sets, the uplink's rules, transition chains) and what each
+    member's chain does before delivering."""
+    body: dict[str, list[str]] = {m.name: [] for m in ctx.present}
+    if ctx.spec.pinning.mode == "always":
+        _pinned_lookup(parts, ctx, fam, layout, body, measuring)
+        return body
+    pairs = _owners_lookup(parts, ctx, fam, layout, moving, measuring)
+    for m in ctx.present:
+        body[m.name].append(fam.icmp)
+    if pairs:
+        parts.sets.append(_deliver_map(ctx, fam))
+    return body
+
+
+def _deliver_map(ctx: _Ctx, fam: _Family) -> NftSet:
+    elements = tuple(
+        f"{ctx.mark[m.name]} : goto {member_chain(fam.family, m.name)}" for m in ctx.alive
+    )
+    return NftSet(fam.deliver, "map", ("type mark : verdict",), elements)
+
+
+def _pinned_lookup(
+    parts: _Parts,
+    ctx: _Ctx,
+    fam: _Family,
+    layout: Layout,
+    body: dict[str, list[str]],
+    measuring: bool,
+) -> None:
+    """pinning always: a pinned flow goes to its member, a pin of a member that is not
+    alive is deleted, then the bucket's owner; each member chain refreshes the pin."""
+    spec, mark, family = ctx.spec, ctx.mark, fam.family
+    owner_name = owner_map_name(family, spec)
+    # An interval map of runs of buckets: a few elements per member instead of one per
+    # bucket, so a 65536-bucket table installs and swaps as fast as a small one.
+    elements = tuple(
+        _element(fam.literals, lo, hi, str(mark[owner])) for lo, hi, owner in runs(layout.table)
+    )
+    decl = (f"typeof {fam.typeof} : meta mark", "flags interval")
+    parts.sets.append(NftSet(owner_name, "map", decl, elements))
+    pin = pin_name(family, spec)
+    parts.sets.append(_dynamic_map(pin, fam.flow, spec))
+    rules = [
+        fam.icmp,
+        # only TCP/UDP flows are ever pinned, so no protocol check is needed here: an
+        # ICMP packet's bytes at the port offsets simply find no pin
+        f"meta mark set {fam.flow} map @{pin} meta mark vmap @{fam.deliver}",
+        # packets arrive unmarked, so a mark here is the pin of a member that is not alive
+        # (an unexpected foreign mark only costs a delete of a missing key)
+        f"meta mark != 0 delete @{pin} {{ {fam.flow} : 0 }}",
+        f"meta mark set {fam.expr} map @{owner_name} meta mark vmap @{fam.deliver}",
+    ]
+    for m in ctx.present:
+        body[m.name].append(
+            f"meta l4proto {{ tcp, udp }} update @{pin} {{ {fam.flow} : {mark[m.name]} }}"
+        )
+    parts.sets.append(_deliver_map(ctx, fam))
+    if measuring:
+        count, extra = load_objects(spec, family, fam.expr, fam.typeof, fam.literals)
+        parts.sets.extend(extra)
+        rules.insert(1, count.strip())
+    rules.append("drop")
+    parts.chains.append(NftChain(f"vip{family}", None, tuple(rules)))
+    parts.ingress.append(f"{fam.to_me} jump vip{family}{fam.comment}")
+
+
+def _owners_lookup(
+    parts: _Parts,
+    ctx: _Ctx,
+    fam: _Family,
+    layout: Layout,
+    moving: Moving,
+    measuring: bool,
+) -> set[tuple[str, str]]:
+    """pinning moving/off: ONE lookup in the uplink's base chain, bucket -> `goto` the
+    owner's chain, or a transition chain for a moving bucket. Returns the (old, new) pairs
+    in transition (their chains need the deliver map)."""
+    spec, family = ctx.spec, fam.family
+    verdicts, pairs, recorders = _verdicts(ctx, family, layout, moving)
+    owners = owners_map_name(family, spec)
+    if spec.partition.bits <= EXACT_BITS:
+        # a hash lookup of the exact bucket: measured 1-2% faster than the interval map's
+        # tree at 8 bits, and a swap of 2**12 elements is still cheap
+        decl: tuple[str, ...] = (f"typeof {fam.typeof} : verdict",)
+        elems = tuple(f"{fam.literals[b]} : {v}" for b, v in enumerate(verdicts) if v)
+    else:
+        # an interval map of runs: a few elements per member at 2**16 buckets
+        decl = (f"typeof {fam.typeof} : verdict", "flags interval")
+        elems = tuple(_element(fam.literals, lo, hi, v) for lo, hi, v in runs(tuple(verdicts)))
+    parts.sets.append(NftSet(owners, "map", decl, elems))
+    # The lookup sits in the uplink's base chain: no jump (a jump measured ~1.5% of the
+    # forwarding rate); ICMP errors are caught in the member chains, where the check costs
+    # one protocol compare (in the base chain it cost ~3%).
+    count = ""
+    if measuring:
+        count, extra = load_objects(spec, family, fam.expr, fam.typeof, fam.literals)
+        parts.sets.extend(extra)
+    parts.ingress.append(f"{fam.to_me} {count}{fam.expr} vmap @{owners}{fam.comment}")
+    parts.ingress.append(f"{fam.to_me} drop")
+    if spec.pinning.mode == "moving":
+        fmap = flows_name(family, spec)
+        parts.sets.append(_dynamic_map(fmap, fam.flow, spec))
+        parts.chains.extend(_transition_chains(ctx, fam, fmap, recorders, pairs))
+        _second_chance(parts, ctx, fam, layout, moving)
+    return pairs
+
+
+def second_map_name(family: int, member: str) -> str:
+    return f"second{family}_{member}"
+
+
+def _second_chance(parts: _Parts, ctx: _Ctx, fam: _Family, layout: Layout, moving: Moving) -> None:
+    """A moving bucket's old owner gives the router a second chance (host/member.py): a
+    TCP packet that does not start a connection and that it has no socket for comes back
+    on its port, still addressed to the VIP, and goes to the bucket's new owner. That is
+    where a connection opened after the change lives when another router (whose flow
+    map never saw its SYN) sent its packet to the old owner: the connection survives the
+    death of the router that recorded it. Only the old owner's port takes it back, only
+    for the buckets it gave away, so a packet bounces once at most; anything else addressed
+    to a VIP from a member port is dropped (a member never sends to a VIP: it holds it)."""
+    family, mark = fam.family, ctx.mark
+    by_old: dict[str, list[str]] = {}
+    for bucket, move in sorted(moving.items()):
+        owner = layout.table[bucket] if bucket < len(layout.table) else None
+        if move.phase != "move" or owner is None or not {move.old, move.new} <= set(mark):
+            continue  # as _verdicts: only a bucket in its move chain
+        by_old.setdefault(move.old, []).append(
+            f"{fam.literals[bucket]} : goto {member_chain(family, move.new)}"
+        )
+    for old, elements in sorted(by_old.items(), key=lambda kv: mark[kv[0]]):
+        name = second_map_name(family, old)
+        parts.sets.append(NftSet(name, "map", (f"typeof {fam.typeof} : verdict",), tuple(elements)))
+        parts.second.setdefault(old, []).extend(
+            [f"{fam.is_vip} {fam.expr} vmap @{name}", f"{fam.is_vip} drop"]
+        )
+
+
+def _verdicts(
+    ctx: _Ctx, family: int, layout: Layout, moving: Moving
+) -> tuple[list[str | None], set[tuple[str, str]], set[str]]:
+    """Each bucket's verdict (None: nobody owns it), the (old, new) pairs in their move
+    phase and the old owners recording."""
+    mark = ctx.mark
+    verdicts: list[str | None] = []
+    pairs: set[tuple[str, str]] = set()
+    recorders: set[str] = set()
+    for bucket, owner in enumerate(layout.table):
+        move = moving.get(bucket) if ctx.spec.pinning.mode == "moving" else None
+        if owner is None or owner not in mark:
+            verdicts.append(None)
+        elif move is None or move.old not in mark or move.new not in mark:
+            verdicts.append(f"goto {member_chain(family, owner)}")
+        elif move.phase == "record":
+            recorders.add(move.old)
+            verdicts.append(f"goto {record_chain(family, move.old)}")
+        else:
+            pairs.add((move.old, move.new))
+            verdicts.append(f"goto {move_chain(family, mark[move.old], mark[move.new])}")
+    return verdicts, pairs, recorders
+
+
+def _transition_chains(
+    ctx: _Ctx,
+    fam: _Family,
+    fmap: str,
+    recorders: set[str],
+    pairs: set[tuple[str, str]],
+) -> list[NftChain]:
+    """`rec4_<old>` records UDP flows and delivers to the old owner; `mv4_<old>_<new>`
+    sends recorded flows to their member, silent TCP connections to the old owner and the
+    rest to the new one (core/transition.py)."""
+    family, mark, flow = fam.family, ctx.mark, fam.flow
+    out = [
+        NftChain(
+            record_chain(family, old),
+            None,
+            (
+                fam.icmp,
+                f"meta l4proto udp update @{fmap} {{ {flow} : {mark[old]} }}",
+                f"goto {member_chain(family, old)}",
+            ),
+        )
+        for old in sorted(recorders)
+    ]
+    syn = "tcp flags & (syn | ack) == syn"
+    for old, new in sorted(pairs, key=lambda pr: (mark[pr[0]], mark[pr[1]])):
+        o, n = mark[old], mark[new]
+        rules = (
+            fam.icmp,
+            # a recorded flow: refresh its entry, go to its member
+            f"meta mark set {flow} map @{fmap}",
+            f"meta mark != 0 update @{fmap} {{ {flow} : meta mark }}",
+            f"meta mark vmap @{fam.deliver}",
+            # recorded to a member that is down: released
+            f"meta mark != 0 delete @{fmap} {{ {flow} : 0 }}",
+            # a new connection: the new owner (recorded: its next packets are not SYNs);
+            # delivery never depends on the map
+            f"{syn} update @{fmap} {{ {flow} : {n} }}",
+            f"{syn} goto {member_chain(family, new)}",
+            # an unrecorded packet of a connection: the old owner's, recorded there. One
+            # rule: with the map full the update fails, the rule stops, and the packet
+            # goes to the new owner (where a connection opened under a full map is)
+            f"meta l4proto tcp update @{fmap} {{ {flow} : {o} }} goto {member_chain(family, old)}",
+            f"goto {member_chain(family, new)}",
+        )
+        out.append(NftChain(move_chain(family, o, n), None, rules))
+    return out
+
+
+def _egress_chains(ctx: _Ctx) -> list[NftChain]:
+    """broadcast: each port's egress drops copies whose mark is not its own ifindex, counts
+    and rewrites the destination MAC."""
+    spec = ctx.spec
+    is_vip = {f: _Family.of(spec, f, 0).is_vip for f in spec.vip_families}
+    out = []
+    for m in ctx.present:
+        mac = ctx.wiring.macs[m.name].lower()
+        rules = [f"{is_vip[f]} meta mark != {ctx.mark[m.name]} drop" for f in spec.vip_families]
+        rules += [
+            f'{is_vip[f]} counter name "{counter_name(m.name)}" ether daddr set {mac}'
+            for f in spec.vip_families
+        ]
+        hook = f'type filter hook egress device "{m.port}" priority 0; policy accept;'
+        out.append(NftChain(f"out_{m.port}", hook, tuple(rules)))
+    return out
 
 
 def load_counters(spec: Spec, bits: int | None = None) -> tuple[str, ...]:

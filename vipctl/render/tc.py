@@ -163,21 +163,33 @@ def dispatcher(spec: Spec, generation: int, slot: int) -> TcFilter:
     )
 
 
-def _family_match(family: int, entry: Entry, *, dst: IPv4Address | IPv6Address | None) -> Match:
+def _family_match(
+    family: int,
+    entry: Entry,
+    *,
+    dst: IPv4Address | IPv6Address | None,
+    eth_dst: str | None = None,
+) -> Match:
     width = 32 if family == 4 else 128
     full = (1 << width) - 1
     return Match(
         eth_type=ETH_P_IP if family == 4 else ETH_P_IPV6,
         src=(entry.value, entry.mask),
         dst=(int(dst), full) if dst is not None else None,
+        eth_dst=eth_dst,
     )
 
 
-def _vip_match(vip: IPv4Address | IPv6Address) -> Match:
+def _vip_match(vip: IPv4Address | IPv6Address, eth_dst: str) -> Match:
+    """A VIP packet at the uplink in a frame addressed to this router (invariant 11): a
+    frame the routers' switch floods reaches every router, and each one forwarding it
+    would deliver it twice. Matched by none of the cluster's filters, a frame for another
+    MAC goes on to the stack, which drops it (OTHERHOST)."""
     width = 32 if vip.version == 4 else 128
     return Match(
         eth_type=ETH_P_IP if vip.version == 4 else ETH_P_IPV6,
         dst=(int(vip), (1 << width) - 1),
+        eth_dst=eth_dst,
     )
 
 
@@ -193,6 +205,9 @@ def build_ruleset(
         m = by_name[s.name]
         if m.port not in wiring.ifindex or m.name not in wiring.macs:
             raise KeyError(f"member {m.name}: port {m.port} or its MAC is not in the wiring")
+    if wiring.uplink_mac is None:
+        raise KeyError(f"the MAC of the uplink {spec.uplink} is not in the wiring")
+    me = wiring.uplink_mac
     filters: list[TcFilter] = []
     families = spec.vip_families
     if spec.mode == "broadcast":
@@ -205,7 +220,7 @@ def build_ruleset(
             copies = [Gact("drop")]
         for prio, vip in enumerate(spec.vips, start=1):
             filters.append(
-                TcFilter(spec.uplink, "ingress", chain, prio, _vip_match(vip), tuple(copies))
+                TcFilter(spec.uplink, "ingress", chain, prio, _vip_match(vip, me), tuple(copies))
             )
         for s in owners:
             m = by_name[s.name]
@@ -247,7 +262,7 @@ def build_ruleset(
                             "ingress",
                             chain,
                             prio,
-                            _family_match(vip.version, entry, dst=vip),
+                            _family_match(vip.version, entry, dst=vip, eth_dst=me),
                             (
                                 SetEthDst(wiring.macs[m.name]),
                                 Mirred(m.port, wiring.ifindex[m.port], redirect=True),
@@ -257,7 +272,7 @@ def build_ruleset(
                     )
                     prio += 1
             filters.append(
-                TcFilter(spec.uplink, "ingress", chain, prio, _vip_match(vip), (Gact("drop"),))
+                TcFilter(spec.uplink, "ingress", chain, prio, _vip_match(vip, me), (Gact("drop"),))
             )
             prio += 1
     return TcRuleset(

@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from vipctl import statefile
 from vipctl.core.spec import Spec, load_spec
@@ -190,6 +190,11 @@ class Daemon:
         # must read the kernel back (someone else changed the rules, a port was re-created)
         self._genid_seen: int | None = None
         self._check = False
+        # the shared store (spec `store:`): the generation of the desired state installed,
+        # the document to install next, and why the store cannot be read (None: it can)
+        self._shared_generation = 0
+        self._shared_pending: Any = None
+        self._store_problem: str | None = None
 
     # -- what STATUS= says --------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -200,6 +205,8 @@ class Daemon:
             out.append(f"state not written ({self._state_error}), kept in memory")
         if self._reload_problem:
             out.append(self._reload_problem)
+        if self._store_problem:
+            out.append(self._store_problem)
         return out
 
     def status(self) -> str:
@@ -231,7 +238,9 @@ class Daemon:
             self._pending_since = t.at
         self._dirty.set()
 
-    async def _apply(self, down: set[str] | None, *, check: bool = False) -> ApplyResult:
+    async def _apply(
+        self, down: set[str] | None, *, check: bool = False, shared: Any = None
+    ) -> ApplyResult:
         """One apply off the event loop. `check`: read the kernel back first and replace
         the whole table where it differs from the state (drift), instead of trusting our
         own last commit (the fast path of a failover)."""
@@ -255,13 +264,15 @@ class Daemon:
         try:
             async with self._slot:
                 seen = self._kernel_generation()
-                result = await asyncio.to_thread(
-                    controller.apply,
-                    self.spec,
-                    self.state_dir,
-                    options,
-                    controller.Env(cache=self.cache),
-                )
+                env = controller.Env(cache=self.cache)
+                if shared is not None:
+                    result = await asyncio.to_thread(
+                        controller.converge_shared, self.spec, self.state_dir, shared, options, env
+                    )
+                else:
+                    result = await asyncio.to_thread(
+                        controller.apply, self.spec, self.state_dir, options, env
+                    )
                 self._genid_seen = seen
             self._host_pending = False
         finally:
@@ -386,8 +397,9 @@ class Daemon:
             if self.spec.bgp is not None and not set(self.spec.member_names) - down:
                 await self._bgp(False)  # nobody to serve: withdraw before the rules change
             check, self._check = self._check, False
+            shared, self._shared_pending = self._shared_pending, None
             try:
-                result = await self._apply(down, check=check)
+                result = await self._apply(down, check=check, shared=shared)
             except Exception as exc:  # keep serving: the previous rules stay in place
                 if isinstance(exc, VipctlError):
                     log.error("apply failed, the previous rules stay in place: %s", exc)
@@ -398,11 +410,20 @@ class Daemon:
                 if self._pending_since is None:
                     self._pending_since = since
                 self._check = self._check or check
+                self._shared_pending = self._shared_pending or shared
                 self._retry = loop.call_later(self._backoff, self._dirty.set)
                 self._backoff = min(self._backoff * 2, RETRY_MAX_S)
                 continue
             self._backoff = RETRY_FIRST_S
-            what = "health change" if since is not None else "check" if check else "retry"
+            what = (
+                "health change"
+                if since is not None
+                else "shared desired state"
+                if shared is not None
+                else "check"
+                if check
+                else "retry"
+            )
             self._applied(result, since, what)
             await self._bgp(bool(set(self.spec.member_names) - set(result.layout.down)))
             if result.changed and self.cache is not None:
@@ -541,6 +562,71 @@ class Daemon:
             elif now - last_full >= (CONVERGE_FULL_S if gen is not None else CONVERGE_TC_S):
                 self.converge("periodic read-back")
                 last_full = now
+
+    async def _watch_store(self) -> None:
+        """With `store:` (etcd): read the shared desired state every `store.poll_ms`;
+        when its generation moved, converge to it (the next apply, with this router's
+        health); publish what is live here for `vipctl status` about once a second. An
+        unreachable store changes nothing on the data path: failovers go on from the local
+        state, and it is said in STATUS= until the store answers again."""
+        from vipctl.host import store
+
+        client: store.Client | None = None
+        published = 0.0
+        while True:
+            spec = self.spec
+            if spec.store is None:
+                await asyncio.sleep(RETUNE_OFF_POLL_S)
+                continue
+            await asyncio.sleep(spec.store.poll_ms / 1000)
+            if client is None or client.spec is not spec:
+                client = store.Client(spec)
+            try:
+                found = await asyncio.to_thread(client.read)
+            except VipctlError as exc:
+                if self._store_problem is None:
+                    log.error("store: %s", exc)
+                    self._store_problem = "store unreachable (changes refused, failover works)"
+                    sdnotify.notify(f"STATUS={self.status()}")
+                continue
+            if self._store_problem is not None:
+                log.warning("store: reachable again")
+                self._store_problem = None
+                sdnotify.notify(f"STATUS={self.status()}")
+            shared = found.shared
+            if shared is not None and shared.generation != self._shared_generation:
+                if shared.holds(tuple((m.name, m.exact_weight) for m in spec.members)):
+                    log.info("store: desired state generation %d (%s)", shared.generation,
+                             shared.source)  # fmt: skip
+                    self._shared_pending = found  # kept for a retry if the apply fails
+                    self._shared_generation = shared.generation
+                    self._dirty.set()
+                else:
+                    log.warning(
+                        "store: desired state generation %d was set over other spec weights; "
+                        "this router follows its own spec until they agree",
+                        shared.generation,
+                    )
+                    self._shared_generation = shared.generation
+            now = time.monotonic()
+            if self.layout is not None and now - published >= 1.0:
+                published = now
+                await asyncio.to_thread(self._publish, client)
+
+    def _publish(self, client: Any) -> None:
+        from vipctl.core.partition import fingerprint
+
+        assert self.layout is not None
+        p = self.spec.partition
+        report = {
+            "fingerprint": fingerprint(self.layout.table, p.key, p.bits, p.seed),
+            "generation": self.generation,
+            "desired_generation": self._shared_generation,
+        }
+        try:
+            client.publish(client.router_name, report)
+        except VipctlError as exc:
+            log.debug("store: cannot publish: %s", exc)
 
     def on_port(self, port: str, why: str) -> None:
         """health.Monitor: a member's port was removed or re-created (a new ifindex): the
@@ -741,6 +827,7 @@ class Daemon:
             asyncio.create_task(self._settler(), name="settle"),
             asyncio.create_task(self._retuner(), name="retune"),
             asyncio.create_task(self._watch_kernel(), name="converge"),
+            asyncio.create_task(self._watch_store(), name="store"),
         ]
         period = sdnotify.watchdog_seconds()
         if period:

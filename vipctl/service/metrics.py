@@ -47,11 +47,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from vipctl.errors import UsageError, VipctlError
-from vipctl.service.stats import DaemonStats
+from vipctl.service.stats import PIN_MAX_AGE_S, DaemonStats
 
 log = logging.getLogger("vipctl.metrics")
-
-PIN_MAX_AGE_S = 15.0
 
 
 class PinCounts:

@@ -6,6 +6,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+# the metrics endpoint counts pinned flows (a listing of every pin map) at most this often;
+# here, not in metrics.py, so that `vipctl metrics --pins-max-age` shows it without
+# importing prometheus_client
+PIN_MAX_AGE_S = 15.0
+
 
 @dataclass
 class DaemonStats:

@@ -26,6 +26,7 @@ from vipctl.backends import tc as tc_backend
 from vipctl.core import partition
 from vipctl.core.partition import Layout, bucket_of
 from vipctl.core.spec import Spec, parse_spec
+from vipctl.host import links
 from vipctl.lab import echo, traffic
 from vipctl.lab import topology as labmod
 from vipctl.lab.topology import Lab
@@ -91,6 +92,7 @@ def wiring(spec: Spec) -> Wiring:
     return Wiring(
         ifindex={m.port: socket.if_nametoindex(m.port) for m in spec.members},
         macs={m.name: str(m.mac) for m in spec.members},
+        uplink_mac=links.hwaddr(spec.uplink),
     )
 
 
@@ -269,3 +271,32 @@ def test_one_apply_path_for_tc(topo: Lab, tmp_path: Any) -> None:
     for dev in (topo.uplink, *topo.ports):
         for hook in ("ingress", "egress"):
             assert tc_show(topo, dev, hook) == "", (dev, hook)
+
+
+@pytest.mark.parametrize(
+    ("mode", "classifier"),
+    [("broadcast", "flower"), ("steer", "flower"), ("steer", "u32")],
+)
+def test_a_frame_for_another_mac_is_not_taken(topo: Lab, mode: str, classifier: Any) -> None:
+    """Invariant 11 with tc: the client sends the VIP's packets in frames addressed to
+    another router's MAC (what a switch that floods delivers): no member gets any; the
+    same sources to this router's MAC are answered once each."""
+    spec = tc_spec(topo, mode)
+    lay = layout(spec)
+    sources = traffic.expand(topo.sources4, 256)
+    neigh = ["ip", "neigh", "replace", topo.router4, "dev", "eth0", "nud", "permanent"]
+    with netns(topo.router_ns):
+        tc_backend.apply(spec, lay, wiring(spec), 1, classifier=classifier)
+    try:
+        labmod.run_in(topo.client_ns, [*neigh, "lladdr", "02:00:00:00:ee:ee"])
+        with netns(topo.client_ns):
+            flooded = traffic.probe_here(topo.vip4, sources, topo.echo_port, timeout=1.0)
+        labmod.run_in(topo.client_ns, [*neigh, "lladdr", topo.uplink_mac])
+        with netns(topo.client_ns):
+            mine = traffic.probe_here(topo.vip4, sources, topo.echo_port, timeout=3.0)
+    finally:
+        labmod.run_in(topo.client_ns, ["ip", "neigh", "del", topo.router4, "dev", "eth0"])
+        with netns(topo.router_ns):
+            assert tc_backend.delete(spec)
+    assert not any(flooded.values()), traffic.summarize(flooded)
+    assert all(len(v) == 1 for v in mine.values()), traffic.summarize(mine)
