@@ -133,14 +133,19 @@ def inner_swap(spec_paths: list[str], state_dir: Path, repeats: int) -> dict[str
     apply_ms: list[float] = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        res = controller.apply(specs[(r + 1) % 2], state_dir, want_diff=False)
+        res = controller.apply(
+            specs[(r + 1) % 2], state_dir, controller.ApplyOptions(want_diff=False)
+        )
         apply_ms.append((time.perf_counter() - t0) * 1000)
         assert res.changed
     # The same swap taken apart, to show where the time goes.
     phases: dict[str, list[float]] = {
         k: [] for k in ("observe", "build_render", "commit", "verify")
     }
-    layouts = [controller.apply(s, state_dir, dry_run=True).layout for s in specs]
+    layouts = [
+        controller.apply(s, state_dir, controller.ApplyOptions(dry_run=True)).layout
+        for s in specs
+    ]
     wiring = links.wiring(specs[0])
     for r in range(repeats):
         i = r % 2

@@ -36,7 +36,12 @@ def run(swaps: int, cached: bool, lab: labmod.Lab) -> list[float]:
         for i in range(2 * swaps):
             down = {"web2"} if i % 2 == 0 else set()
             t0 = time.perf_counter()
-            controller.apply(spec, state, down=down, host=False, cache=cache, want_diff=False)
+            controller.apply(
+                spec,
+                state,
+                controller.ApplyOptions(down=down, host=False, want_diff=False, check_drift=False),
+                controller.Env(cache=cache),
+            )
             if down:
                 times.append((time.perf_counter() - t0) * 1000)
             if cache is not None:

@@ -209,7 +209,9 @@ spec = load_spec(sys.argv[1])
 spec = controller.spec_with_weights(spec, {m.name: Fraction(1 + 2 * (i == 0))
                                            for i, m in enumerate(spec.members)})
 try:
-    controller.apply(spec, Path(sys.argv[2]), backends=lambda _s: Refusing())
+    controller.apply(
+        spec, Path(sys.argv[2]), env=controller.Env(backends=lambda _s: Refusing())
+    )
 except KernelError as exc:
     print("refused:", exc)
 else:

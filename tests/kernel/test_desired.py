@@ -180,7 +180,8 @@ def test_the_daemon_repairs_drift_within_a_second(cluster: Cluster, what: str) -
             if "map" in o and o["map"]["name"].startswith("owners4")
         ]
         sh(c.topo.router_ns, f"nft delete element netdev {name} {owners[0]} '{{ 0.0.0.7 }}'")
-        assert _live_or_none(c) != table
+        # (the daemon may repair it before this process can even read it back: the log
+        # below says it found the difference)
     else:
         sh(c.topo.router_ns, "nft flush ruleset")
     took = converged(c, table)

@@ -128,8 +128,8 @@ def test_the_second_chance_hands_back_only_unknown_non_syn_tcp() -> None:
         "add chain ip vipctl_web_a_eth1_7 pre { type filter hook prerouting priority -150; "
         "policy accept; }",
         'add rule ip vipctl_web_a_eth1_7 pre iifname "eth1.7" ip daddr { 198.51.100.253 } '
-        'tcp flags & (syn | ack) != syn socket wildcard 1 dup to 198.51.100.9 device "eth1.7" '
-        "drop",
+        "ip ttl 1 tcp flags & (syn | ack) != syn socket wildcard 1 dup to 198.51.100.9 "
+        'device "eth1.7" drop',
         # no IPv6 gateway on this interface: nothing can be handed back there
         "add table ip6 vipctl_web_a_eth1_7",
         "delete table ip6 vipctl_web_a_eth1_7",

@@ -230,6 +230,7 @@ def test_buckets_in_transition_get_chains_of_their_own() -> None:
     key = "ip saddr . ip daddr . @th,0,32"
     assert mv == (
         "icmp type destination-unreachable goto icmp4",
+        "ip ttl set 1",  # the second chance's marker
         f"meta mark set {key} map {flows}",
         f"meta mark != 0 update {flows} {{ {key} : meta mark }}",
         "meta mark vmap @deliver4",

@@ -37,6 +37,7 @@ from vipctl.core.spec import Spec
 from vipctl.errors import KernelError, UsageError
 from vipctl.host import rtnl
 from vipctl.host.sysctl import Sysctl, read_sysctl, sysctl, write_sysctl
+from vipctl.render.nft import SECOND_CHANCE_TTL
 from vipctl.statefile import write_json
 
 Format = Literal["commands", "networkd", "ifupdown", "netplan"]
@@ -182,6 +183,10 @@ def second_chance_batch(setup: MemberSetup, gateways: Mapping[int, str]) -> str:
     owner. That is a connection opened after a change on a router that died: the router
     that took over sent it to the old owner.
 
+    Only packets the router marked (render/nft.py SECOND_CHANCE_TTL: packets of a bucket
+    in transition) are handed back: the clients of a member that died get their reset from
+    the new owner at once (invariant 5).
+
     "No connection holds it": the socket lookup (established, SYN_RECV and TIME_WAIT
     entries first, then listeners) finds the listener, bound to the wildcard address
     (`socket wildcard 1`). A SYN_RECV or TIME_WAIT entry is not a full socket: the
@@ -199,8 +204,9 @@ def second_chance_batch(setup: MemberSetup, gateways: Mapping[int, str]) -> str:
         lines += [f"add table {table}", f"delete table {table}"]
         if not vips or not gw:
             continue
+        ttl = f"ip ttl {SECOND_CHANCE_TTL}" if fam == 4 else f"ip6 hoplimit {SECOND_CHANCE_TTL}"
         match = (
-            f'iifname "{setup.interface}" {ip} daddr {{ {", ".join(vips)} }} '
+            f'iifname "{setup.interface}" {ip} daddr {{ {", ".join(vips)} }} {ttl} '
             "tcp flags & (syn | ack) != syn"
         )
         lines += [

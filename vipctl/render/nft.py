@@ -332,6 +332,7 @@ class _Family:
     # each one forwarding it would deliver it twice. Not taken here, an OTHERHOST frame
     # goes on to the stack, which drops it.
     to_me: str
+    ttl: str  # `ip ttl` / `ip6 hoplimit`: the second chance's marker
     expr: str  # the bucket of a packet (mask or jhash of the source)
     typeof: str
     literals: tuple[str, ...]  # each bucket as a map key
@@ -351,6 +352,7 @@ class _Family:
             family=family,
             is_vip=is_vip,
             to_me=f"meta pkttype host {is_vip}",
+            ttl="ip ttl" if family == 4 else "ip6 hoplimit",
             expr=expr,
             typeof=typeof,
             literals=_bucket_literals(family, p.key, p.bits),
@@ -476,6 +478,15 @@ def _owners_lookup(
     return pairs
 
 
+# Packets of a moving bucket leave the router with this TTL (hop limit): at the member, the
+# destination, a TTL means nothing more, so it can say "the router takes this back if you do
+# not hold it" (host/member.py). A packet handed back gets SECOND_CHANCE_RESET_TTL, so the
+# new owner resets it instead of handing it back again; a dead member's buckets move with
+# no transition and no marker, so their clients get the quick reset (invariant 5).
+SECOND_CHANCE_TTL = 1
+SECOND_CHANCE_RESET_TTL = 64
+
+
 def second_map_name(family: int, member: str) -> str:
     return f"second{family}_{member}"
 
@@ -486,9 +497,11 @@ def _second_chance(parts: _Parts, ctx: _Ctx, fam: _Family, layout: Layout, movin
     on its port, still addressed to the VIP, and goes to the bucket's new owner. That is
     where a connection opened after the change lives when another router (whose flow
     map never saw its SYN) sent its packet to the old owner: the connection survives the
-    death of the router that recorded it. Only the old owner's port takes it back, only
-    for the buckets it gave away, so a packet bounces once at most; anything else addressed
-    to a VIP from a member port is dropped (a member never sends to a VIP: it holds it)."""
+    death of the router that recorded it. Only packets of moving buckets carry the marker
+    the member checks (SECOND_CHANCE_TTL); only the old owner's port takes them back, only
+    for the buckets it gave away, with the marker removed: a packet bounces once at most.
+    Anything else addressed to a VIP from a member port is dropped (a member never sends to
+    a VIP: it holds it)."""
     family, mark = fam.family, ctx.mark
     by_old: dict[str, list[str]] = {}
     for bucket, move in sorted(moving.items()):
@@ -502,7 +515,11 @@ def _second_chance(parts: _Parts, ctx: _Ctx, fam: _Family, layout: Layout, movin
         name = second_map_name(family, old)
         parts.sets.append(NftSet(name, "map", (f"typeof {fam.typeof} : verdict",), tuple(elements)))
         parts.second.setdefault(old, []).extend(
-            [f"{fam.is_vip} {fam.expr} vmap @{name}", f"{fam.is_vip} drop"]
+            [
+                # the marker goes: the new owner resets what it does not hold either
+                f"{fam.is_vip} {fam.ttl} set {SECOND_CHANCE_RESET_TTL} {fam.expr} vmap @{name}",
+                f"{fam.is_vip} drop",
+            ]
         )
 
 
@@ -558,6 +575,9 @@ def _transition_chains(
         o, n = mark[old], mark[new]
         rules = (
             fam.icmp,
+            # the second chance's marker (_second_chance): a packet of a moving bucket that
+            # its member does not hold may come back; only such packets carry it
+            f"{fam.ttl} set {SECOND_CHANCE_TTL}",
             # a recorded flow: refresh its entry, go to its member
             f"meta mark set {flow} map @{fmap}",
             f"meta mark != 0 update @{fmap} {{ {flow} : meta mark }}",

@@ -231,15 +231,15 @@ def test_one_apply_path_for_tc(topo: Lab, tmp_path: Any) -> None:
     two = parse_spec(base | {"vips": [topo.vip4, topo.vip6], "mode": "steer"})
     try:
         with netns(topo.router_ns):
-            first = controller.apply(one, state, preflight=True)
-            again = controller.apply(one, state, preflight=True)
+            first = controller.apply(one, state, controller.ApplyOptions(preflight=True))
+            again = controller.apply(one, state, controller.ApplyOptions(preflight=True))
         assert first.changed and first.backend == "tc" and first.generation == 1
         assert not again.changed and again.generation == 1
         assert topo.vip4 in _proxies(topo)  # the announcement is installed
         _probe_exactly_once(topo, one, first.layout.table, ipv6=False)
 
         with netns(topo.router_ns):
-            second = controller.apply(two, state, preflight=True)
+            second = controller.apply(two, state, controller.ApplyOptions(preflight=True))
             live = tc_backend.observe(two)
             table = controller.live_table(two)
         assert second.changed and second.generation == 2
