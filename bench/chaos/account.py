@@ -27,7 +27,6 @@ from typing import Any
 
 from bench.chaos.schedule import MEMBER_FAULTS, ROUTER_FAULTS, Event
 
-FAILED = ("reset", "eof", "stall", "moved", "bad", "error")
 NEVER_OPENED = ("refused", "connect-timeout", "connect-error")
 
 
