@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import PY, ROOT, machine
+from bench.common import PY, ROOT, machine, replace_section
 
 GOALS_MS = {
     "--version": 150,
@@ -194,14 +194,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def write_docs(section: str, path: Path = ROOT / "docs" / "benchmarks.md") -> None:
-    text = path.read_text()
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, BEGIN, END, section)
 
 
 def main() -> None:

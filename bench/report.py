@@ -459,10 +459,11 @@ def write(res: dict[str, Any], json_path: Path) -> list[Path]:
         images.append(f"benchmarks/{dest.name}")
     doc = DOCS / "benchmarks.md"
     # sections written by their own runs (bench/cli.py, bench/affinity.py,
-    # bench/routerfailover.py, bench/routercost.py): keep them
+    # bench/routerfailover.py, bench/routercost.py, bench/chaos): keep them
     kept = ""
     old = doc.read_text() if doc.exists() else ""
-    for tag in ("router-failover-bench", "affinity-bench", "cli-bench", "routercost-bench"):
+    tags = ("router-failover-bench", "affinity-bench", "cli-bench", "routercost-bench")
+    for tag in (*tags, "chaos-bench"):
         begin, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
         if begin in old and end in old:
             kept += "\n" + old[old.index(begin) : old.index(end)] + end + "\n"

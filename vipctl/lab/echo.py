@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -94,8 +95,18 @@ def _udp_drain(s: socket.socket, prefix: bytes, limit: int = 4096) -> None:
             s.sendmsg([prefix, data], reply_anc, 0, peer)
 
 
+def _raise_nofile() -> None:
+    """Thousands of long-lived connections (bench/chaos) need more than the usual soft
+    limit of 1024 open files: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(name: str, port: int, *, ready: bool = False) -> None:
     prefix = name.encode() + b" "
+    _raise_nofile()
     sel = selectors.DefaultSelector()
     udps = udp_sockets(port)
     listeners = tcp_sockets(port)

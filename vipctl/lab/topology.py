@@ -506,12 +506,21 @@ def _setup_members(lab: Lab, interfaces: Sequence[str] = ("eth0",)) -> None:
             _in_netns(m.ns, lambda setup=setup: setup_one(setup))
 
 
-def start_echo(lab: Lab, *, port: int | None = None, timeout: float = 10.0) -> None:
-    """Start ``vipctl.echo`` in every member namespace and wait until all listen."""
+def start_echo(
+    lab: Lab,
+    *,
+    port: int | None = None,
+    timeout: float = 10.0,
+    members: Sequence[str] | None = None,
+) -> None:
+    """Start ``vipctl.echo`` in every member namespace (or those of ``members``, by name)
+    and wait until all listen."""
     port = lab.echo_port if port is None else port
     lab.workdir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[Member, subprocess.Popen[str]]] = []
     for m in lab.members:
+        if members is not None and m.name not in members:
+            continue
         log = open(lab.workdir / f"echo-{m.name}.log", "a")  # noqa: SIM115
         try:
             # setsid -f: the echo server detaches (destroy() finds it by namespace); its
@@ -645,6 +654,25 @@ UPSTREAM_LINK4 = "203.0.113.126"  # the upstream's address on the routers' share
 ROUTER_LINK4 = ("203.0.113.65", "203.0.113.66")  # router 1, router 2 on that segment
 UPSTREAM_LINK6 = "2001:db8:ff::7e"  # the same segment in IPv6 (IPv6 VIPs, ipv6 sessions)
 ROUTER_LINK6 = ("2001:db8:ff::41", "2001:db8:ff::42")
+# A member's /29 per port holds the member (.2) and one address per router: at most 5 routers.
+_ROUTER_HOST = (1, 3, 4, 5, 6)
+MAX_ROUTERS = len(_ROUTER_HOST)
+
+
+def router_links(n: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The IPv4 and IPv6 addresses of routers 1..n on the upstream segment (203.0.113.65,
+    .66, ...; 2001:db8:ff::41, ::42, ...)."""
+    if not 2 <= n <= MAX_ROUTERS:
+        raise ValueError(f"routers must be 2..{MAX_ROUTERS}, not {n}")
+    return (
+        tuple(f"203.0.113.{65 + i}" for i in range(n)),
+        tuple(f"2001:db8:ff::{0x41 + i:x}" for i in range(n)),
+    )
+
+
+def router_port_address(member: Member, ri: int) -> str:
+    """Router ``ri``'s (1-based) address on its port to ``member``."""
+    return f"198.51.100.{8 * member.index + _ROUTER_HOST[ri - 1]}"
 
 
 @dataclass(frozen=True)
@@ -656,7 +684,9 @@ class TwoRouters:
 
     lab: Lab  # client and members; lab.router_ns is router 1
     upstream_ns: str
-    routers: tuple[str, str]
+    routers: tuple[str, ...]  # two, or N (build_routers): member link eth{i} goes to router i
+    links: tuple[str, ...] = ROUTER_LINK4  # each router's address on the upstream segment
+    links6: tuple[str, ...] = ROUTER_LINK6
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -677,18 +707,25 @@ class TwoRouters:
         return self.lab.workdir / "upstream-bird.ctl"
 
 
-def upstream_bird_conf(log: str, bfd_ms: int = 100, bfd_multiplier: int = 3) -> str:
+def upstream_bird_conf(
+    log: str,
+    bfd_ms: int = 100,
+    bfd_multiplier: int = 3,
+    links: Sequence[str] = ROUTER_LINK4,
+    links6: Sequence[str] = ROUTER_LINK6,
+) -> str:
     """The upstream edge as an operator runs it: every router's route merged into one
     multipath kernel route, BFD on each session (`bfd_ms` x `bfd_multiplier`), short
-    timers (a session is back within seconds after a failure)."""
+    timers (a session is back within seconds after a failure). `links`, `links6`: the
+    routers' addresses on the shared segment."""
     sessions = "".join(
         f"protocol bgp router{i + 1}{tag} {{ local {local} as {UPSTREAM_ASN}; "
         f"neighbor {addr} as {ROUTER_ASN};\n  ipv{v} {{ import all; export none; }}; bfd on; "
         "hold time 3; keepalive time 1;\n  connect delay time 1; connect retry time 2; "
         "error wait time 1, 4; error forget time 10; }\n"
         for v, tag, local, addrs in (
-            (4, "", UPSTREAM_LINK4, ROUTER_LINK4),
-            (6, "v6", UPSTREAM_LINK6, ROUTER_LINK6),
+            (4, "", UPSTREAM_LINK4, links),
+            (6, "v6", UPSTREAM_LINK6, links6),
         )
         for i, addr in enumerate(addrs)
     )
@@ -703,9 +740,20 @@ def upstream_bird_conf(log: str, bfd_ms: int = 100, bfd_multiplier: int = 3) -> 
 
 def describe_two(prefix: str, members: int = 3) -> TwoRouters:
     """The TwoRouters that ``build_two_routers(prefix, members)`` makes (pure)."""
+    return describe_routers(prefix, members, 2)
+
+
+def describe_routers(prefix: str, members: int = 3, routers: int = 2) -> TwoRouters:
+    """The lab that ``build_routers(prefix, members, routers)`` makes (pure): the two-router
+    lab with routers r1..rN, each member linked to every router."""
     lab = dataclasses.replace(describe(prefix, members), router_ns=f"{prefix}-r1")
+    links, links6 = router_links(routers)
     return TwoRouters(
-        lab=lab, upstream_ns=f"{prefix}-upstream", routers=(f"{prefix}-r1", f"{prefix}-r2")
+        lab=lab,
+        upstream_ns=f"{prefix}-upstream",
+        routers=tuple(f"{prefix}-r{i}" for i in range(1, routers + 1)),
+        links=links,
+        links6=links6,
     )
 
 
@@ -726,7 +774,21 @@ def build_two_routers(
     prefix: str, members: int = 3, *, echo: bool = True, bfd: tuple[int, int] = (100, 3)
 ) -> TwoRouters:
     """`bfd`: the upstream's BFD interval (ms) and multiplier."""
-    two = describe_two(prefix, members)
+    return build_routers(prefix, members, 2, echo=echo, bfd=bfd)
+
+
+def build_routers(
+    prefix: str,
+    members: int = 3,
+    routers: int = 2,
+    *,
+    echo: bool = True,
+    bfd: tuple[int, int] = (100, 3),
+) -> TwoRouters:
+    """Client, upstream BIRD (ECMP + BFD over every router), ``routers`` routers, members
+    linked to every router. No vipctl runs yet: start a daemon with a ``bgp`` spec in each
+    router (``TwoRouters.spec``)."""
+    two = describe_routers(prefix, members, routers)
     lab = two.lab
     destroy(prefix)
     try:
@@ -773,19 +835,19 @@ def _build_two(two: TwoRouters, bfd: tuple[int, int] = (100, 3)) -> None:
             f"link add r{i} master br0 type veth peer name {lab.uplink} netns {r}"
             for i, r in enumerate(two.routers, 1)
         ]
-        + [f"link set r{i} up" for i in (1, 2)],
+        + [f"link set r{i} up" for i in range(1, len(two.routers) + 1)],
     )
     for ri, r in enumerate(two.routers, 1):
         lines = [
             "link set lo up",
-            f"addr add {ROUTER_LINK4[ri - 1]}/26 dev {lab.uplink}",
-            f"addr add {ROUTER_LINK6[ri - 1]}/64 dev {lab.uplink} nodad",
+            f"addr add {two.links[ri - 1]}/26 dev {lab.uplink}",
+            f"addr add {two.links6[ri - 1]}/64 dev {lab.uplink} nodad",
             f"link set {lab.uplink} up",
         ]
         for m in lab.members:
             lines += [
                 f"link add {m.port} type veth peer name eth{ri} netns {m.ns}",
-                f"addr add 198.51.100.{8 * m.index + (1 if ri == 1 else 3)}/29 dev {m.port}",
+                f"addr add {router_port_address(m, ri)}/29 dev {m.port}",
                 f"link set {m.port} up",
             ]
         lines.append(f"route add {lab.sources4} via {UPSTREAM_LINK4} dev {lab.uplink}")
@@ -802,27 +864,36 @@ def _build_two(two: TwoRouters, bfd: tuple[int, int] = (100, 3)) -> None:
         ],
     )
     _ip_batch(up, [f"route add {lab.sources4} via {lab.client4} dev c0"])
+    ris = range(1, len(two.routers) + 1)
     for m in lab.members:
-        r1, r2 = f"198.51.100.{8 * m.index + 1}", f"198.51.100.{8 * m.index + 3}"
+        gws = {ri: router_port_address(m, ri) for ri in ris}
         _ip_batch(
             m.ns,
-            [
-                "link set lo up",
-                f"addr add {m.address}/32 dev eth1",
-                f"addr add {m.address}/32 dev eth2",
-                "link set eth1 up",
-                "link set eth2 up",
-                f"route add {r1}/32 dev eth1",
-                f"route add {r2}/32 dev eth2",
-                f"route add default nexthop via {r1} dev eth1 nexthop via {r2} dev eth2",
-            ],
+            ["link set lo up"]
+            + [f"addr add {m.address}/32 dev eth{ri}" for ri in ris]
+            + [f"link set eth{ri} up" for ri in ris]
+            + [f"route add {gws[ri]}/32 dev eth{ri}" for ri in ris]
+            + ["route add default " + " ".join(f"nexthop via {gws[ri]} dev eth{ri}" for ri in ris)],
         )
-    _setup_members(lab, ("eth1", "eth2"))
+    _setup_members(lab, tuple(f"eth{ri}" for ri in ris))
     log = lab.workdir / "upstream-bird.log"
     conf = lab.workdir / "upstream-bird.conf"
-    conf.write_text(upstream_bird_conf(str(log), *bfd))
+    conf.write_text(upstream_bird_conf(str(log), *bfd, links=two.links, links6=two.links6))
     pid = lab.workdir / "upstream-bird.pid"
     run_in(up, ["bird", "-c", str(conf), "-s", str(two.bird_ctl), "-P", str(pid)])
+
+
+def set_router_links(two: TwoRouters, router: str, up: bool) -> None:
+    """Take a whole router off the network (its uplink and every member port down) or put
+    it back. The kernel flushes the route to the client sources with the uplink, so it is
+    restored on the way up (a router that comes back must also carry return traffic: the
+    members' multipath default route uses it again as soon as its link is up)."""
+    lab = two.lab
+    state = "up" if up else "down"
+    lines = [f"link set {p} {state}" for p in (lab.uplink, *lab.ports)]
+    if up:
+        lines.append(f"route replace {lab.sources4} via {UPSTREAM_LINK4} dev {lab.uplink}")
+    _ip_batch(router, lines)
 
 
 def upstream_paths(two: TwoRouters, vip: str) -> list[str]:
