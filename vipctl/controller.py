@@ -602,9 +602,7 @@ def _drift(be: Backend, spec: Spec, seen: _Seen, wiring: Wiring) -> tuple[str, .
     if st is None or recorded is None:
         return ()
     try:
-        committed = be.plan(
-            recorded, st.layout, wiring, st.generation, seen.live, recorded, st.moving
-        )
+        committed = be.render(recorded, st.layout, wiring, st.generation, st.moving)
     except KeyError:  # a port the state knew is gone: that is drift
         return ("a port of the committed table is missing",)
     try:
@@ -1210,7 +1208,9 @@ def status(
         "uplink": spec.uplink,
         "in_sync": live.generation == st.generation
         and found is not None
-        and all(t == reconcile.expected_owners(layout, st.moving) for t in found[1].values()),
+        # every family's owners are the state's table: not while a change records its
+        # UDP flows first (the old owners still take new flows for that second)
+        and all(t == layout.table for t in found[1].values()),
         "weights_from": st.intent.source if st.intent is not None else "spec",
         "members": members,
     }

@@ -747,7 +747,11 @@ class NftBackend:
             raise
 
     def verify(self, plan: Plan, *, whole: bool) -> None:
-        verify(plan.payload.table, plan.generation, whole=whole)
+        # a planned commit (payload: the table and its batch) or a rendered one (the table:
+        # the controller's drift check reads back what the state says was committed)
+        payload = plan.payload
+        table = payload.table if isinstance(payload, _Payload) else payload
+        verify(table, plan.generation, whole=whole)
 
     def down(self, spec: Spec | None, cluster: str) -> bool:
         return delete_table(cluster)
